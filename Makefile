@@ -1,0 +1,65 @@
+# The two commands a user needs: `make test` and `make up` (then `make demo`, `make down`).
+# Everything runs from the project's own .venv and its own PostgreSQL/Redis under .local/ (git-ignored).
+
+PYTHON3 ?= python3.11
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+STACK   := $(PY) -m devstack
+
+.PHONY: help install services test lint up down demo status lock clean
+
+help:
+	@echo "make test    install, start PostgreSQL + Redis, migrate, then ruff + pytest"
+	@echo "make up      the local stack: Airflow, tracking service (https), local SES, PostgreSQL, Redis"
+	@echo "make demo    make up, import sample contacts, trigger a sample campaign through the REST API"
+	@echo "make down    stop exactly what make up started"
+	@echo "make status  what is running"
+
+$(PY):
+	@command -v $(PYTHON3) >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 || \
+		{ echo "Python 3.11 is required (python3.11 or python3 on PATH)"; exit 1; }
+	$$(command -v $(PYTHON3) || command -v python3) -m venv $(VENV)
+
+# Reinstalls only when requirements.txt or pyproject.toml change.
+$(STAMP): requirements.txt pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+install: $(STAMP)
+
+services: $(STAMP)
+	$(STACK) services
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP)
+	$(STACK) prepare-tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+up: $(STAMP)
+	$(STACK) up
+
+down:
+	@if [ -x $(PY) ]; then $(STACK) down; else echo "nothing to stop (no .venv)"; fi
+
+status: $(STAMP)
+	$(STACK) status
+
+demo: up
+	$(PY) -m devstack.demo
+
+# Re-resolve the pins: a fresh venv, the direct dependencies from requirements.txt, one pip resolve, one freeze.
+lock:
+	rm -rf .local/lock-venv && $$(command -v $(PYTHON3) || command -v python3) -m venv .local/lock-venv
+	grep -A100 '^# Direct' requirements.txt | grep '==' | sed 's/==.*//' > .local/direct.txt
+	.local/lock-venv/bin/pip install --quiet -r .local/direct.txt
+	.local/lock-venv/bin/pip freeze > .local/freeze.txt
+	@echo "new resolve in .local/freeze.txt: merge it into requirements.txt"
+
+clean: down
+	rm -rf .local

@@ -1,0 +1,137 @@
+"""One settings object per process, built from the environment in one place (docs/configuration.md lists them all).
+
+Precedence: a DAG run's conf > environment > default. The original design's names (AWS_SES_*, NEXT_PUBLIC_SITE_URL)
+are accepted as aliases; where both are set, the new name wins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+# Setting -> older names accepted for it, in order of preference.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "SES_FROM_EMAIL": ("AWS_SES_FROM_EMAIL",),
+    "SES_FROM_NAME": ("AWS_SES_FROM_NAME",),
+    "SES_REPLY_TO": ("AWS_SES_REPLY_TO_EMAIL",),
+    "SES_CONFIGURATION_SET": ("AWS_SES_CONFIGURATION_SET",),
+    "SES_SENDING_RATE": ("AWS_SES_SENDING_RATE",),
+    "SES_BATCH_SIZE": ("AWS_SES_BATCH_SIZE",),
+    "TRACKING_BASE_URL": ("NEXT_PUBLIC_SITE_URL",),
+}
+
+MAX_BATCH_SIZE = 10_000
+
+
+class ConfigError(ValueError):
+    """A setting has a value the product cannot use; the message names the setting."""
+
+
+def _lookup(env: Mapping[str, str], name: str) -> str | None:
+    for key in (name, *ALIASES.get(name, ())):
+        value = env.get(key)
+        if value is not None and value.strip() != "":
+            return value.strip()
+    return None
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0, integer: bool = False):
+    raw = _lookup(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _lookup(env, name) or ""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the send path, the tracking service and the DAGs read from the environment."""
+
+    tracking_base_url: str = "https://localhost:58443"
+    tracking_secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    from_email: str | None = None
+    from_name: str | None = None
+    reply_to: str | None = None
+    configuration_set: str | None = None
+    sending_rate: float | None = 14.0  # None means "auto": SES GetAccount MaxSendRate x rate_safety_factor
+    rate_safety_factor: float = 0.9
+    rate_burst: int = 1
+    rate_refresh_seconds: float = 300.0
+    batch_size: int = 500
+    send_threads: int | None = None  # None: chosen from the rate and a typical SES latency
+    max_send_task_seconds: float = 300.0  # how much sending one mapped task carries, at the configured rate
+    ses_local_max_send_rate: float = 14.0  # account limits reported for a local SES endpoint (moto has none)
+    ses_local_max_24h_send: float = 50_000.0
+    sns_topic_arns: tuple[str, ...] = ()
+    sns_test_cert_pem: str | None = None
+    soft_bounce_limit: int = 3
+    soft_bounce_days: int = 30
+    aws_conn_id: str = "aws_default"
+    db_conn_id: str = "campaign_db"
+    redis_conn_id: str = "redis_default"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        rate_raw = _lookup(env, "SES_SENDING_RATE")
+        sending_rate: float | None
+        if rate_raw is not None and rate_raw.lower() == "auto":
+            sending_rate = None
+        else:
+            sending_rate = _number(env, "SES_SENDING_RATE", 14.0, minimum=0.001)
+        threads = _lookup(env, "SES_SEND_THREADS")
+        settings = cls(
+            tracking_base_url=(_lookup(env, "TRACKING_BASE_URL") or cls.tracking_base_url).rstrip("/"),
+            tracking_secret_keys=_list(env, "TRACKING_SECRET_KEYS"),
+            from_email=_lookup(env, "SES_FROM_EMAIL"),
+            from_name=_lookup(env, "SES_FROM_NAME"),
+            reply_to=_lookup(env, "SES_REPLY_TO"),
+            configuration_set=_lookup(env, "SES_CONFIGURATION_SET"),
+            sending_rate=sending_rate,
+            rate_safety_factor=_number(env, "SES_RATE_SAFETY_FACTOR", 0.9, minimum=0.01),
+            rate_burst=_number(env, "SES_RATE_BURST", 1, minimum=1, integer=True),
+            rate_refresh_seconds=_number(env, "SES_RATE_REFRESH_SECONDS", 300.0, minimum=1),
+            batch_size=_number(env, "SES_BATCH_SIZE", 500, minimum=1, integer=True),
+            send_threads=None if threads is None else _number(env, "SES_SEND_THREADS", 1, minimum=1, integer=True),
+            max_send_task_seconds=_number(env, "SEND_TASK_SECONDS", 300.0, minimum=1),
+            ses_local_max_send_rate=_number(env, "SES_LOCAL_MAX_SEND_RATE", 14.0, minimum=0.001),
+            ses_local_max_24h_send=_number(env, "SES_LOCAL_MAX_24H_SEND", 50_000.0, minimum=1),
+            sns_topic_arns=_list(env, "SNS_TOPIC_ARNS"),
+            sns_test_cert_pem=_lookup(env, "SNS_TEST_CERT_PEM"),
+            soft_bounce_limit=_number(env, "SOFT_BOUNCE_LIMIT", 3, minimum=1, integer=True),
+            soft_bounce_days=_number(env, "SOFT_BOUNCE_DAYS", 30, minimum=1, integer=True),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ConfigError(f"SES_BATCH_SIZE must be at most {MAX_BATCH_SIZE}, got {self.batch_size}")
+        parts = urlsplit(self.tracking_base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"TRACKING_BASE_URL must be an absolute http(s) URL, got {self.tracking_base_url!r}")
+
+    def with_overrides(self, **changes) -> Settings:
+        """A copy with a DAG run's conf applied on top (conf > env > default)."""
+        updated = replace(self, **{k: v for k, v in changes.items() if v is not None})
+        updated.validate()
+        return updated
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call `get_settings.cache_clear()` after changing the environment."""
+    return Settings.from_env()

@@ -1,0 +1,99 @@
+"""Connections to the campaign database and Redis, resolved from Airflow connections.
+
+Airflow tasks resolve `campaign_db` / `redis_default` through the Postgres and Redis providers' hooks; the tracking
+service (no Airflow in its process) reads the same `AIRFLOW_CONN_<ID>` environment variables, so one `.env`
+configures both. Values may be a URI or Airflow's JSON form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote, unquote, urlsplit
+
+import psycopg
+import redis
+from psycopg.rows import dict_row
+
+
+class ConnectionNotConfigured(LookupError):
+    """An Airflow connection id has no AIRFLOW_CONN_* variable (and we are not inside Airflow)."""
+
+
+def _conn_from_env(conn_id: str) -> dict:
+    raw = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if raw is None:
+        raise ConnectionNotConfigured(
+            f"connection {conn_id!r} is not configured: set AIRFLOW_CONN_{conn_id.upper()} (URI or JSON)"
+        )
+    raw = raw.strip()
+    if raw.startswith("{"):
+        return json.loads(raw)
+    parts = urlsplit(raw)
+    return {
+        "conn_type": parts.scheme,
+        "host": parts.hostname,
+        "port": parts.port,
+        "login": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "schema": parts.path.lstrip("/") or None,
+    }
+
+
+def postgres_dsn(conn_id: str = "campaign_db") -> str:
+    """A libpq URL for the Airflow connection `conn_id`, from the environment."""
+    c = _conn_from_env(conn_id)
+    auth = ""
+    if c.get("login"):
+        auth = quote(c["login"], safe="")
+        if c.get("password"):
+            auth += ":" + quote(c["password"], safe="")
+        auth += "@"
+    return f"postgresql://{auth}{c.get('host') or 'localhost'}:{c.get('port') or 5432}/{c.get('schema') or ''}"
+
+
+def redis_url(conn_id: str = "redis_default") -> str:
+    """A redis:// URL for the Airflow connection `conn_id`, from the environment (db from extra, as RedisHook)."""
+    c = _conn_from_env(conn_id)
+    extra = c.get("extra") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    db = extra.get("db", c.get("schema") or 0)
+    auth = f":{quote(c['password'], safe='')}@" if c.get("password") else ""
+    return f"redis://{auth}{c.get('host') or 'localhost'}:{c.get('port') or 6379}/{db}"
+
+
+def connect(dsn: str, **kwargs) -> psycopg.Connection:
+    """A psycopg 3 connection with dict rows; callers own the transaction (autocommit off unless asked)."""
+    return psycopg.connect(dsn, row_factory=dict_row, **kwargs)
+
+
+@contextmanager
+def campaign_db(conn_id: str = "campaign_db", **kwargs) -> Iterator[psycopg.Connection]:
+    """Open the campaign database for one unit of work; inside Airflow the Postgres provider resolves the id."""
+    with connect(resolve_postgres_dsn(conn_id), **kwargs) as conn:
+        yield conn
+
+
+def resolve_postgres_dsn(conn_id: str = "campaign_db") -> str:
+    """Environment first (works everywhere); otherwise ask Airflow's connection machinery (task SDK / metadata)."""
+    try:
+        return postgres_dsn(conn_id)
+    except ConnectionNotConfigured:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        conn = PostgresHook.get_connection(conn_id)
+        auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password or '', safe='')}@" if conn.login else ""
+        return f"postgresql://{auth}{conn.host or 'localhost'}:{conn.port or 5432}/{conn.schema or ''}"
+
+
+def resolve_redis(conn_id: str = "redis_default") -> redis.Redis:
+    """A Redis client: from the environment, otherwise through the Redis provider's hook."""
+    try:
+        return redis.Redis.from_url(redis_url(conn_id), socket_timeout=5, socket_connect_timeout=5)
+    except ConnectionNotConfigured:
+        from airflow.providers.redis.hooks.redis import RedisHook
+
+        return RedisHook(redis_conn_id=conn_id).get_conn()

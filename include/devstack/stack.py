@@ -1,0 +1,252 @@
+"""The local stack behind `make up`: Airflow (LocalExecutor, metadata in the project's PostgreSQL), the tracking
+service under gunicorn over HTTPS, and a local SES endpoint (moto server), all started by pid file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from devstack import services
+from devstack.processes import StackError, running, spawn, stop, wait_until
+from devstack.settings import StackSettings
+
+VENV_BIN = Path(sys.executable).parent
+DEMO_SENDER_DOMAIN = "example.com"
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def _secret(s: StackSettings, name: str, make=lambda: secrets.token_urlsafe(32)) -> str:
+    """A secret generated once per checkout and kept in .local/secrets (git-ignored)."""
+    folder = s.state_dir / "secrets"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if not path.exists():
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def connections(s: StackSettings, database: str | None = None) -> dict[str, dict]:
+    """The three connections the DAGs and the tracking service use, as Airflow connection JSON."""
+    return {
+        "campaign_db": {
+            "conn_type": "postgres", "host": "127.0.0.1", "port": s.pg_port, "login": s.pg_user,
+            "password": s.pg_password, "schema": database or s.campaign_db,
+        },
+        "redis_default": {"conn_type": "redis", "host": "127.0.0.1", "port": s.redis_port, "extra": {"db": 0}},
+        "aws_default": {
+            "conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"region_name": "us-east-1", "endpoint_url": s.ses_endpoint},
+        },
+    }
+
+
+def app_env(s: StackSettings) -> dict[str, str]:
+    """Settings shared by the Airflow workers and the tracking service (one .env configures both)."""
+    env = {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn) for conn_id, conn in connections(s).items()}
+    env.update(
+        TRACKING_BASE_URL=s.tracking_base_url,
+        TRACKING_SECRET_KEYS=_secret(s, "tracking-secret-key"),
+        SES_FROM_EMAIL=f"news@{DEMO_SENDER_DOMAIN}",
+        SES_FROM_NAME="Example News",
+        SNS_TOPIC_ARNS="arn:aws:sns:us-east-1:123456789012:ses-events",
+        SES_LOCAL_ENDPOINT="true",
+    )
+    return env
+
+
+def airflow_env(s: StackSettings, home: Path | None = None) -> dict[str, str]:
+    home = home or s.state_dir / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    passwords = home / "passwords.json"
+    if not passwords.exists():
+        passwords.write_text(json.dumps({"admin": _secret(s, "airflow-admin-password",
+                                                            lambda: secrets.token_urlsafe(12))}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+    env.update(app_env(s))
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(s.root / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(s.root / "plugins"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        AIRFLOW__CORE__PARALLELISM=str(s.airflow_parallelism),
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+        AIRFLOW__CORE__FERNET_KEY=_secret(s, "fernet-key", _fernet_key),
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{s.airflow_url}/execution/",
+        AIRFLOW__API__PORT=str(s.airflow_port),
+        AIRFLOW__API__HOST="127.0.0.1",
+        AIRFLOW__API__BASE_URL=s.airflow_url,
+        AIRFLOW__API_AUTH__JWT_SECRET=_secret(s, "jwt-secret"),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=s.pg_dsn(s.airflow_db).replace("postgresql://", "postgresql+psycopg2://"),
+        AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(s.log_dir / "airflow"),
+        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
+        AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
+    )
+    return env
+
+
+def _airflow(env: dict[str, str], *args: str) -> None:
+    result = subprocess.run([str(VENV_BIN / "airflow"), *args], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"`airflow {' '.join(args)}` failed:\n{result.stderr[-3000:]}")
+
+
+def _http_ok(url: str, *, insecure_tls: bool = False) -> bool:
+    import ssl
+
+    context = ssl._create_unverified_context() if insecure_tls else None  # noqa: S323 - our own self-signed cert
+    with urllib.request.urlopen(url, timeout=3, context=context) as response:  # noqa: S310 - local URLs only
+        return response.status == 200
+
+
+def setup_airflow(s: StackSettings) -> dict[str, str]:
+    """Migrate the metadata DB, create the `ses` pool and the three connections (idempotent)."""
+    env = airflow_env(s)
+    _airflow(env, "db", "migrate")
+    pools = s.state_dir / "airflow" / "pools.json"
+    pools.write_text(json.dumps({"ses": {
+        "slots": s.ses_pool_slots, "include_deferred": False,
+        "description": "Concurrent send_batch tasks across all campaigns (the Redis limiter caps the rate)"}}))
+    _airflow(env, "pools", "import", str(pools))
+    conns = s.state_dir / "airflow" / "connections.json"
+    conns.write_text(json.dumps(connections(s)))
+    conns.chmod(0o600)
+    _airflow(env, "connections", "import", "--overwrite", str(conns))
+    return env
+
+
+def self_signed_certificate(s: StackSettings) -> tuple[Path, Path]:
+    """A certificate for localhost/127.0.0.1 so tracking and List-Unsubscribe URLs are https, as in production."""
+    folder = s.state_dir / "tls"
+    cert, key = folder / "tracking.crt", folder / "tracking.key"
+    if cert.exists() and key.exists():
+        return cert, key
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(private_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(private_key, hashes.SHA256())
+    )
+    key.write_bytes(private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key.chmod(0o600)
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def start_ses(s: StackSettings) -> None:
+    spawn("ses", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s.ses_port)],
+          run_dir=s.run_dir, log_dir=s.log_dir)
+    wait_until(lambda: _http_ok(f"{s.ses_endpoint}/moto-api/data.json"), what="local SES (moto server)",
+               timeout=60, log=s.log_dir / "ses.log")
+    import boto3
+
+    client = boto3.client("sesv2", endpoint_url=s.ses_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106 - moto
+    # A verified domain identity lets any address at it send, like a verified domain in real SES.
+    client.create_email_identity(EmailIdentity=DEMO_SENDER_DOMAIN)
+
+
+def start_tracking(s: StackSettings) -> None:
+    cert, key = self_signed_certificate(s)
+    env = {**os.environ, **app_env(s)}
+    spawn("tracking", [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{s.tracking_port}", "--workers", "2",
+                       "--certfile", str(cert), "--keyfile", str(key), "--access-logfile", "-",
+                       "tracking_service:create_app()"],
+          run_dir=s.run_dir, log_dir=s.log_dir, env=env, cwd=s.root)
+    wait_until(lambda: _http_ok(f"{s.tracking_base_url}/healthz", insecure_tls=True), what="tracking service",
+               timeout=60, log=s.log_dir / "tracking.log")
+
+
+def start_airflow(s: StackSettings, env: dict[str, str]) -> None:
+    for component in AIRFLOW_COMPONENTS:
+        spawn(f"airflow-{component}", [str(VENV_BIN / "airflow"), component], run_dir=s.run_dir,
+              log_dir=s.log_dir, env=env)
+    wait_until(lambda: _http_ok(f"{s.airflow_url}/api/v2/monitor/health"), what="Airflow api-server",
+               timeout=180, log=s.log_dir / "airflow-api-server.log")
+
+
+def up(s: StackSettings) -> None:
+    services.start_postgres(s)
+    services.start_redis(s)
+    services.ensure_databases(s)
+    services.migrate(s)
+    start_ses(s)
+    start_tracking(s)
+    env = setup_airflow(s)
+    start_airflow(s, env)
+    write_env_file(s)
+    password = _secret(s, "airflow-admin-password")
+    print(
+        "\nLocal stack is up.\n"
+        f"  Airflow UI        {s.airflow_url}   login: admin / {password}\n"
+        f"  Tracking service  {s.tracking_base_url}/healthz   (self-signed certificate)\n"
+        f"  Local SES         {s.ses_endpoint}   (moto server; messages: {s.ses_endpoint}/moto-api/data.json)\n"
+        f"  PostgreSQL        {s.pg_dsn()}\n"
+        f"  Redis             {s.redis_url()}\n"
+        f"  Settings          {s.state_dir / 'stack.env'} (source it to use the CLI against this stack)\n"
+        "Stop everything with `make down`.",
+        flush=True,
+    )
+
+
+def write_env_file(s: StackSettings) -> Path:
+    """`.local/stack.env`: the environment of the stack's Airflow, for `source`-ing in a shell (CLI, scripts)."""
+    env = airflow_env(s)
+    wanted = {k: v for k, v in env.items() if k.startswith(("AIRFLOW", "TRACKING_", "SES_", "SNS_"))}
+    path = s.state_dir / "stack.env"
+    path.write_text("".join(f"export {k}='{v}'\n" for k, v in sorted(wanted.items())))
+    path.chmod(0o600)
+    return path
+
+
+def down(s: StackSettings) -> None:
+    stopped = []
+    for component in reversed(AIRFLOW_COMPONENTS):
+        if stop(s.run_dir / f"airflow-{component}.pid", timeout=45):
+            stopped.append(f"airflow {component}")
+    for name in ("tracking", "ses"):
+        if stop(s.run_dir / f"{name}.pid"):
+            stopped.append(name)
+    if services.stop_redis(s):
+        stopped.append("redis")
+    if services.stop_postgres(s):
+        stopped.append("postgresql")
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"), flush=True)
+
+
+def status(s: StackSettings) -> None:
+    names = [f"airflow-{c}" for c in AIRFLOW_COMPONENTS] + ["tracking", "ses", "redis"]
+    for name in names:
+        print(f"{name:24} {'running' if running(s.run_dir / f'{name}.pid') else 'stopped'}")
+    pg = (s.state_dir / "pg" / "postmaster.pid").exists()
+    print(f"{'postgresql':24} {'running' if pg else 'stopped'}")

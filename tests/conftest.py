@@ -1,0 +1,85 @@
+"""Shared fixtures: the real PostgreSQL and Redis that `make test` started, moto for SES, a throw-away AIRFLOW_HOME.
+
+The environment is set before anything imports Airflow, so dag.test() runs against .local/airflow-test (SQLite)
+and the DAGs' connections point at the test campaign database and Redis db 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+from devstack.settings import SETTINGS
+from devstack.testenv import test_airflow_env
+
+os.environ.update(test_airflow_env(SETTINGS))
+os.environ.update(
+    TRACKING_BASE_URL="https://track.example.test",
+    TRACKING_SECRET_KEYS="test-signing-key,test-old-key",
+    SES_FROM_EMAIL="news@example.com",
+    SES_FROM_NAME="Example News",
+    SES_CONFIGURATION_SET="campaign-events",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+)
+
+import boto3  # noqa: E402 - after the environment above
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+import redis as redis_lib  # noqa: E402
+from moto import mock_aws  # noqa: E402
+
+from campaigns import db as campaign_db  # noqa: E402
+from campaigns.config import get_settings  # noqa: E402
+
+TABLES = ("email_events", "campaign_links", "campaign_recipients", "campaigns", "suppressions", "list_members",
+          "lists", "contacts")
+
+
+@pytest.fixture(scope="session")
+def dsn() -> str:
+    """The test campaign database (migrated by `make test`)."""
+    return SETTINGS.pg_dsn(SETTINGS.test_campaign_db)
+
+
+@pytest.fixture
+def db(dsn):
+    """A connection to an empty campaign database; every table is truncated before the test."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    with campaign_db.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def redis_client():
+    """Redis db 1 of the test server, emptied before and after the test."""
+    client = redis_lib.Redis.from_url(SETTINGS.redis_url(1))
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings():
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def ses():
+    """moto's in-process SES with example.com verified; yields the sesv2 client."""
+    with mock_aws():
+        client = boto3.client("sesv2", region_name="us-east-1")
+        client.create_email_identity(EmailIdentity="example.com")
+        yield client
+
+
+def sent_messages():
+    """Every message moto's SES accepted (count messages, not `destinations`: moto lists raw recipients twice)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ses.models import ses_backends
+
+    return list(ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages)
