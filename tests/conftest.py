@@ -23,14 +23,14 @@ os.environ.update(
     AWS_SECRET_ACCESS_KEY="testing",
 )
 
-import boto3  # noqa: E402 - after the environment above
-import psycopg  # noqa: E402
-import pytest  # noqa: E402
-import redis as redis_lib  # noqa: E402
-from moto import mock_aws  # noqa: E402
+import boto3
+import psycopg
+import pytest
+import redis as redis_lib
+from moto import mock_aws
 
-from campaigns import db as campaign_db  # noqa: E402
-from campaigns.config import get_settings  # noqa: E402
+from campaigns import db as campaign_db
+from campaigns.config import get_settings
 
 TABLES = ("email_events", "campaign_links", "campaign_recipients", "campaigns", "suppressions", "list_members",
           "lists", "contacts")
@@ -75,11 +75,3 @@ def ses():
         client = boto3.client("sesv2", region_name="us-east-1")
         client.create_email_identity(EmailIdentity="example.com")
         yield client
-
-
-def sent_messages():
-    """Every message moto's SES accepted (count messages, not `destinations`: moto lists raw recipients twice)."""
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.ses.models import ses_backends
-
-    return list(ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages)

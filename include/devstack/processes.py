@@ -117,7 +117,7 @@ def wait_until(check: Callable[[], bool], *, what: str, timeout: float, log: Pat
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+        except Exception:  # noqa: BLE001, S110 - any failure means "not ready yet"
             pass
         time.sleep(0.3)
     tail = ""

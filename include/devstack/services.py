@@ -87,7 +87,7 @@ def pg_data_dir(s: StackSettings, user: str | None) -> Path:
     link = s.state_dir / "pg"
     if link.is_symlink() or user is None or _user_can_use(user, s.state_dir):
         return link
-    digest = hashlib.sha1(str(s.state_dir).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(str(s.state_dir).encode()).hexdigest()[:10]
     target = Path(f"/var/tmp/email-campaigns-pg-{digest}")
     target.mkdir(mode=0o700, exist_ok=True)
     shutil.chown(target, user=user)

@@ -69,6 +69,7 @@ def upgrade() -> None:
             status         text NOT NULL DEFAULT 'draft' CHECK (status IN
                              ('draft', 'scheduled', 'held', 'running', 'paused', 'sent', 'cancelled', 'failed')),
             status_reason  text,
+            run_id         text,          -- the DAG run currently driving the campaign
             send_at        timestamptz,
             recurrence     text,
             preflight      jsonb,

@@ -1,0 +1,116 @@
+-- The ledger (campaign_recipients): one row per (campaign, address).
+-- pending -> sending -> sent | failed | skipped | cancelled | unknown
+
+-- name: audience
+-- The audience as CTEs `members` and `classified`, shared by the snapshot and the preflight preview so both
+-- see exactly the same people. Contacts are unique by lower(email), so GROUP BY c.id dedupes addresses; a member
+-- of several target lists counts as subscribed if any membership is. Excluded members carry a skip_reason.
+-- {filters} is built by campaigns.audience with bound parameters.
+members AS (
+    SELECT c.id, c.email, c.first_name, c.last_name, c.attributes,
+           bool_or(lm.status = 'subscribed') AS subscribed
+      FROM contacts c
+      JOIN list_members lm ON lm.contact_id = c.id
+      JOIN lists l ON l.id = lm.list_id
+     WHERE l.name = ANY(%(lists)s) AND {filters}
+     GROUP BY c.id
+), classified AS (
+    SELECT m.id, m.email,
+           jsonb_strip_nulls(m.attributes || jsonb_build_object(
+               'email', m.email, 'first_name', m.first_name, 'last_name', m.last_name)) AS merge_data,
+           CASE WHEN s.email IS NOT NULL THEN 'suppressed:' || s.reason
+                WHEN NOT m.subscribed THEN 'unsubscribed'
+                -- SES has no SMTPUTF8: the local part must be printable ASCII; IDN domains are punycoded later.
+                WHEN m.email !~ '^[!-?A-~]+@[^@[:space:]]+\.[^@[:space:]]+$' THEN 'invalid_address'
+           END AS skip_reason
+      FROM members m
+      LEFT JOIN suppressions s ON s.email = lower(m.email)
+)
+
+-- name: snapshot
+-- One set-based statement: every audience member gets exactly one row, excluded ones as `skipped` with the
+-- reason (never silently dropped). Pages are numbered over the sendable rows only, in contact order.
+WITH {audience}
+INSERT INTO campaign_recipients (campaign_id, contact_id, email, merge_data, page_no, status, skip_reason)
+SELECT %(campaign_id)s, id, email, merge_data,
+       CASE WHEN skip_reason IS NULL
+            THEN (row_number() OVER (PARTITION BY skip_reason IS NULL ORDER BY id) - 1) / %(page_size)s
+       END,
+       CASE WHEN skip_reason IS NULL THEN 'pending' ELSE 'skipped' END,
+       skip_reason
+  FROM classified
+ON CONFLICT DO NOTHING
+
+-- name: audience-preview
+-- Preflight renders the people the snapshot would send to, up to a cap, and counts the rest.
+WITH {audience}
+SELECT id, email, merge_data, count(*) OVER () AS sendable
+  FROM classified
+ WHERE skip_reason IS NULL
+ ORDER BY id
+ LIMIT %(limit)s
+
+-- name: count-by-status
+SELECT status, skip_reason, count(*) AS n
+  FROM campaign_recipients
+ WHERE campaign_id = %(campaign_id)s
+ GROUP BY status, skip_reason
+ ORDER BY status, skip_reason
+
+-- name: open-pages
+-- Pages that still have work (pending, or sending rows of a crashed attempt to be settled). A resumed campaign
+-- plans only these, so it sends only what is still pending.
+SELECT DISTINCT page_no
+  FROM campaign_recipients
+ WHERE campaign_id = %(campaign_id)s AND status IN ('pending', 'sending')
+ ORDER BY page_no
+
+-- name: settle-stale-sending
+-- A retried or resumed send task: rows another attempt left in `sending` may have reached SES. They become
+-- `unknown` and are NOT resent; SES Send/Delivery events settle them later.
+UPDATE campaign_recipients
+   SET status = 'unknown', updated_at = now(),
+       error = 'attempt ' || coalesce(attempt, '?') || ' ended while sending; outcome unknown'
+ WHERE campaign_id = %(campaign_id)s
+   AND page_no BETWEEN %(first_page)s AND %(last_page)s
+   AND status = 'sending'
+   AND attempt IS DISTINCT FROM %(attempt)s
+
+-- name: next-pending
+-- Keyset pagination on the (campaign_id, page_no, id) index: cost per chunk does not grow with progress.
+SELECT id, page_no, email, merge_data
+  FROM campaign_recipients
+ WHERE campaign_id = %(campaign_id)s
+   AND page_no BETWEEN %(first_page)s AND %(last_page)s
+   AND (page_no, id) > (%(after_page)s, %(after_id)s)
+   AND status = 'pending'
+ ORDER BY page_no, id
+ LIMIT %(limit)s
+
+-- name: claim
+-- Right before its own SES call a row becomes `sending` with this attempt's id, committed. The suppression list
+-- is checked again here, so an unsubscribe, bounce or complaint that arrived mid-campaign takes effect.
+WITH sup AS (SELECT reason FROM suppressions WHERE email = lower(%(email)s))
+UPDATE campaign_recipients
+   SET status = CASE WHEN EXISTS (SELECT 1 FROM sup) THEN 'skipped' ELSE 'sending' END,
+       skip_reason = (SELECT 'suppressed:' || reason FROM sup),
+       attempt = %(attempt)s, claimed_at = now(), updated_at = now()
+ WHERE id = %(id)s AND status = 'pending'
+RETURNING status, skip_reason
+
+-- name: mark-sent
+UPDATE campaign_recipients
+   SET status = 'sent', ses_message_id = %(message_id)s, sent_at = now(), error = NULL, updated_at = now()
+ WHERE id = %(id)s AND status = 'sending' AND attempt = %(attempt)s
+
+-- name: release-claim
+-- Used when SES certainly did not receive the request (failed, back to pending, or unknown).
+UPDATE campaign_recipients
+   SET status = %(status)s, error = %(error)s, updated_at = now(),
+       attempt = CASE WHEN %(status)s = 'pending' THEN NULL ELSE attempt END
+ WHERE id = %(id)s AND status = 'sending' AND attempt = %(attempt)s
+
+-- name: cancel-pending
+UPDATE campaign_recipients
+   SET status = 'cancelled', updated_at = now()
+ WHERE campaign_id = %(campaign_id)s AND status = 'pending'

@@ -1,0 +1,46 @@
+"""Resources a send task needs inside Airflow, built through the providers' hooks from the configured connections.
+
+sesv2 client: Amazon provider's AwsBaseHook (`aws_default`); limiter: Redis provider's RedisHook (`redis_default`),
+one key per SES account and region so every worker of every campaign shares it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from campaigns.config import get_settings
+from campaigns.ratelimit import RateLimiter, RateSource, default_thread_count, limiter_key
+from campaigns.ses import ses_client_from_airflow
+
+
+def sending_rate(ses_client: Any = None) -> float:
+    """The rate to send at now: SES_SENDING_RATE, or `auto` (GetAccount MaxSendRate x safety factor)."""
+    settings = get_settings()
+    client = ses_client or (lambda: ses_client_from_airflow(settings.aws_conn_id))
+    return RateSource.from_settings(settings, client).rate()
+
+
+def _account_id(aws_conn_id: str) -> str:
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sts").account_id
+
+
+@contextmanager
+def send_resources() -> Iterator[dict[str, Any]]:
+    """The SES client, the global limiter and the thread count for one send task."""
+    from airflow.providers.redis.hooks.redis import RedisHook
+
+    settings = get_settings()
+    rate = sending_rate()
+    threads = settings.send_threads or default_thread_count(rate)
+    client = ses_client_from_airflow(settings.aws_conn_id, max_connections=threads)
+    redis_client = RedisHook(redis_conn_id=settings.redis_conn_id).get_conn()
+    key = limiter_key(_account_id(settings.aws_conn_id), client.meta.region_name)
+    limiter = RateLimiter(redis_client, key, rate, burst=settings.rate_burst)
+    try:
+        yield {"ses_client": client, "limiter": limiter, "threads": threads}
+    finally:
+        redis_client.close()

@@ -1,0 +1,96 @@
+"""The SES transport: one recipient per SendEmail call (SES v2, raw MIME), errors classified by code.
+
+botocore's own retries are off (total_max_attempts=1): a read timeout retried by botocore could send the same
+message twice, and SES has no idempotency token. Throttling is retried by the sender, through the limiter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, Throttled
+
+THROTTLING = {"TooManyRequestsException", "ThrottlingException", "Throttling"}
+REJECTED = {"MessageRejected", "BadRequestException", "InvalidParameterValue", "InvalidParameterValueException"}
+ACCOUNT_STOPPED = {"SendingPausedException", "AccountSuspendedException", "MailFromDomainNotVerifiedException",
+                   "NotFoundException", "LimitExceededException", "ConfigurationSetDoesNotExistException"}
+NOT_PROCESSED = {"ServiceUnavailable", "ServiceUnavailableException"}
+
+
+def client_config(max_connections: int = 10) -> Config:
+    """botocore settings for sending: no automatic retries, bounded timeouts, a connection per send thread."""
+    return Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+        max_pool_connections=max(10, max_connections),
+    )
+
+
+def ses_client_from_airflow(aws_conn_id: str = "aws_default", max_connections: int = 10):
+    """A sesv2 client from the Amazon provider's AwsBaseHook (endpoint_url in the connection's extras points at a
+    local SES), with the sending config above."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sesv2", config=client_config(max_connections))
+    return hook.conn
+
+
+def endpoint_is_local(client: Any) -> bool:
+    """True when the client talks to a local SES stand-in (moto), whose account limits are not real."""
+    host = client.meta.endpoint_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    return not host.endswith(".amazonaws.com") and not host.endswith(".amazonaws.com.cn")
+
+
+class SesTransport:
+    """Sends one raw message to one recipient; raises a SendError subclass that says what to do next."""
+
+    def __init__(self, client: Any, *, configuration_set: str | None = None) -> None:
+        self.client = client
+        self.configuration_set = configuration_set
+
+    def send(self, *, raw: bytes, from_email: str, to: str, tags: Mapping[str, str]) -> str:
+        """Send and return SES's MessageId."""
+        params: dict[str, Any] = {
+            "FromEmailAddress": from_email,
+            "Destination": {"ToAddresses": [to]},
+            "Content": {"Raw": {"Data": raw}},
+            "EmailTags": [{"Name": name, "Value": value} for name, value in tags.items()],
+        }
+        if self.configuration_set:
+            params["ConfigurationSetName"] = self.configuration_set
+        try:
+            return self.client.send_email(**params)["MessageId"]
+        except ClientError as exc:
+            raise classify(exc) from exc
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            raise NotSent(f"SES endpoint unreachable: {exc}") from exc
+        except (ReadTimeoutError, ConnectionClosedError) as exc:
+            raise OutcomeUnknown(f"no answer from SES after the request was sent: {exc}") from exc
+
+
+def classify(exc: ClientError):
+    """Map an SES error answer to what the sender must do."""
+    error = exc.response.get("Error", {})
+    code = error.get("Code", "")
+    message = f"{code}: {error.get('Message', '')}".strip()
+    if code in THROTTLING:
+        return Throttled(message, code)
+    if code in REJECTED:
+        return RecipientRejected(message, code)
+    if code in ACCOUNT_STOPPED:
+        return AccountStopped(message, code)
+    if code in NOT_PROCESSED:
+        return Throttled(message, code)
+    # InternalFailure and unknown codes: SES got the request and we cannot tell whether it sent.
+    return OutcomeUnknown(message, code)

@@ -1,0 +1,69 @@
+"""Campaign and ledger states, and the campaign state machine (DESIGN.md): one table, guarded moves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from campaigns.errors import IllegalTransition
+
+# Campaign states
+DRAFT, SCHEDULED, HELD, RUNNING, PAUSED, SENT, CANCELLED, FAILED = (
+    "draft", "scheduled", "held", "running", "paused", "sent", "cancelled", "failed")
+
+
+class Row:
+    """Ledger (campaign_recipients) states: pending -> sending -> sent | failed | skipped | cancelled | unknown."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+    ALL = (PENDING, SENDING, SENT, FAILED, SKIPPED, CANCELLED, UNKNOWN)
+
+
+CAMPAIGN_MOVES: dict[str, frozenset[str]] = {
+    DRAFT: frozenset({SCHEDULED, RUNNING, CANCELLED}),
+    SCHEDULED: frozenset({RUNNING, HELD, CANCELLED}),
+    HELD: frozenset({RUNNING, CANCELLED}),
+    RUNNING: frozenset({PAUSED, SENT, CANCELLED, FAILED}),
+    PAUSED: frozenset({RUNNING, CANCELLED}),
+    SENT: frozenset(),
+    CANCELLED: frozenset(),
+    FAILED: frozenset(),
+}
+TERMINAL = frozenset(state for state, moves in CAMPAIGN_MOVES.items() if not moves)
+
+
+def can_move(old: str, new: str) -> bool:
+    return new in CAMPAIGN_MOVES.get(old, frozenset())
+
+
+def move_campaign(conn: psycopg.Connection, campaign_id: int, new: str, *, reason: str | None = None,
+                  expected: str | set[str] | None = None) -> dict[str, Any]:
+    """Move a campaign to `new` with one UPDATE guarded by the old state; IllegalTransition changes nothing."""
+    row = conn.execute("SELECT status FROM campaigns WHERE id = %s", [campaign_id]).fetchone()
+    if row is None:
+        raise IllegalTransition(f"campaign {campaign_id} does not exist")
+    old = row["status"]
+    allowed = {expected} if isinstance(expected, str) else set(expected or CAMPAIGN_MOVES)
+    if old not in allowed or not can_move(old, new):
+        raise IllegalTransition(f"campaign {campaign_id} is {old}; it cannot move to {new}")
+    updated = conn.execute(
+        """
+        UPDATE campaigns
+           SET status = %(new)s, status_reason = %(reason)s, updated_at = now(),
+               started_at = CASE WHEN %(new)s = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
+               finished_at = CASE WHEN %(new)s IN ('sent', 'cancelled', 'failed') THEN now() ELSE finished_at END
+         WHERE id = %(id)s AND status = %(old)s
+        RETURNING id, status, status_reason
+        """,
+        {"new": new, "reason": reason, "id": campaign_id, "old": old},
+    ).fetchone()
+    if updated is None:  # someone else moved it between our read and our write
+        raise IllegalTransition(f"campaign {campaign_id} changed state while moving {old} -> {new}; try again")
+    return updated

@@ -1,0 +1,68 @@
+"""The campaign schema migrates an empty database up, down and up again."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from campaigns import schema
+from devstack.settings import SETTINGS
+
+
+@pytest.fixture
+def scratch_dsn():
+    name = f"campaigns_migrate_{uuid.uuid4().hex[:8]}"
+    admin = SETTINGS.pg_dsn("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield SETTINGS.pg_dsn(name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def _tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {row[0] for row in rows} - {"alembic_version"}
+
+
+def test_migrations_go_up_down_and_up_again(scratch_dsn):
+    schema.upgrade(scratch_dsn)
+    created = _tables(scratch_dsn)
+    assert {"contacts", "lists", "list_members", "suppressions", "campaigns", "campaign_recipients",
+            "campaign_links", "email_events"} <= created
+
+    schema.downgrade(scratch_dsn)
+    assert _tables(scratch_dsn) == set()
+
+    schema.upgrade(scratch_dsn)
+    assert _tables(scratch_dsn) == created
+
+
+def test_contact_emails_are_unique_case_insensitively(db):
+    db.execute("INSERT INTO contacts (email) VALUES ('Ann@Example.com')")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        db.execute("INSERT INTO contacts (email) VALUES ('ann@example.COM')")
+
+
+def test_ledger_rows_are_unique_per_campaign_and_address(db):
+    campaign_id = db.execute(
+        "INSERT INTO campaigns (key, name, subject, from_email, html, audience)"
+        " VALUES ('k', 'n', 's', 'f@example.com', '<p>x</p>', '{}') RETURNING id"
+    ).fetchone()["id"]
+    db.execute("INSERT INTO campaign_recipients (campaign_id, email) VALUES (%s, 'Bo@example.com')", [campaign_id])
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        db.execute("INSERT INTO campaign_recipients (campaign_id, email) VALUES (%s, 'bo@EXAMPLE.com')",
+                   [campaign_id])
+
+
+def test_a_sent_ledger_row_must_carry_its_ses_message_id(db):
+    campaign_id = db.execute(
+        "INSERT INTO campaigns (key, name, subject, from_email, html, audience)"
+        " VALUES ('k', 'n', 's', 'f@example.com', '<p>x</p>', '{}') RETURNING id"
+    ).fetchone()["id"]
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute("INSERT INTO campaign_recipients (campaign_id, email, status) VALUES (%s, 'a@example.com', 'sent')",
+                   [campaign_id])

@@ -1,0 +1,48 @@
+"""Helpers shared by the tests: seed contacts, a valid inline campaign, what moto's SES accepted."""
+
+from __future__ import annotations
+
+
+def sent_messages():
+    """Every message moto's SES accepted (count messages, not `destinations`: moto lists raw recipients twice)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ses.models import ses_backends
+
+    return list(ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages)
+
+
+def add_contacts(conn, emails, list_name="newsletter", *, status="subscribed", attributes=None):
+    """Insert contacts (or reuse existing ones) and put them on `list_name`; returns their ids in order."""
+    from psycopg.types.json import Jsonb
+
+    list_id = conn.execute(
+        "INSERT INTO lists (name) VALUES (%s) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+        [list_name]).fetchone()["id"]
+    ids = []
+    for i, email in enumerate(emails):
+        attrs = attributes(i) if callable(attributes) else (attributes or {})
+        contact_id = conn.execute(
+            """INSERT INTO contacts (email, first_name, last_name, attributes) VALUES (%s, %s, %s, %s)
+               ON CONFLICT ((lower(email))) DO UPDATE SET email = contacts.email RETURNING id""",
+            [email, f"First{i}", f"Last{i}", Jsonb(attrs)]).fetchone()["id"]
+        conn.execute(
+            "INSERT INTO list_members (list_id, contact_id, status) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            [list_id, contact_id, status])
+        ids.append(contact_id)
+    return ids
+
+
+def inline_campaign(key="nov-news", lists=("newsletter",), **overrides):
+    """A valid inline campaign definition for a run's conf."""
+    campaign = {
+        "key": key,
+        "name": "November news",
+        "subject": "Hi {{ first_name | default('there') }}",
+        "from_email": "news@example.com",
+        "from_name": "Example News",
+        "html": "<html><body><p>Hello {{ first_name }}!</p>"
+                "<p><a href=\"https://example.com/offer\">See the offer</a></p></body></html>",
+        "audience": {"lists": list(lists)},
+    }
+    campaign.update(overrides)
+    return campaign
