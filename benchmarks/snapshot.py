@@ -27,15 +27,15 @@ def seed(conn: psycopg.Connection, contacts: int) -> None:
     conn.execute(
         """INSERT INTO contacts (email, first_name, last_name, attributes)
            SELECT 'user' || g || '@example.org', 'First' || g, 'Last' || g,
-                  jsonb_build_object('country', (ARRAY['DE', 'AT', 'FR', 'IT'])[1 + g % 4])
+                  jsonb_build_object('country', (ARRAY['DE', 'AT', 'FR', 'IT'])[1 + mod(g, 4)])
              FROM generate_series(1, %s) AS g""", [contacts])
     conn.execute(
         """INSERT INTO list_members (list_id, contact_id, status)
-           SELECT l.id, c.id, CASE WHEN c.id % 100 = 1 THEN 'unsubscribed' ELSE 'subscribed' END
+           SELECT l.id, c.id, CASE WHEN mod(c.id, 100) = 1 THEN 'unsubscribed' ELSE 'subscribed' END
              FROM contacts c CROSS JOIN lists l""")
     conn.execute(
         """INSERT INTO suppressions (email, reason, source)
-           SELECT lower(email), 'hard_bounce', 'bench' FROM contacts WHERE id % 100 = 2""")
+           SELECT lower(email), 'hard_bounce', 'bench' FROM contacts WHERE mod(id, 100) = 2""")
     conn.execute("ANALYZE")
 
 

@@ -57,6 +57,8 @@ def snapshot(conn: psycopg.Connection, campaign_id: int, audience: Audience, pag
         if campaign["snapshot"] is not None:
             return campaign["snapshot"]
         query, params = audience_query("snapshot", audience)
+        # Page numbering sorts the whole audience: keep that sort in memory for large lists.
+        conn.execute("SET LOCAL work_mem = '256MB'")
         conn.execute(query, {**params, "campaign_id": campaign_id, "page_size": page_size})
         summary = summarize(status_counts(conn, campaign_id))
         summary["page_size"] = page_size

@@ -62,7 +62,6 @@ def app_env(s: StackSettings) -> dict[str, str]:
         SES_FROM_EMAIL=f"news@{DEMO_SENDER_DOMAIN}",
         SES_FROM_NAME="Example News",
         SNS_TOPIC_ARNS="arn:aws:sns:us-east-1:123456789012:ses-events",
-        SES_LOCAL_ENDPOINT="true",
     )
     return env
 
