@@ -140,6 +140,16 @@ def pending_rows(conn: psycopg.Connection, task: SendTask, *, chunk: int = 1000)
         after_page, after_id = rows[-1]["page_no"], rows[-1]["id"]
 
 
+def merge_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """A ledger row's merge data: the frozen attributes plus email and the names (missing names left out, so
+    `| default(...)` applies and the preflight reports them)."""
+    fields = dict(row["merge_data"] or {})
+    for name in ("email", "first_name", "last_name"):
+        if row.get(name) is not None:
+            fields[name] = row[name]
+    return fields
+
+
 def claim(conn: psycopg.Connection, row_id: int, email: str, attempt: str) -> str | None:
     """Claim a pending row for this attempt: returns 'sending', 'skipped' (suppressed meanwhile), or None when
     the row is no longer pending."""

@@ -87,7 +87,8 @@ def _render_all(composer, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], d
     failures: Counter[str] = Counter()
     failure_examples: dict[str, list[str]] = {}
     for row in rows:
-        fields = composer.missing_fields(row["merge_data"])
+        merge_data = ledger.merge_fields(row)
+        fields = composer.missing_fields(merge_data)
         for field in sorted(fields):
             missing[field] += 1
             examples = missing_examples.setdefault(field, [])
@@ -96,7 +97,7 @@ def _render_all(composer, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], d
         if fields:
             continue
         try:
-            composer.compose(row["id"], row["email"], row["merge_data"])
+            composer.compose(row["id"], row["email"], merge_data)
         except Exception as exc:  # noqa: BLE001 - every failure kind is reported, grouped by its message
             message = f"{type(exc).__name__}: {exc}"[:300]
             failures[message] += 1

@@ -184,7 +184,7 @@ class SendBatch:
             self._count(Row.SKIPPED if claimed == Row.SKIPPED else "already_claimed")
             return
         try:
-            raw = self.builder.compose(row["id"], row["email"], row["merge_data"])
+            raw = self.builder.compose(row["id"], row["email"], ledger.merge_fields(row))
         except ValueError as exc:  # TemplateProblem / AddressProblem: this recipient can never be sent as is
             ledger.release(conn, row["id"], self.attempt, Row.FAILED, f"compose: {exc}")
             self._count(Row.FAILED)

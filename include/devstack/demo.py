@@ -107,7 +107,7 @@ def main() -> None:
     print("sending the demo campaign ...", flush=True)
     sent = api.run("send_campaign", {"campaign": DEMO_CAMPAIGN, "batch_size": 25})
     print(
-        "\nWhere to look:\n"
+        "\nWhere to look:\n"  # noqa: S608 - printed advice, not a query
         f"  Airflow UI   {s.airflow_url}/dags/send_campaign/runs/{sent['run_id']}\n"
         f"  Local SES    {s.ses_endpoint}/moto-api/data.json   (every message the campaign sent)\n"
         f"  Ledger       psql {s.pg_dsn()} -c \"SELECT status, skip_reason, count(*) FROM campaign_recipients "

@@ -66,3 +66,15 @@ def test_a_sent_ledger_row_must_carry_its_ses_message_id(db):
     with pytest.raises(psycopg.errors.CheckViolation):
         db.execute("INSERT INTO campaign_recipients (campaign_id, email, status) VALUES (%s, 'a@example.com', 'sent')",
                    [campaign_id])
+
+
+def test_deleting_a_campaign_deletes_its_ledger(db):
+    campaign_id = db.execute(
+        "INSERT INTO campaigns (key, name, subject, from_email, html, audience)"
+        " VALUES ('k', 'n', 's', 'f@example.com', '<p>x</p>', '{}') RETURNING id"
+    ).fetchone()["id"]
+    db.execute("INSERT INTO campaign_recipients (campaign_id, email) VALUES (%s, 'a@example.com')", [campaign_id])
+
+    db.execute("DELETE FROM campaigns WHERE id = %s", [campaign_id])
+
+    assert db.execute("SELECT count(*) AS n FROM campaign_recipients").fetchone()["n"] == 0
