@@ -66,7 +66,7 @@ def ses_client(endpoint: str, threads: int, latency: float):
 def prepare_campaign(dsn: str, recipients: int) -> dict:
     """A running campaign of `recipients` rows in one send task, built by the pipeline's own functions."""
     with db.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE campaigns, contacts, lists RESTART IDENTITY CASCADE")
+        conn.execute("TRUNCATE campaign_recipients, campaigns, contacts, lists RESTART IDENTITY CASCADE")
         conn.execute("INSERT INTO lists (name) VALUES ('bench')")
         conn.execute("""INSERT INTO contacts (email, first_name) SELECT 'r' || g || '@example.org', 'Reader' || g
                         FROM generate_series(1, %s) g""", [recipients])
@@ -80,6 +80,29 @@ def prepare_campaign(dsn: str, recipients: int) -> dict:
     with db.connect(dsn) as conn:
         campaign = conn.execute("SELECT * FROM campaigns WHERE id = %s", [campaign_id]).fetchone()
     return {"task": SendTask.from_dict(task), "campaign": campaign}
+
+
+def ses_capacity(endpoint: str, threads: int, latency: float, seconds: float = 5.0) -> float:
+    """What the local SES endpoint takes alone: `threads` bare SendEmail loops, no limiter, ledger or rendering."""
+    import threading
+
+    client = ses_client(endpoint, threads, latency)
+    raw = b"From: news@example.com\r\nTo: cap@example.org\r\nSubject: capacity\r\n\r\nbody\r\n"
+    deadline = time.perf_counter() + seconds
+    counts = [0] * threads
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < deadline:
+            client.send_email(FromEmailAddress="news@example.com", Destination={"ToAddresses": ["cap@example.org"]},
+                              Content={"Raw": {"Data": raw}})
+            counts[i] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / seconds
 
 
 def one_run(dsn: str, endpoint: str, *, rate: float, seconds: float, latency: float, threads: int) -> dict:
@@ -127,7 +150,10 @@ def main() -> None:
         get_settings.cache_clear()
         threads = default_thread_count(args.rate, typical_latency=args.latency)
         results: dict[str, list[dict]] = {"pool": [], "single": []}
+        capacities = []
         for round_no in range(1, args.rounds + 1):
+            capacities.append(ses_capacity(endpoint, threads, args.latency))
+            print(f"round {round_no} local SES alone threads={threads:2}: {capacities[-1]:7.1f}/s", flush=True)
             for label, n in (("pool", threads), ("single", 1)):
                 seconds = args.seconds if label == "pool" else min(args.seconds, 5)
                 result = one_run(dsn, endpoint, rate=args.rate, seconds=seconds, latency=args.latency, threads=n)
@@ -135,6 +161,7 @@ def main() -> None:
                 print(f"round {round_no} {label:6} threads={n:2}: sent {result['sent']:5} in {result['wall']:5.1f} s,"
                       f" achieved {result['achieved']:7.1f}/s = {result['achieved'] / args.rate:.3f} R"
                       + (f"  error: {result['error']}" if result["error"] else ""), flush=True)
+        capacity = statistics.median(capacities)
         pool = statistics.median(r["achieved"] for r in results["pool"])
         single = statistics.median(r["achieved"] for r in results["single"])
         print()
@@ -143,7 +170,9 @@ def main() -> None:
         print(f"{'thread pool (default count)':32} {threads:7} {pool:11.1f} {pool / args.rate:11.3f}   "
               f"target >= 0.95: {'yes' if pool / args.rate >= 0.95 else 'NO'}")
         print(f"{'baseline: one thread':32} {1:7} {single:11.1f} {single / args.rate:11.3f}")
-        print(f"thread pool vs one thread: {pool / single:.1f}x")
+        print(f"{'local SES alone (bare SendEmail)':32} {threads:7} {capacity:11.1f} {capacity / args.rate:11.3f}")
+        print(f"thread pool vs one thread: {pool / single:.1f}x; "
+              f"achieved / min(R, local SES capacity) = {pool / min(args.rate, capacity):.3f}")
     finally:
         server.terminate()
         server.wait()

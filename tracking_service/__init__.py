@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from campaigns.config import Settings
 
@@ -13,11 +17,49 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_mapping(
         SETTINGS=Settings.from_env(),
         MAX_CONTENT_LENGTH=256 * 1024,
+        # each worker drains buffered opens/clicks into PostgreSQL in a thread; off in tests and when a dedicated
+        # `python -m tracking_service.drain --follow` does it
+        TRACKING_DRAINER=os.environ.get("TRACKING_DRAINER", "1").lower() not in ("0", "false", "no"),
+        # how many reverse proxies in front append to X-Forwarded-For (0: trust the socket address only)
+        TRUSTED_PROXY_HOPS=int(os.environ.get("TRACKING_TRUSTED_PROXY_HOPS", "0")),
     )
     if test_config:
         app.config.update(test_config)
+    if app.config["TRUSTED_PROXY_HOPS"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXY_HOPS"])
 
-    from tracking_service import health
+    from tracking_service import errors, health, tracking, webhooks
 
+    errors.register(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(tracking.bp)
+    app.register_blueprint(webhooks.bp)
+    app.teardown_appcontext(tracking.close_db)
+    if app.config["TRACKING_DRAINER"]:
+        _start_drainer_lazily(app)
     return app
+
+
+def _start_drainer_lazily(app: Flask) -> None:
+    """Start the drainer thread on a worker's first request: threads do not survive gunicorn's fork (--preload)."""
+    from campaigns import db
+    from tracking_service import events_buffer
+
+    settings = app.config["SETTINGS"]
+    lock = threading.Lock()
+    started: dict[str, int] = {}
+
+    @app.before_request
+    def _ensure_drainer() -> None:
+        if started.get("pid") == os.getpid():
+            return
+        with lock:
+            if started.get("pid") == os.getpid():
+                return
+            drainer = events_buffer.Drainer(
+                lambda: db.resolve_redis(settings.redis_conn_id),
+                lambda: db.connect(db.resolve_postgres_dsn(settings.db_conn_id), autocommit=True),
+            )
+            drainer.start()
+            app.extensions["tracking_drainer"] = drainer
+            started["pid"] = os.getpid()

@@ -205,3 +205,29 @@ def test_param_schema_accepts_the_documented_conf(send_dag):
     params["campaign"] = inline_campaign(audience={"lists": ["newsletter"], "where": {"country": ["DE", "AT"]}})
     params["batch_size"] = 500
     assert params.validate()["batch_size"] == 500
+
+
+def test_header_injection_through_a_merge_value_fails_preflight_with_the_reason(send_dag, db, ses):
+    add_contacts(db, ["eve@example.org"])
+    db.execute("UPDATE contacts SET first_name = %s", ["Eve\r\nBcc: victim@example.net"])
+
+    dag_run = run(send_dag, {"campaign": inline_campaign(subject="Hi {{ first_name }}")})
+
+    assert dag_run.state == "failed"
+    failures = campaign_row(db, "nov-news")["preflight"]["render_failures"]
+    assert list(failures.values())[0]["examples"] == ["eve@example.org"]
+    assert sent_messages() == []
+
+
+def test_idn_domain_is_sent_punycoded_and_html_in_merge_values_is_escaped(send_dag, db, ses):
+    add_contacts(db, ["ana@bücher.example"])
+    db.execute("UPDATE contacts SET first_name = %s", ["<script>alert(1)</script>"])
+
+    run(send_dag, {"campaign": inline_campaign()})
+
+    [message] = sent_messages()
+    parsed = email.message_from_string(message.raw_data, policy=email.policy.default)
+    assert parsed["To"].addresses[0].domain == "xn--bcher-kva.example"
+    html = parsed.get_body(("html",)).get_content()
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html

@@ -1,0 +1,89 @@
+-- Tracking: campaign links, buffered open/click events, one-click unsubscribe.
+
+-- name: register-links
+-- Idempotent: the send pipeline may call it on every (re)run; a stored link id keeps its URL.
+INSERT INTO campaign_links (campaign_id, link_id, url)
+SELECT %(campaign_id)s, link_id, url
+  FROM unnest(%(link_ids)s::integer[], %(urls)s::text[]) AS l(link_id, url)
+ON CONFLICT (campaign_id, link_id) DO NOTHING
+
+-- name: link-url
+SELECT url FROM campaign_links WHERE campaign_id = %(campaign_id)s AND link_id = %(link_id)s
+
+-- name: insert-buffered-events
+-- One statement per drained batch (arrays in, unnest out) instead of one INSERT per event.
+-- Idempotency: sns_message_id (UNIQUE) holds 'stream:' plus the Redis stream entry id, so an entry delivered
+-- twice (crash between COMMIT and XACK, or claimed from a dead consumer) is inserted once.
+-- The joins drop events whose campaign or ledger row no longer exists instead of failing the whole batch on a
+-- foreign key, and give the address and sent_at: a click within scanner_seconds of sending is a machine click.
+WITH batch AS (
+    SELECT *
+      FROM unnest(%(stream_ids)s::text[], %(types)s::text[], %(campaign_ids)s::bigint[],
+                  %(recipient_ids)s::bigint[], %(link_ids)s::integer[], %(ips)s::inet[], %(user_agents)s::text[],
+                  %(machine)s::boolean[], %(reasons)s::text[], %(methods)s::text[], %(occurred)s::float8[])
+           AS u(stream_id, type, campaign_id, recipient_id, link_id, ip, user_agent, is_machine, reasons, method,
+                occurred_epoch)
+), resolved AS (
+    SELECT b.*, r.email, to_timestamp(b.occurred_epoch) AS occurred_at,
+           coalesce(b.type = 'click' AND to_timestamp(b.occurred_epoch)
+                    < r.sent_at + make_interval(secs => %(scanner_seconds)s), false) AS fast_click
+      FROM batch b
+      JOIN campaign_recipients r ON r.id = b.recipient_id AND r.campaign_id = b.campaign_id
+      JOIN campaigns c ON c.id = b.campaign_id
+), inserted AS (
+    INSERT INTO email_events (campaign_id, recipient_id, email, type, subtype, link_id, ip, user_agent, is_machine,
+                              sns_message_id, payload, occurred_at)
+    SELECT campaign_id, recipient_id, email, type, NULL, link_id, ip, user_agent, is_machine OR fast_click,
+           'stream:' || stream_id,
+           jsonb_build_object('stream_id', stream_id, 'method', method,
+                              'machine_reasons', to_jsonb(array_remove(
+                                  string_to_array(reasons, ',') || CASE WHEN fast_click THEN 'within_seconds_of_send' END,
+                                  NULL))),
+           occurred_at
+      FROM resolved
+    ON CONFLICT (sns_message_id) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) AS n FROM inserted
+
+-- name: insert-implied-opens
+-- A click proves the message was opened: record one open (subtype implied_by_click) for a clicking recipient that
+-- has no open yet, copied from the recipient's first click of this batch (machine flag included). Runs after
+-- insert-buffered-events in the same transaction, so opens of the same batch count as recorded.
+INSERT INTO email_events (campaign_id, recipient_id, email, type, subtype, link_id, ip, user_agent, is_machine,
+                          sns_message_id, payload, occurred_at)
+SELECT DISTINCT ON (c.recipient_id)
+       c.campaign_id, c.recipient_id, c.email, 'open', 'implied_by_click', NULL, c.ip, c.user_agent, c.is_machine,
+       c.sns_message_id || ':implied', jsonb_build_object('click_event_id', c.id), c.occurred_at
+  FROM email_events c
+ WHERE c.sns_message_id = ANY(%(click_ids)s::text[])
+   AND NOT EXISTS (SELECT 1 FROM email_events o WHERE o.recipient_id = c.recipient_id AND o.type = 'open')
+ ORDER BY c.recipient_id, c.occurred_at
+ON CONFLICT (sns_message_id) DO NOTHING
+
+-- name: unsubscribe-recipient
+-- The ledger row a verified unsubscribe token names; the token's campaign must match (defence in depth).
+SELECT id, campaign_id, contact_id, email
+  FROM campaign_recipients
+ WHERE id = %(recipient_id)s AND campaign_id = %(campaign_id)s
+
+-- name: suppress-unsubscribe
+-- Global suppression: the send path re-checks it right before each send, so it takes effect immediately.
+INSERT INTO suppressions (email, reason, source, detail)
+VALUES (lower(%(email)s), 'unsubscribe', 'one_click', %(detail)s)
+ON CONFLICT (email) DO NOTHING
+
+-- name: unsubscribe-list-members
+-- Every list membership of the contact (by ledger contact id, else by address) becomes unsubscribed.
+UPDATE list_members lm
+   SET status = 'unsubscribed', unsubscribed_at = now()
+ WHERE lm.status = 'subscribed'
+   AND lm.contact_id IN (SELECT c.id FROM contacts c
+                          WHERE c.id = %(contact_id)s OR lower(c.email) = lower(%(email)s))
+
+-- name: record-unsubscribe-event
+-- One unsubscribe event per ledger row, however often the POST is repeated (the key makes it idempotent).
+INSERT INTO email_events (campaign_id, recipient_id, email, type, subtype, ip, user_agent, sns_message_id, payload)
+VALUES (%(campaign_id)s, %(recipient_id)s, %(email)s, 'unsubscribe', %(subtype)s, %(ip)s, %(user_agent)s,
+        'unsubscribe:' || %(campaign_id)s::text || ':' || %(recipient_id)s::text, %(payload)s)
+ON CONFLICT (sns_message_id) DO NOTHING

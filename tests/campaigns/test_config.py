@@ -1,0 +1,53 @@
+"""Settings: one object from the environment, the original design's names as aliases, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from campaigns.config import ConfigError, Settings
+
+
+def test_defaults_when_nothing_is_set():
+    settings = Settings.from_env({})
+    assert settings.sending_rate == 14.0
+    assert settings.batch_size == 500
+    assert settings.tracking_secret_keys == ()
+
+
+def test_original_design_names_are_accepted_as_aliases():
+    settings = Settings.from_env({
+        "AWS_SES_FROM_EMAIL": "news@example.com", "AWS_SES_FROM_NAME": "News", "AWS_SES_REPLY_TO_EMAIL": "r@example.com",
+        "AWS_SES_CONFIGURATION_SET": "set", "AWS_SES_SENDING_RATE": "20", "AWS_SES_BATCH_SIZE": "250",
+        "NEXT_PUBLIC_SITE_URL": "https://t.example.com/",
+    })
+    assert (settings.from_email, settings.from_name, settings.reply_to) == ("news@example.com", "News", "r@example.com")
+    assert (settings.configuration_set, settings.sending_rate, settings.batch_size) == ("set", 20.0, 250)
+    assert settings.tracking_base_url == "https://t.example.com"
+
+
+def test_the_new_name_wins_over_its_alias():
+    settings = Settings.from_env({"SES_SENDING_RATE": "50", "AWS_SES_SENDING_RATE": "20"})
+    assert settings.sending_rate == 50.0
+
+
+def test_auto_rate_and_key_rotation():
+    settings = Settings.from_env({"SES_SENDING_RATE": "auto", "TRACKING_SECRET_KEYS": "new, old ,"})
+    assert settings.sending_rate is None
+    assert settings.tracking_secret_keys == ("new", "old")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SES_BATCH_SIZE": "ten"}, "SES_BATCH_SIZE must be a whole number"),
+    ({"SES_BATCH_SIZE": "0"}, "SES_BATCH_SIZE must be at least 1"),
+    ({"SES_BATCH_SIZE": "20000"}, "SES_BATCH_SIZE must be at most 10000"),
+    ({"SES_SENDING_RATE": "-1"}, "SES_SENDING_RATE must be at least"),
+    ({"TRACKING_BASE_URL": "track.example.com"}, "TRACKING_BASE_URL must be an absolute"),
+])
+def test_bad_values_name_the_setting(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_conf_overrides_environment():
+    settings = Settings.from_env({"SES_BATCH_SIZE": "250"}).with_overrides(batch_size=100, from_email=None)
+    assert settings.batch_size == 100

@@ -1,0 +1,403 @@
+"""The tracking endpoints against real PostgreSQL and Redis (db 1): pixel, click, one-click unsubscribe, drain."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg.types.json import Jsonb
+
+from campaigns.links import register_links
+from campaigns.tokens import TokenCodec
+from tests.helpers import add_contacts
+from tracking_service import create_app, events_buffer, tracking
+
+LINKS = ["https://example.com/offer", "http://example.org/a?b=1&c=%20d"]
+HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+
+
+@pytest.fixture
+def app(settings, redis_client):
+    tracking._link_cache.clear()
+    app = create_app({"TESTING": True, "TRACKING_DRAINER": False})
+    yield app
+    tracking._link_cache.clear()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def codec(settings):
+    return TokenCodec(settings.tracking_secret_keys)
+
+
+def _campaign(conn, key: str, links: list[str], emails: list[str], *, sent_seconds_ago: float = 3600.0):
+    """A campaign with links and one sent ledger row per address; returns (campaign_id, [recipient ids])."""
+    campaign_id = conn.execute(
+        """INSERT INTO campaigns (key, name, subject, from_email, html, audience, status)
+           VALUES (%s, %s, 'Hi', 'news@example.com', '<p>x</p>', %s, 'running') RETURNING id""",
+        [key, key, Jsonb({"lists": ["newsletter"]})]).fetchone()["id"]
+    contact_ids = add_contacts(conn, emails)
+    recipient_ids = []
+    for contact_id, email in zip(contact_ids, emails, strict=True):
+        recipient_ids.append(conn.execute(
+            """INSERT INTO campaign_recipients (campaign_id, contact_id, email, status, ses_message_id, sent_at)
+               VALUES (%s, %s, %s, 'sent', %s, now() - make_interval(secs => %s)) RETURNING id""",
+            [campaign_id, contact_id, email, f"ses-{key}-{email}", sent_seconds_ago]).fetchone()["id"])
+    register_links(conn, campaign_id, links)
+    return campaign_id, recipient_ids
+
+
+@pytest.fixture
+def campaign(db):
+    return _campaign(db, "nov-news", LINKS, ["Ann@Example.com", "bob@example.com"])
+
+
+def _events(conn, type_: str | None = None):
+    sql = "SELECT * FROM email_events" + (" WHERE type = %s" if type_ else "") + " ORDER BY id"
+    return conn.execute(sql, [type_] if type_ else []).fetchall()
+
+
+def _drain(redis_client, db) -> int:
+    return events_buffer.drain_once(redis_client, db, consumer="test")
+
+
+def _state(conn) -> tuple:
+    """Everything an unsubscribe or a bad request could change."""
+    return (
+        conn.execute("SELECT count(*) AS n FROM email_events").fetchone()["n"],
+        conn.execute("SELECT count(*) AS n FROM suppressions").fetchone()["n"],
+        conn.execute("SELECT count(*) AS n FROM list_members WHERE status = 'unsubscribed'").fetchone()["n"],
+    )
+
+
+# ---- open pixel -----------------------------------------------------------------------------------------------
+
+def _assert_pixel(response):
+    assert response.status_code == 200
+    assert response.mimetype == "image/gif"
+    assert len(response.data) == 43 and response.data.startswith(b"GIF89a")
+    assert "no-store" in response.headers["Cache-Control"] and "no-cache" in response.headers["Cache-Control"]
+    assert response.headers["Pragma"] == "no-cache"
+    assert "Set-Cookie" not in response.headers
+
+
+def test_pixel_records_open_for_valid_token(client, codec, campaign, db, redis_client):
+    campaign_id, (ann, _) = campaign
+    response = client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif", headers={"User-Agent": HUMAN_UA},
+                          environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    _assert_pixel(response)
+    assert _drain(redis_client, db) == 1
+    [event] = _events(db)
+    assert (event["type"], event["campaign_id"], event["recipient_id"]) == ("open", campaign_id, ann)
+    assert event["email"] == "Ann@Example.com"
+    assert str(event["ip"]) == "203.0.113.9" and event["user_agent"] == HUMAN_UA
+    assert event["is_machine"] is False and event["occurred_at"] is not None
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # tampered signature
+    lambda t: t[:-6],  # truncated
+    lambda t: "x' OR '1'='1",  # SQL metacharacters
+    lambda t: "1;DROP TABLE email_events--",
+])
+def test_pixel_returns_gif_but_records_nothing_for_bad_token(client, codec, campaign, db, redis_client, mutate):
+    campaign_id, (ann, _) = campaign
+    before = _state(db)
+    _assert_pixel(client.get(f"/o/{mutate(codec.open_token(campaign_id, ann))}.gif"))
+    assert redis_client.exists(events_buffer.STREAM) == 0
+    _drain(redis_client, db)
+    assert _state(db) == before
+
+
+def test_pixel_rejects_click_token_of_same_ids(client, codec, campaign, db, redis_client):
+    campaign_id, (ann, _) = campaign
+    _assert_pixel(client.get(f"/o/{codec.click_token(campaign_id, ann, 0)}.gif"))
+    assert redis_client.exists(events_buffer.STREAM) == 0
+
+
+@pytest.mark.parametrize(("ip", "ua", "reason"), [
+    ("17.58.100.1", HUMAN_UA, "apple_proxy_ip"),
+    ("198.51.100.7", "Mozilla/5.0", "apple_proxy_user_agent"),
+])
+def test_apple_privacy_proxy_open_is_flagged_machine_not_dropped(client, codec, campaign, db, redis_client, ip, ua,
+                                                                 reason):
+    campaign_id, (ann, _) = campaign
+    client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif", headers={"User-Agent": ua},
+               environ_base={"REMOTE_ADDR": ip})
+    _drain(redis_client, db)
+    [event] = _events(db)
+    assert event["is_machine"] is True
+    assert reason in event["payload"]["machine_reasons"]
+
+
+# ---- click redirect -------------------------------------------------------------------------------------------
+
+def test_click_redirects_to_exact_campaign_link_and_records_click_and_implied_open(client, codec, campaign, db,
+                                                                                    redis_client):
+    campaign_id, (ann, _) = campaign
+    response = client.get(f"/c/{codec.click_token(campaign_id, ann, 1)}", headers={"User-Agent": HUMAN_UA})
+    assert response.status_code == 302
+    assert response.headers["Location"] == LINKS[1]
+    assert _drain(redis_client, db) == 1
+    [click] = _events(db, "click")
+    assert (click["campaign_id"], click["recipient_id"], click["link_id"]) == (campaign_id, ann, 1)
+    assert click["is_machine"] is False
+    [opened] = _events(db, "open")
+    assert opened["subtype"] == "implied_by_click" and opened["recipient_id"] == ann
+
+
+def test_click_after_recorded_open_adds_no_implied_open(client, codec, campaign, db, redis_client):
+    campaign_id, (ann, _) = campaign
+    client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif", headers={"User-Agent": HUMAN_UA})
+    client.get(f"/c/{codec.click_token(campaign_id, ann, 0)}", headers={"User-Agent": HUMAN_UA})
+    client.get(f"/c/{codec.click_token(campaign_id, ann, 1)}", headers={"User-Agent": HUMAN_UA})
+    _drain(redis_client, db)
+    assert [e["subtype"] for e in _events(db, "open")] == [None]
+    assert len(_events(db, "click")) == 2
+
+
+def test_second_click_adds_no_second_implied_open(client, codec, campaign, db, redis_client):
+    campaign_id, (ann, _) = campaign
+    client.get(f"/c/{codec.click_token(campaign_id, ann, 0)}", headers={"User-Agent": HUMAN_UA})
+    _drain(redis_client, db)
+    client.get(f"/c/{codec.click_token(campaign_id, ann, 1)}", headers={"User-Agent": HUMAN_UA})
+    _drain(redis_client, db)
+    assert len(_events(db, "open")) == 1
+
+
+@pytest.mark.parametrize(("method", "ua", "reason"), [
+    ("HEAD", HUMAN_UA, "head_request"),
+    ("GET", "Mozilla/5.0 (compatible; Barracuda Sentinel)", "scanner_user_agent"),
+    ("GET", "python-requests/2.32", "scanner_user_agent"),
+])
+def test_scanner_clicks_are_flagged_machine(client, codec, campaign, db, redis_client, method, ua, reason):
+    campaign_id, (ann, _) = campaign
+    response = client.open(f"/c/{codec.click_token(campaign_id, ann, 0)}", method=method, headers={"User-Agent": ua})
+    assert response.status_code == 302 and response.headers["Location"] == LINKS[0]
+    _drain(redis_client, db)
+    [click] = _events(db, "click")
+    assert click["is_machine"] is True and reason in click["payload"]["machine_reasons"]
+    [implied] = _events(db, "open")
+    assert implied["is_machine"] is True
+
+
+def test_click_within_seconds_of_send_is_flagged_machine(client, codec, db, redis_client):
+    campaign_id, (fresh,) = _campaign(db, "fresh", LINKS, ["fresh@example.com"], sent_seconds_ago=2)
+    client.get(f"/c/{codec.click_token(campaign_id, fresh, 0)}", headers={"User-Agent": HUMAN_UA})
+    _drain(redis_client, db)
+    [click] = _events(db, "click")
+    assert click["is_machine"] is True
+    assert "within_seconds_of_send" in click["payload"]["machine_reasons"]
+
+
+def test_click_token_for_link_of_another_campaign_is_404_without_redirect(client, codec, campaign, db,
+                                                                          redis_client):
+    other_id, (carl,) = _campaign(db, "other", ["https://other.example.net/"], ["carl@example.com"])
+    # link 1 exists only in the first campaign; the other campaign has link 0 only
+    response = client.get(f"/c/{codec.click_token(other_id, carl, 1)}")
+    assert response.status_code == 404
+    assert "Location" not in response.headers
+    assert redis_client.exists(events_buffer.STREAM) == 0
+
+
+def test_click_for_unknown_campaign_is_404(client, codec, db, redis_client):
+    response = client.get(f"/c/{codec.click_token(987654, 1, 0)}")
+    assert response.status_code == 404 and "Location" not in response.headers
+
+
+@pytest.mark.parametrize("bad", [
+    "tampered", "truncated", "x' OR '1'='1", "%27%3B--", "1%20UNION%20SELECT%201", "open-token",
+])
+def test_bad_click_tokens_are_404_and_change_nothing(client, codec, campaign, db, redis_client, bad):
+    campaign_id, (ann, _) = campaign
+    good = codec.click_token(campaign_id, ann, 0)
+    token = {"tampered": good[:-1] + ("A" if good[-1] != "A" else "B"), "truncated": good[:-5],
+             "open-token": codec.open_token(campaign_id, ann)}.get(bad, bad)
+    before = _state(db)
+    response = client.get(f"/c/{token}")
+    assert response.status_code == 404 and "Location" not in response.headers
+    assert redis_client.exists(events_buffer.STREAM) == 0
+    assert _state(db) == before
+
+
+def test_register_links_is_idempotent_and_refuses_non_http(db):
+    campaign_id, _ = _campaign(db, "links", LINKS, [])
+    assert register_links(db, campaign_id, LINKS) == 0
+    rows = db.execute("SELECT link_id, url FROM campaign_links WHERE campaign_id = %s ORDER BY link_id",
+                      [campaign_id]).fetchall()
+    assert [(r["link_id"], r["url"]) for r in rows] == list(enumerate(LINKS))
+    for bad in ("javascript:alert(1)", "mailto:a@example.com", "//evil.example", "https://x.example/\r\nSet-Cookie:"):
+        with pytest.raises(ValueError, match="http"):
+            register_links(db, campaign_id, [*LINKS, bad])
+
+
+# ---- unsubscribe ----------------------------------------------------------------------------------------------
+
+def test_unsubscribe_get_shows_form_and_changes_nothing(client, codec, campaign, db):
+    campaign_id, (ann, _) = campaign
+    before = _state(db)
+    response = client.get(f"/u/{codec.unsubscribe_token(campaign_id, ann)}")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert '<form method="post"' in page and 'name="List-Unsubscribe" value="One-Click"' in page
+    assert "A***@Example.com" in page and "<button" in page
+    assert "http://" not in page and "https://" not in page  # no external resources
+    assert _state(db) == before
+
+
+def _assert_unsubscribed(db, campaign_id, recipient_id, email="ann@example.com"):
+    [suppression] = db.execute("SELECT * FROM suppressions").fetchall()
+    assert (suppression["email"], suppression["reason"], suppression["source"]) == (email, "unsubscribe",
+                                                                                    "one_click")
+    statuses = db.execute("""SELECT lm.status FROM list_members lm JOIN contacts c ON c.id = lm.contact_id
+                              WHERE lower(c.email) = %s""", [email]).fetchall()
+    assert statuses and {s["status"] for s in statuses} == {"unsubscribed"}
+    [event] = _events(db, "unsubscribe")
+    assert (event["campaign_id"], event["recipient_id"]) == (campaign_id, recipient_id)
+    other = db.execute("SELECT lm.status FROM list_members lm JOIN contacts c ON c.id = lm.contact_id "
+                       "WHERE lower(c.email) <> %s", [email]).fetchall()
+    assert {s["status"] for s in other} <= {"subscribed"}
+
+
+@pytest.mark.parametrize("encoding", ["form", "multipart"])
+def test_one_click_post_unsubscribes_with_200_no_redirect_no_cookie(client, codec, campaign, db, encoding):
+    campaign_id, (ann, _) = campaign
+    url = f"/u/{codec.unsubscribe_token(campaign_id, ann)}"
+    if encoding == "form":
+        response = client.post(url, data="List-Unsubscribe=One-Click",
+                               content_type="application/x-www-form-urlencoded")
+    else:
+        response = client.post(url, data={"List-Unsubscribe": "One-Click"}, content_type="multipart/form-data")
+    assert response.status_code == 200
+    assert "Location" not in response.headers and "Set-Cookie" not in response.headers
+    assert "unsubscribed" in response.get_data(as_text=True)
+    _assert_unsubscribed(db, campaign_id, ann)
+
+
+def test_confirmation_page_button_unsubscribes(client, codec, campaign, db):
+    campaign_id, (ann, _) = campaign
+    url = f"/u/{codec.unsubscribe_token(campaign_id, ann)}"
+    response = client.post(url, data={"List-Unsubscribe": "One-Click", "source": "page"})
+    assert response.status_code == 200
+    _assert_unsubscribed(db, campaign_id, ann)
+    assert _events(db, "unsubscribe")[0]["subtype"] == "confirm_page"
+
+
+def test_one_click_post_twice_is_idempotent(client, codec, campaign, db):
+    campaign_id, (ann, _) = campaign
+    url = f"/u/{codec.unsubscribe_token(campaign_id, ann)}"
+    for _ in range(2):
+        response = client.post(url, data={"List-Unsubscribe": "One-Click"})
+        assert response.status_code == 200
+    _assert_unsubscribed(db, campaign_id, ann)
+
+
+def test_post_without_one_click_body_changes_nothing(client, codec, campaign, db):
+    campaign_id, (ann, _) = campaign
+    before = _state(db)
+    response = client.post(f"/u/{codec.unsubscribe_token(campaign_id, ann)}", data={"foo": "bar"})
+    assert response.status_code == 400
+    assert _state(db) == before
+
+
+@pytest.mark.parametrize("bad", ["tampered", "truncated", "x' OR '1'='1", "1;DELETE FROM suppressions", "other-kind",
+                                 "unknown-recipient"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_bad_unsubscribe_tokens_show_error_page_and_change_nothing(client, codec, campaign, db, bad, method):
+    campaign_id, (ann, _) = campaign
+    good = codec.unsubscribe_token(campaign_id, ann)
+    token = {"tampered": good[:-1] + ("A" if good[-1] != "A" else "B"), "truncated": good[:-4],
+             "other-kind": codec.open_token(campaign_id, ann),
+             "unknown-recipient": codec.unsubscribe_token(campaign_id, 999_999)}.get(bad, bad)
+    before = _state(db)
+    response = client.open(f"/u/{token}", method=method, data={"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 404
+    assert response.mimetype == "text/html" and "not valid" in response.get_data(as_text=True)
+    assert "Location" not in response.headers
+    assert _state(db) == before
+
+
+# ---- drain: durability and idempotency ------------------------------------------------------------------------
+
+def test_buffered_events_appear_in_postgres_after_drain_once(client, codec, campaign, db, redis_client):
+    campaign_id, recipients = campaign
+    for recipient_id in recipients:
+        for _ in range(3):
+            client.get(f"/o/{codec.open_token(campaign_id, recipient_id)}.gif", headers={"User-Agent": HUMAN_UA})
+    assert _events(db) == []
+    assert events_buffer.drain_once(redis_client, db, batch=4, consumer="test") == 4
+    assert events_buffer.drain_once(redis_client, db, batch=4, consumer="test") == 2
+    assert events_buffer.drain_once(redis_client, db, batch=4, consumer="test") == 0
+    assert len(_events(db, "open")) == 6
+    assert events_buffer.backlog(redis_client) == 0
+
+
+def test_crash_between_read_and_ack_loses_nothing_and_duplicates_nothing(client, codec, campaign, db, redis_client):
+    campaign_id, (ann, bob) = campaign
+    for recipient_id in (ann, bob):
+        client.get(f"/o/{codec.open_token(campaign_id, recipient_id)}.gif", headers={"User-Agent": HUMAN_UA})
+    client.get(f"/c/{codec.click_token(campaign_id, bob, 0)}", headers={"User-Agent": HUMAN_UA})
+    # a worker reads the batch, inserts it, then dies before XACK
+    events_buffer.ensure_group(redis_client)
+    read = redis_client.xreadgroup(events_buffer.GROUP, "dead-worker", {events_buffer.STREAM: ">"}, count=100)
+    entries = read[0][1]
+    assert len(entries) == 3
+    parsed = [events_buffer._parse(entry_id, fields) for entry_id, fields in entries]
+    events_buffer._store(db, redis_client, parsed)
+    assert len(_events(db)) == 3
+    # another worker that claims nothing yet sees no new entries: they are pending for the dead one
+    assert events_buffer.drain_once(redis_client, db, consumer="alive", claim_idle_ms=None) == 0
+    # once idle long enough (0 ms here) the live worker claims and drains them; idempotent by stream id
+    assert events_buffer.drain_once(redis_client, db, consumer="alive", claim_idle_ms=0) == 3
+    events = _events(db)
+    assert sorted((e["type"], e["recipient_id"]) for e in events) == [("click", bob), ("open", ann), ("open", bob)]
+    assert redis_client.xpending(events_buffer.STREAM, events_buffer.GROUP)["pending"] == 0
+    assert events_buffer.backlog(redis_client) == 0
+
+
+def test_crash_before_insert_loses_nothing(client, codec, campaign, db, redis_client):
+    campaign_id, (ann, _) = campaign
+    client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif", headers={"User-Agent": HUMAN_UA})
+    events_buffer.ensure_group(redis_client)
+    redis_client.xreadgroup(events_buffer.GROUP, "dead-worker", {events_buffer.STREAM: ">"}, count=100)
+    assert _events(db) == []
+    assert events_buffer.drain_once(redis_client, db, consumer="alive", claim_idle_ms=0) == 1
+    assert len(_events(db)) == 1
+
+
+def test_events_of_deleted_campaign_are_settled_not_stuck(client, codec, campaign, db, redis_client):
+    campaign_id, (ann, _) = campaign
+    client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif")
+    db.execute("DELETE FROM campaigns WHERE id = %s", [campaign_id])
+    assert _drain(redis_client, db) == 1
+    assert _events(db) == [] and events_buffer.backlog(redis_client) == 0
+
+
+def test_drain_command_empties_the_stream(client, codec, campaign, db, redis_client, capsys):
+    from tracking_service import drain
+
+    campaign_id, (ann, _) = campaign
+    client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif")
+    assert drain.main([]) == 0
+    assert "drained 1 entries" in capsys.readouterr().out
+    assert len(_events(db)) == 1
+
+
+def test_drainer_thread_started_lazily_per_worker(settings, db, redis_client, codec):
+    campaign_id, (ann,) = _campaign(db, "thread", LINKS, ["t@example.com"])
+    app = create_app({"TESTING": True, "TRACKING_DRAINER": True})
+    try:
+        app.test_client().get(f"/o/{codec.open_token(campaign_id, ann)}.gif")
+        drainer = app.extensions["tracking_drainer"]
+        assert drainer.is_alive()
+        import time
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _events(db):
+            time.sleep(0.1)
+        assert len(_events(db)) == 1
+    finally:
+        app.extensions["tracking_drainer"].stop()
+        app.extensions["tracking_drainer"].join(5)

@@ -1,0 +1,411 @@
+"""POST /webhooks/ses through Flask's test client: refusals change nothing, SES events apply the suppression rules."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import json
+from dataclasses import replace
+from unittest import mock
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+from werkzeug.test import EnvironBuilder
+
+from campaigns.config import Settings
+from campaigns.sns import string_to_sign
+from tracking_service import create_app, webhooks
+
+TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-events"
+CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem"
+SUBSCRIBE_URL = f"https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=abc"
+
+
+@pytest.fixture(scope="module")
+def key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def other_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def cert_file(tmp_path, key):
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
+    path = tmp_path / "sns-test-cert.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+@pytest.fixture
+def http_get():
+    return mock.Mock(return_value=mock.Mock(status_code=200))
+
+
+@pytest.fixture
+def app(cert_file, http_get):
+    settings = replace(Settings.from_env(), sns_topic_arns=(TOPIC,), sns_test_cert_pem=str(cert_file))
+    app = create_app(test_config={"TESTING": True, "SETTINGS": settings, "SNS_HTTP_GET": http_get,
+                                  "TRACKING_DRAINER": False})
+    if "webhooks" not in app.blueprints:  # until tracking_service/__init__.py registers it
+        app.register_blueprint(webhooks.bp)
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def sign(message: dict, key) -> dict:
+    algorithm = hashes.SHA1() if message["SignatureVersion"] == "1" else hashes.SHA256()  # noqa: S303 - SNS v1
+    signature = key.sign(string_to_sign(message), padding.PKCS1v15(), algorithm)
+    return {**message, "Signature": base64.b64encode(signature).decode()}
+
+
+_counter = iter(range(1, 1_000_000))
+
+
+def envelope(key, event: dict | None = None, kind: str = "Notification", version: str = "2", **fields) -> dict:
+    """A signed SNS envelope carrying `event` (as SNS does: the SES event is a JSON string in Message)."""
+    message = {
+        "Type": kind,
+        "MessageId": f"sns-{next(_counter)}",
+        "TopicArn": TOPIC,
+        "Message": json.dumps(event if event is not None else {}),
+        "Timestamp": "2026-01-02T03:04:05.678Z",
+        "SignatureVersion": version,
+        "SigningCertURL": CERT_URL,
+    }
+    if kind != "Notification":
+        message.update(Message="You have chosen to subscribe...", SubscribeURL=SUBSCRIBE_URL, Token="abc")
+    message.update(fields)
+    return sign(message, key)
+
+
+def post(client, message: dict | bytes):
+    body = message if isinstance(message, bytes) else json.dumps(message).encode()
+    headers = {} if isinstance(message, bytes) else {"x-amz-sns-message-type": message.get("Type", "")}
+    return client.post("/webhooks/ses", data=body, content_type="text/plain; charset=UTF-8", headers=headers)
+
+
+def ses_event(event_type: str, message_id: str | None = "ses-sent-1", tags: dict | None = None, **detail) -> dict:
+    mail = {"timestamp": "2026-01-02T03:04:00.000Z", "source": "news@example.com",
+            "destination": ["ann@example.com"], "tags": tags or {}}
+    if message_id is not None:
+        mail["messageId"] = message_id
+    return {"eventType": event_type, "mail": mail, **detail}
+
+
+def bounce(bounce_type: str, address: str = "ann@example.com", message_id: str = "ses-sent-1") -> dict:
+    now = dt.datetime.now(dt.UTC).isoformat()
+    return ses_event("Bounce", message_id, bounce={
+        "bounceType": bounce_type, "bounceSubType": "General", "timestamp": now,
+        "bouncedRecipients": [{"emailAddress": address, "action": "failed", "status": "5.1.1"}]})
+
+
+@pytest.fixture
+def ledger(db):
+    """One campaign with a sent row (ses-sent-1, Ann) and an unknown row (Bob, its SendEmail answer lost)."""
+    campaign = db.execute(
+        "INSERT INTO campaigns (key, name, subject, from_email, html, audience) "
+        "VALUES ('spring', 'Spring', 'Hi', 'news@example.com', '<p>Hi</p>', '{}'::jsonb) RETURNING id").fetchone()["id"]
+    sent = db.execute(
+        "INSERT INTO campaign_recipients (campaign_id, email, status, ses_message_id, sent_at) "
+        "VALUES (%s, 'Ann@Example.com', 'sent', 'ses-sent-1', now()) RETURNING id", [campaign]).fetchone()["id"]
+    unknown = db.execute(
+        "INSERT INTO campaign_recipients (campaign_id, email, status) VALUES (%s, 'bob@example.com', 'unknown') "
+        "RETURNING id", [campaign]).fetchone()["id"]
+    return {"campaign": campaign, "sent": sent, "unknown": unknown}
+
+
+def snapshot(db) -> dict:
+    """Everything the webhook may write, to assert that a refusal wrote nothing."""
+    return {
+        "events": db.execute("SELECT * FROM email_events ORDER BY id").fetchall(),
+        "suppressions": db.execute("SELECT * FROM suppressions ORDER BY email").fetchall(),
+        "ledger": db.execute("SELECT * FROM campaign_recipients ORDER BY id").fetchall(),
+    }
+
+
+def suppression(db, email: str):
+    return db.execute("SELECT reason, source FROM suppressions WHERE email = %s", [email]).fetchone()
+
+
+def events(db) -> list[dict]:
+    return db.execute("SELECT * FROM email_events ORDER BY id").fetchall()
+
+
+# --- refusals: 4xx and no state change -------------------------------------------------------------------------
+
+BAD_CERT_URLS = [
+    "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://example.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-east-1.amazonaws.com.s3.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://s3.amazonaws.com/sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+    "https://sns.us-east-1.amazonaws.com.evil.com/SimpleNotificationService-abc.pem",
+    "https://snsXus-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+]
+
+
+def refused_cases(key, other_key) -> dict[str, dict]:
+    permanent = bounce("Permanent")
+    altered = envelope(key, permanent)
+    altered["Message"] = json.dumps(bounce("Permanent", "victim@example.com"))
+    return {
+        "bad_signature": envelope(other_key, permanent),
+        "altered_after_signing": altered,
+        "topic_not_allowed": envelope(key, permanent, TopicArn="arn:aws:sns:us-east-1:999999999999:other"),
+        "v1_bad_signature": envelope(other_key, permanent, version="1"),
+        **{f"cert_url_{i}": envelope(key, permanent, SigningCertURL=url) for i, url in enumerate(BAD_CERT_URLS)},
+    }
+
+
+@pytest.mark.parametrize("case", ["bad_signature", "altered_after_signing", "topic_not_allowed", "v1_bad_signature",
+                                  *(f"cert_url_{i}" for i in range(len(BAD_CERT_URLS)))])
+def test_unverified_message_is_refused_with_no_state_change(client, db, ledger, key, other_key, case):
+    before = snapshot(db)
+    response = post(client, refused_cases(key, other_key)[case])
+    assert response.status_code == 403
+    assert response.get_json() == {"error": "Forbidden", "message": "SNS verification failed"}
+    assert snapshot(db) == before
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[]", b"", b'{"Type": "Notification"}', b"\xff\xfe\x00"])
+def test_malformed_body_is_400_with_no_state_change(client, db, ledger, body):
+    before = snapshot(db)
+    response = post(client, body)
+    assert response.status_code == 400
+    assert "error" in response.get_json()
+    assert snapshot(db) == before
+
+
+def test_oversized_body_is_413_with_no_state_change(client, db, ledger, key):
+    before = snapshot(db)
+    message = envelope(key, {**bounce("Permanent"), "padding": "x" * (300 * 1024)})
+    response = post(client, message)
+    assert response.status_code == 413
+    assert response.get_json() == {"error": "Request Entity Too Large", "message": "body too large"}
+    assert snapshot(db) == before
+
+
+def chunked(body: bytes) -> dict:
+    """A WSGI environ for a chunked request: no Content-Length, the server marks the stream as terminated."""
+    environ = EnvironBuilder(path="/webhooks/ses", method="POST", input_stream=io.BytesIO(body),
+                             content_type="text/plain").get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input_terminated"] = True
+    return environ
+
+
+def test_oversized_body_without_content_length_is_413(client, db, ledger, key):
+    before = snapshot(db)
+    body = json.dumps(envelope(key, {**bounce("Permanent"), "padding": "x" * (300 * 1024)})).encode()
+    response = client.open(chunked(body))
+    assert response.status_code == 413
+    assert response.get_json() == {"error": "Request Entity Too Large", "message": "body too large"}
+    assert snapshot(db) == before
+
+
+def test_oversized_body_is_413_even_without_app_limit(app, db, ledger, key):
+    app.config["MAX_CONTENT_LENGTH"] = None
+    before = snapshot(db)
+    body = json.dumps(envelope(key, {**bounce("Permanent"), "padding": "x" * (300 * 1024)})).encode()
+    assert app.test_client().open(chunked(body)).status_code == 413
+    assert app.test_client().post("/webhooks/ses", data=body, content_type="text/plain").status_code == 413
+    assert snapshot(db) == before
+
+
+def test_chunked_body_within_limit_is_processed(client, db, ledger, key):
+    response = client.open(chunked(json.dumps(envelope(key, bounce("Permanent"))).encode()))
+    assert response.status_code == 200
+    assert suppression(db, "ann@example.com")["reason"] == "hard_bounce"
+
+
+def test_header_type_mismatch_is_400(client, db, ledger, key):
+    before = snapshot(db)
+    message = envelope(key, bounce("Permanent"))
+    response = client.post("/webhooks/ses", data=json.dumps(message), content_type="text/plain",
+                           headers={"x-amz-sns-message-type": "SubscriptionConfirmation"})
+    assert response.status_code == 400
+    assert snapshot(db) == before
+
+
+def test_replayed_message_is_a_200_no_op(client, db, ledger, key):
+    message = envelope(key, bounce("Transient"))
+    first = post(client, message)
+    assert first.status_code == 200
+    after_first = snapshot(db)
+    second = post(client, message)
+    assert second.status_code == 200
+    assert second.get_json()["result"] == "duplicate"
+    assert snapshot(db) == after_first
+    assert len(events(db)) == 1
+
+
+# --- subscriptions -------------------------------------------------------------------------------------------
+
+
+def test_valid_subscription_confirmation_gets_subscribe_url(client, db, key, http_get):
+    before = snapshot(db)
+    response = post(client, envelope(key, kind="SubscriptionConfirmation", version="1"))
+    assert response.status_code == 200
+    http_get.assert_called_once_with(SUBSCRIBE_URL, timeout=5, allow_redirects=False)
+    assert snapshot(db) == before
+
+
+@pytest.mark.parametrize("url", [
+    "https://169.254.169.254/latest/meta-data/?Action=ConfirmSubscription",
+    "https://sns.us-east-1.amazonaws.com.evil.com/?Action=ConfirmSubscription",
+    "http://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription",
+    "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription",
+])
+def test_subscribe_url_elsewhere_is_never_fetched(client, db, key, http_get, url):
+    before = snapshot(db)
+    response = post(client, envelope(key, kind="SubscriptionConfirmation", SubscribeURL=url))
+    assert response.status_code == 403
+    http_get.assert_not_called()
+    assert snapshot(db) == before
+
+
+def test_unverified_subscription_is_never_fetched(client, key, other_key, http_get):
+    assert post(client, envelope(other_key, kind="SubscriptionConfirmation")).status_code == 403
+    http_get.assert_not_called()
+
+
+def test_unreachable_subscribe_url_is_502(client, key, http_get):
+    http_get.side_effect = ConnectionError("refused")
+    assert post(client, envelope(key, kind="SubscriptionConfirmation")).status_code == 502
+
+
+def test_unsubscribe_confirmation_is_logged_and_acknowledged(client, db, key, http_get):
+    before = snapshot(db)
+    assert post(client, envelope(key, kind="UnsubscribeConfirmation")).status_code == 200
+    http_get.assert_not_called()
+    assert snapshot(db) == before
+
+
+# --- SES events ------------------------------------------------------------------------------------------------
+
+
+def test_permanent_bounce_suppresses_now(client, db, ledger, key):
+    response = post(client, envelope(key, bounce("Permanent", "Ann@Example.com")))
+    assert response.status_code == 200
+    assert response.get_json()["result"].startswith("bounce:Permanent suppressed 1")
+    assert suppression(db, "ann@example.com") == {"reason": "hard_bounce", "source": "ses"}
+    [event] = events(db)
+    assert (event["type"], event["subtype"]) == ("bounce", "Permanent")
+    assert (event["campaign_id"], event["recipient_id"]) == (ledger["campaign"], ledger["sent"])
+    assert event["ses_message_id"] == "ses-sent-1"
+    assert event["payload"]["bounce"]["bounceType"] == "Permanent"
+
+
+def test_complaint_suppresses_now(client, db, ledger, key):
+    event = ses_event("Complaint", complaint={
+        "complainedRecipients": [{"emailAddress": "ann@example.com"}], "complaintFeedbackType": "abuse",
+        "timestamp": "2026-01-02T04:00:00.000Z"})
+    assert post(client, envelope(key, event, version="1")).status_code == 200
+    assert suppression(db, "ann@example.com") == {"reason": "complaint", "source": "ses"}
+    [row] = events(db)
+    assert (row["type"], row["subtype"], row["recipient_id"]) == ("complaint", "abuse", ledger["sent"])
+
+
+def test_three_soft_bounces_in_window_suppress(client, db, ledger, key):
+    for bounce_type in ("Transient", "Undetermined"):
+        assert post(client, envelope(key, bounce(bounce_type))).status_code == 200
+    assert suppression(db, "ann@example.com") is None  # two are not enough
+    assert post(client, envelope(key, bounce("Transient"))).status_code == 200
+    assert suppression(db, "ann@example.com") == {"reason": "soft_bounce_limit", "source": "ses"}
+    assert len(events(db)) == 3
+
+
+def test_soft_bounces_outside_window_do_not_count(client, db, ledger, key):
+    db.execute("INSERT INTO email_events (email, type, subtype, payload, occurred_at) VALUES "
+               "('ann@example.com', 'bounce', 'Transient', %s, now() - interval '40 days')",
+               [json.dumps(bounce("Transient"))])
+    for _ in range(2):
+        assert post(client, envelope(key, bounce("Transient"))).status_code == 200
+    assert suppression(db, "ann@example.com") is None
+
+
+def test_hard_bounce_upgrades_soft_limit_but_soft_never_downgrades(client, db, ledger, key):
+    db.execute("INSERT INTO suppressions (email, reason, source) VALUES "
+               "('ann@example.com', 'soft_bounce_limit', 'ses'), ('bob@example.com', 'complaint', 'ses')")
+    post(client, envelope(key, bounce("Permanent")))
+    assert suppression(db, "ann@example.com")["reason"] == "hard_bounce"
+    for _ in range(3):
+        post(client, envelope(key, bounce("Transient", "bob@example.com", message_id="ses-other")))
+    assert suppression(db, "bob@example.com")["reason"] == "complaint"
+
+
+def test_delivery_is_recorded(client, db, ledger, key):
+    event = ses_event("Delivery", delivery={"timestamp": "2026-01-02T03:04:30.000Z", "recipients": ["ann@example.com"]})
+    response = post(client, envelope(key, event))
+    assert response.status_code == 200
+    [row] = events(db)
+    assert (row["type"], row["recipient_id"], row["email"]) == ("delivery", ledger["sent"], "Ann@Example.com")
+    assert row["occurred_at"] == dt.datetime(2026, 1, 2, 3, 4, 30, tzinfo=dt.UTC)
+    assert snapshot(db)["suppressions"] == []
+
+
+def test_send_settles_unknown_ledger_row_by_tags(client, db, ledger, key):
+    tags = {"campaign": [str(ledger["campaign"])], "recipient": [str(ledger["unknown"])]}
+    response = post(client, envelope(key, ses_event("Send", "ses-recovered", tags=tags, send={})))
+    assert response.status_code == 200
+    assert "settled sent" in response.get_json()["result"]
+    row = db.execute("SELECT status, ses_message_id, sent_at FROM campaign_recipients WHERE id = %s",
+                     [ledger["unknown"]]).fetchone()
+    assert (row["status"], row["ses_message_id"]) == ("sent", "ses-recovered")
+    assert row["sent_at"] is not None
+    assert events(db)[0]["recipient_id"] == ledger["unknown"]
+
+
+def test_tags_of_another_campaign_settle_nothing(client, db, ledger, key):
+    tags = {"campaign": [str(ledger["campaign"] + 1)], "recipient": [str(ledger["unknown"])]}
+    post(client, envelope(key, ses_event("Send", "ses-recovered", tags=tags, send={})))
+    status = db.execute("SELECT status FROM campaign_recipients WHERE id = %s", [ledger["unknown"]]).fetchone()
+    assert status["status"] == "unknown"
+    assert events(db)[0]["recipient_id"] is None
+
+
+def test_reject_fails_unknown_ledger_row(client, db, ledger, key):
+    tags = {"campaign": [str(ledger["campaign"])], "recipient": [str(ledger["unknown"])]}
+    post(client, envelope(key, ses_event("Reject", "ses-rejected", tags=tags, reject={"reason": "Bad content"})))
+    row = db.execute("SELECT status, error FROM campaign_recipients WHERE id = %s", [ledger["unknown"]]).fetchone()
+    assert row["status"] == "failed"
+    assert "Bad content" in row["error"]
+    assert events(db)[0]["type"] == "reject"
+
+
+def test_rendering_failure_is_recorded(client, db, ledger, key):
+    event = ses_event("Rendering Failure", failure={"errorMessage": "Attribute 'x' missing", "templateName": "t"})
+    assert post(client, envelope(key, event)).status_code == 200
+    assert (events(db)[0]["type"], events(db)[0]["subtype"]) == ("rendering_failure", "t")
+
+
+def test_identity_notification_joins_by_message_id(client, db, ledger, key):
+    event = {"notificationType": "Bounce", "mail": {"messageId": "ses-sent-1", "destination": ["ann@example.com"]},
+             "bounce": {"bounceType": "Permanent", "bouncedRecipients": [{"emailAddress": "ann@example.com"}]}}
+    assert post(client, envelope(key, event)).status_code == 200
+    assert suppression(db, "ann@example.com")["reason"] == "hard_bounce"
+    assert events(db)[0]["recipient_id"] == ledger["sent"]
+
+
+@pytest.mark.parametrize("message", [json.dumps({"eventType": "Subscription", "mail": {}}), "not json at all",
+                                     json.dumps(["a list"])])
+def test_unknown_event_is_recorded_as_other(client, db, ledger, key, message):
+    response = post(client, envelope(key, Message=message))
+    assert response.status_code == 200
+    [row] = events(db)
+    assert row["type"] == "other"
+    assert snapshot(db)["suppressions"] == []
