@@ -14,6 +14,7 @@ from campaigns import db, definitions, ledger, preflight, states
 from campaigns.config import Settings, get_settings
 from campaigns.errors import CampaignDefinitionError, IllegalTransition
 from campaigns.ledger import SendTask
+from campaigns.links import register_links
 from campaigns.sender import SendBatch
 from campaigns.states import Row
 
@@ -160,8 +161,12 @@ def send_batch(descriptor: dict[str, Any], *, attempt: str, ses_client, limiter,
     if campaign["status"] != states.RUNNING:
         log.info("%s: campaign is %s; nothing to send", task.label, campaign["status"])
         return {"label": task.label, "skipped_because": campaign["status"]}
+    builder = composer_for(campaign, settings)
+    with db.connect(dsn, autocommit=True) as conn:
+        # Before any message carrying them leaves: the click endpoint redirects only to registered links.
+        register_links(conn, task.campaign_id, builder.links)
     batch = SendBatch(
-        task, attempt=attempt, from_email=campaign["from_email"], builder=composer_for(campaign, settings),
+        task, attempt=attempt, from_email=campaign["from_email"], builder=builder,
         transport=SesTransport(ses_client, configuration_set=settings.configuration_set),
         limiter=limiter, connect=lambda: db.connect(dsn, autocommit=True), threads=threads)
     report = batch.run()

@@ -16,7 +16,8 @@ def test_defaults_when_nothing_is_set():
 
 def test_original_design_names_are_accepted_as_aliases():
     settings = Settings.from_env({
-        "AWS_SES_FROM_EMAIL": "news@example.com", "AWS_SES_FROM_NAME": "News", "AWS_SES_REPLY_TO_EMAIL": "r@example.com",
+        "AWS_SES_FROM_EMAIL": "news@example.com", "AWS_SES_FROM_NAME": "News",
+        "AWS_SES_REPLY_TO_EMAIL": "r@example.com",
         "AWS_SES_CONFIGURATION_SET": "set", "AWS_SES_SENDING_RATE": "20", "AWS_SES_BATCH_SIZE": "250",
         "NEXT_PUBLIC_SITE_URL": "https://t.example.com/",
     })

@@ -292,3 +292,13 @@ def test_sigkill_mid_batch_then_retry_sends_each_recipient_at_most_once(campaign
         assert all(per_recipient[row["email"]] == 1 for row in sent_rows)  # nobody marked sent was lost
     finally:
         server.stop()
+
+
+def test_tracked_links_are_registered_before_the_first_message_leaves(campaign, ses, limiter, db):
+    campaign_id, task = campaign
+    inject(ses, lambda to: (400, "SendingPausedException"))  # nothing goes out at all
+
+    pipeline.send_batch(task.as_dict(), attempt="run-1/0/1", ses_client=ses, limiter=limiter, threads=1)
+
+    links = db.execute("SELECT link_id, url FROM campaign_links WHERE campaign_id = %s", [campaign_id]).fetchall()
+    assert [(row["link_id"], row["url"]) for row in links] == [(0, "https://example.com/offer")]

@@ -215,7 +215,7 @@ def test_header_injection_through_a_merge_value_fails_preflight_with_the_reason(
 
     assert dag_run.state == "failed"
     failures = campaign_row(db, "nov-news")["preflight"]["render_failures"]
-    assert list(failures.values())[0]["examples"] == ["eve@example.org"]
+    assert next(iter(failures.values()))["examples"] == ["eve@example.org"]
     assert sent_messages() == []
 
 

@@ -409,3 +409,14 @@ def test_unknown_event_is_recorded_as_other(client, db, ledger, key, message):
     [row] = events(db)
     assert row["type"] == "other"
     assert snapshot(db)["suppressions"] == []
+
+
+def test_injected_cert_fetch_is_used_once_per_url(cert_file, db, ledger, key):
+    fetch = mock.Mock(return_value=cert_file.read_bytes())
+    settings = replace(Settings.from_env(), sns_topic_arns=(TOPIC,), sns_test_cert_pem=None)
+    app = create_app(test_config={"TESTING": True, "SETTINGS": settings, "SNS_CERT_FETCH": fetch,
+                                  "TRACKING_DRAINER": False})
+    client = app.test_client()
+    assert post(client, envelope(key, bounce("Transient"))).status_code == 200
+    assert post(client, envelope(key, bounce("Transient"), version="1")).status_code == 200
+    fetch.assert_called_once_with(CERT_URL)

@@ -1,0 +1,253 @@
+"""Load-test the tracking service under gunicorn: open pixel and click redirect (events persisted) vs hello world.
+
+Starts two gunicorns with the same settings on free loopback ports: the real app (`tracking_service:create_app()`,
+drainer threads on) and a one-route Flask app. A scratch database (`campaigns_bench`, migrated here, dropped at the
+end) holds a campaign with ledger rows and links; Redis db 3 holds the stream. Each round sends a fixed number of
+requests over `--connections` keep-alive connections from an asyncio client, then waits until the drainers have
+emptied the stream and counts the stored events: they must equal the 2xx/3xx responses.
+
+    .venv/bin/python benchmarks/tracking_load.py                      # 3 rounds x 20000 requests per scenario
+    .venv/bin/python benchmarks/tracking_load.py --requests 3000 --rounds 1   # smoke run
+
+Targets: pixel and click >= 0.5x the hello-world rate, p99 <= 50 ms at 32 connections, stored events == responses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+from flask import Flask
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DB = "campaigns_bench"
+REDIS_DB = 3
+SECRET = "bench-signing-key"
+
+
+def hello_app() -> Flask:
+    """The baseline: one route, no I/O (gunicorn: `tracking_load:hello_app()` from benchmarks/)."""
+    app = Flask("hello")
+
+    @app.get("/hello")
+    def hello():
+        return "Hello, World!"
+
+    return app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prepare_database(admin_dsn: str, dsn: str, recipients: int) -> tuple[int, list[int]]:
+    from campaigns import schema
+    from campaigns.links import register_links
+
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")  # fixed name, not input
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    schema.upgrade(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        campaign_id = conn.execute(
+            """INSERT INTO campaigns (key, name, subject, from_email, html, audience, status)
+               VALUES ('bench', 'bench', 'Hi', 'news@example.com', '<p>x</p>', '{"lists": []}', 'running')
+               RETURNING id""").fetchone()[0]
+        ids = [r[0] for r in conn.execute(
+            """INSERT INTO campaign_recipients (campaign_id, email, status, ses_message_id, sent_at)
+               SELECT %s, 'r' || g || '@example.com', 'sent', 'ses-' || g, now() - interval '1 hour'
+                 FROM generate_series(1, %s) g RETURNING id""", [campaign_id, recipients]).fetchall()]
+        register_links(conn, campaign_id, [f"https://example.com/page/{i}" for i in range(5)])
+    return campaign_id, ids
+
+
+def _start_gunicorn(app: str, port: int, args: argparse.Namespace, env: dict[str, str], chdir: Path):
+    cmd = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers",
+           str(args.workers), "--worker-class", args.worker_class, "--threads", str(args.threads),
+           "--keep-alive", "30", "--backlog", "2048", "--log-level", "warning", "--chdir", str(chdir), app]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"gunicorn for {app} did not start")
+
+
+async def _connection(port: int, requests: list[bytes], counter: list[int], total: int, out: dict) -> None:
+    reader = writer = None
+    while True:
+        i = counter[0]
+        if i >= total:
+            break
+        counter[0] = i + 1
+        req = requests[i % len(requests)]
+        for attempt in range(2):
+            if writer is None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            start = time.perf_counter()
+            try:
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (ConnectionError, asyncio.IncompleteReadError):
+                writer.close()
+                reader = writer = None
+                if attempt:
+                    out["errors"] += 1
+                continue
+            lines = head.split(b"\r\n")
+            status = int(lines[0].split()[1])
+            length, close = 0, False
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    close = True
+            if length:
+                await reader.readexactly(length)
+            out["latencies"].append(time.perf_counter() - start)
+            out["ok" if 200 <= status < 400 else "bad"] += 1
+            if close:
+                writer.close()
+                reader = writer = None
+            break
+    if writer is not None:
+        writer.close()
+
+
+async def _load(port: int, paths: list[str], total: int, connections: int) -> dict:
+    requests = [f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) bench\r\n\r\n"
+                .encode() for p in paths]
+    out = {"latencies": [], "ok": 0, "bad": 0, "errors": 0}
+    counter = [0]
+    start = time.perf_counter()
+    await asyncio.gather(*(_connection(port, requests, counter, total, out) for _ in range(connections)))
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def _summary(out: dict) -> dict:
+    lat = sorted(out["latencies"])
+    return {"rps": len(lat) / out["seconds"], "p50": lat[len(lat) // 2] * 1000,
+            "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, "ok": out["ok"], "bad": out["bad"],
+            "errors": out["errors"]}
+
+
+def _wait_drained(client: redis.Redis, timeout: float = 60) -> float:
+    from tracking_service import events_buffer
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            pending = client.xpending(events_buffer.STREAM, events_buffer.GROUP)["pending"]
+        except redis.ResponseError:
+            pending = 0
+        if client.xlen(events_buffer.STREAM) == 0 and pending == 0:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise RuntimeError("drainers did not empty the stream in time")
+
+
+def _count(dsn: str, type_: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM email_events WHERE type = %s AND subtype IS NULL",
+                            [type_]).fetchone()[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20_000, help="requests per round and scenario")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--worker-class", default="gthread")
+    parser.add_argument("--recipients", type=int, default=5000)
+    args = parser.parse_args()
+
+    from campaigns.tokens import TokenCodec
+    from devstack.settings import SETTINGS
+
+    admin_dsn, dsn = SETTINGS.pg_dsn("postgres"), SETTINGS.pg_dsn(BENCH_DB)
+    campaign_id, recipient_ids = _prepare_database(admin_dsn, dsn, args.recipients)
+    client = redis.Redis.from_url(SETTINGS.redis_url(REDIS_DB))
+    client.flushdb()
+    codec = TokenCodec([SECRET])
+    pixel_paths = [f"/o/{codec.open_token(campaign_id, r)}.gif" for r in recipient_ids]
+    click_paths = [f"/c/{codec.click_token(campaign_id, r, r % 5)}" for r in recipient_ids]
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'include'}", "TRACKING_SECRET_KEYS": SECRET,
+           "AIRFLOW_CONN_CAMPAIGN_DB": json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
+                                                   "port": SETTINGS.pg_port, "login": SETTINGS.pg_user,
+                                                   "password": SETTINGS.pg_password, "schema": BENCH_DB}),
+           "AIRFLOW_CONN_REDIS_DEFAULT": json.dumps({"conn_type": "redis", "host": "127.0.0.1",
+                                                     "port": SETTINGS.redis_port, "extra": {"db": REDIS_DB}})}
+    tracking_port, hello_port = _free_port(), _free_port()
+    procs = [_start_gunicorn("tracking_service:create_app()", tracking_port, args, env, ROOT),
+             _start_gunicorn("tracking_load:hello_app()", hello_port, args, env, ROOT / "benchmarks")]
+    results: dict[str, list[dict]] = {"hello": [], "pixel": [], "click": []}
+    try:
+        # warm-up: imports, connections, the link cache of every worker
+        for port, paths in ((hello_port, ["/hello"]), (tracking_port, pixel_paths), (tracking_port, click_paths)):
+            asyncio.run(_load(port, paths, 2000, args.connections))
+        _wait_drained(client)
+        for round_no in range(1, args.rounds + 1):
+            for name, port, paths, type_ in (("hello", hello_port, ["/hello"], None),
+                                             ("pixel", tracking_port, pixel_paths, "open"),
+                                             ("click", tracking_port, click_paths, "click")):
+                before = _count(dsn, type_) if type_ else 0
+                summary = _summary(asyncio.run(_load(port, paths, args.requests, args.connections)))
+                if type_:
+                    summary["drain_s"] = _wait_drained(client)
+                    summary["stored"] = _count(dsn, type_) - before
+                results[name].append(summary)
+                print(f"round {round_no} {name:5}: {summary['rps']:8.0f} req/s  p50 {summary['p50']:5.1f} ms  "
+                      f"p99 {summary['p99']:5.1f} ms  ok {summary['ok']}  stored {summary.get('stored', '-')}",
+                      flush=True)
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(10)
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        client.flushdb()
+
+    med = {name: {k: statistics.median(r[k] for r in rows) for k in ("rps", "p50", "p99")}
+           for name, rows in results.items()}
+    print(f"\ngunicorn -w {args.workers} -k {args.worker_class} --threads {args.threads}, {args.connections} "
+          f"connections, {args.requests} requests x {args.rounds} rounds (medians)")
+    print(f"{'scenario':10} {'req/s':>9} {'x hello':>8} {'p50 ms':>8} {'p99 ms':>8} {'2xx/3xx':>9} {'stored':>9}  ok?")
+    all_ok = True
+    for name, rows in results.items():
+        m = med[name]
+        ratio = m["rps"] / med["hello"]["rps"]
+        ok_total = sum(r["ok"] for r in rows)
+        stored = sum(r.get("stored", 0) for r in rows) if name != "hello" else None
+        good = m["p99"] <= 50 and (name == "hello" or (ratio >= 0.5 and stored == ok_total))
+        all_ok &= good
+        print(f"{name:10} {m['rps']:9.0f} {ratio:8.2f} {m['p50']:8.1f} {m['p99']:8.1f} {ok_total:9d} "
+              f"{'-' if stored is None else stored:>9}  {'yes' if good else 'NO'}")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
