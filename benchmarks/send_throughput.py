@@ -11,10 +11,12 @@ request leaves (a botocore `before-send` hook), so the code under test is unchan
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -39,6 +41,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def fresh_ses():
+    """A new moto server per measurement: moto keeps every message and counts them on each send, so it slows down
+    as it fills; a fresh one makes rounds comparable."""
+    server, endpoint = start_ses()
+    try:
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def start_ses() -> tuple[subprocess.Popen, str]:
@@ -82,11 +96,13 @@ def prepare_campaign(dsn: str, recipients: int) -> dict:
     return {"task": SendTask.from_dict(task), "campaign": campaign}
 
 
-def ses_capacity(endpoint: str, threads: int, latency: float, seconds: float = 5.0) -> float:
+def ses_capacity(threads: int, latency: float, seconds: float = 5.0) -> float:
     """What the local SES endpoint takes alone: `threads` bare SendEmail loops, no limiter, ledger or rendering."""
-    import threading
+    with fresh_ses() as endpoint:
+        return _bare_loops(ses_client(endpoint, threads, latency), threads, seconds)
 
-    client = ses_client(endpoint, threads, latency)
+
+def _bare_loops(client, threads: int, seconds: float) -> float:
     raw = b"From: news@example.com\r\nTo: cap@example.org\r\nSubject: capacity\r\n\r\nbody\r\n"
     deadline = time.perf_counter() + seconds
     counts = [0] * threads
@@ -105,7 +121,12 @@ def ses_capacity(endpoint: str, threads: int, latency: float, seconds: float = 5
     return sum(counts) / seconds
 
 
-def one_run(dsn: str, endpoint: str, *, rate: float, seconds: float, latency: float, threads: int) -> dict:
+def one_run(dsn: str, *, rate: float, seconds: float, latency: float, threads: int) -> dict:
+    with fresh_ses() as endpoint:
+        return _send(dsn, endpoint, rate=rate, seconds=seconds, latency=latency, threads=threads)
+
+
+def _send(dsn: str, endpoint: str, *, rate: float, seconds: float, latency: float, threads: int) -> dict:
     prepared = prepare_campaign(dsn, int(rate * seconds))
     client = ses_client(endpoint, threads, latency)
     limiter_redis = redis.Redis.from_url(SETTINGS.redis_url(2))
@@ -138,7 +159,6 @@ def main() -> None:
     admin = SETTINGS.pg_dsn("postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    server, endpoint = start_ses()
     try:
         dsn = SETTINGS.pg_dsn(name)
         schema.upgrade(dsn)
@@ -148,15 +168,15 @@ def main() -> None:
         os.environ.setdefault("TRACKING_SECRET_KEYS", "benchmark-key")
         os.environ.setdefault("TRACKING_BASE_URL", "https://track.example.test")
         get_settings.cache_clear()
-        threads = default_thread_count(args.rate, typical_latency=args.latency)
+        threads = default_thread_count(args.rate)  # what a send task in Airflow uses (runtime.send_resources)
         results: dict[str, list[dict]] = {"pool": [], "single": []}
         capacities = []
         for round_no in range(1, args.rounds + 1):
-            capacities.append(ses_capacity(endpoint, threads, args.latency))
+            capacities.append(ses_capacity(threads, args.latency))
             print(f"round {round_no} local SES alone threads={threads:2}: {capacities[-1]:7.1f}/s", flush=True)
             for label, n in (("pool", threads), ("single", 1)):
                 seconds = args.seconds if label == "pool" else min(args.seconds, 5)
-                result = one_run(dsn, endpoint, rate=args.rate, seconds=seconds, latency=args.latency, threads=n)
+                result = one_run(dsn, rate=args.rate, seconds=seconds, latency=args.latency, threads=n)
                 results[label].append(result)
                 print(f"round {round_no} {label:6} threads={n:2}: sent {result['sent']:5} in {result['wall']:5.1f} s,"
                       f" achieved {result['achieved']:7.1f}/s = {result['achieved'] / args.rate:.3f} R"
@@ -174,8 +194,6 @@ def main() -> None:
         print(f"thread pool vs one thread: {pool / single:.1f}x; "
               f"achieved / min(R, local SES capacity) = {pool / min(args.rate, capacity):.3f}")
     finally:
-        server.terminate()
-        server.wait()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
