@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import socket
 import statistics
 import subprocess
@@ -22,15 +23,15 @@ import uuid
 from pathlib import Path
 
 import boto3
-import psycopg
 import redis
 
-from campaigns import db, pipeline, schema
+from campaigns import db, pipeline
 from campaigns.config import get_settings
 from campaigns.ledger import SendTask
 from campaigns.ratelimit import RateLimiter, default_thread_count
 from campaigns.sender import SendBatch
 from campaigns.ses import SesTransport, client_config
+from devstack.services import scratch_database
 from devstack.settings import SETTINGS
 
 HTML = "<html><body><h1>Hello {{ first_name }}</h1>" + "<p>News paragraph with some words.</p>" * 40 + (
@@ -155,15 +156,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    name = f"campaigns_bench_send_{uuid.uuid4().hex[:6]}"
-    admin = SETTINGS.pg_dsn("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        dsn = SETTINGS.pg_dsn(name)
-        schema.upgrade(dsn)
-        import os
-
+    with scratch_database(SETTINGS, "campaigns_bench_send") as dsn:
         os.environ["AIRFLOW_CONN_CAMPAIGN_DB"] = dsn  # the pipeline functions resolve campaign_db from here
         os.environ.setdefault("TRACKING_SECRET_KEYS", "benchmark-key")
         os.environ.setdefault("TRACKING_BASE_URL", "https://track.example.test")
@@ -193,9 +186,6 @@ def main() -> None:
         print(f"{'local SES alone (bare SendEmail)':32} {threads:7} {capacity:11.1f} {capacity / args.rate:11.3f}")
         print(f"thread pool vs one thread: {pool / single:.1f}x; "
               f"achieved / min(R, local SES capacity) = {pool / min(args.rate, capacity):.3f}")
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

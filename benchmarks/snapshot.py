@@ -16,8 +16,9 @@ import uuid
 
 import psycopg
 
-from campaigns import db, ledger, schema
+from campaigns import db, ledger
 from campaigns.audience import Audience
+from devstack.services import scratch_database
 from devstack.settings import SETTINGS
 
 
@@ -85,41 +86,30 @@ def main() -> None:
     parser.add_argument("--baseline-rows", type=int, default=20_000)
     args = parser.parse_args()
 
-    name = f"campaigns_bench_snapshot_{uuid.uuid4().hex[:6]}"
-    admin = SETTINGS.pg_dsn("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        dsn = SETTINGS.pg_dsn(name)
-        schema.upgrade(dsn)
-        with db.connect(dsn, autocommit=True) as conn:
-            print(f"seeding {args.contacts:,} contacts ...", flush=True)
-            seed(conn, args.contacts)
-            snaps, plans, baselines = [], [], []
-            for round_no in range(1, args.rounds + 1):
-                snap, plan, summary, tasks = time_snapshot_and_plan(conn)
-                base = time_row_by_row(conn, args.baseline_rows)
-                snaps.append(snap)
-                plans.append(plan)
-                baselines.append(base)
-                print(f"round {round_no}: snapshot {snap:.2f} s, plan {plan:.2f} s ({tasks} send tasks); "
-                      f"row-by-row {args.baseline_rows:,} rows {base:.2f} s", flush=True)
-        snap, plan, base = statistics.median(snaps), statistics.median(plans), statistics.median(baselines)
-        scaled = base * summary["pending"] / args.baseline_rows
-        print()
-        print(f"audience: {summary['recipients']:,} members -> {summary['pending']:,} pending, "
-              f"skipped {summary['skipped_by_reason']}")
-        print(f"{'path':44} {'median s':>10} {'rows/s':>12}")
-        print(f"{'set-based snapshot (one INSERT ... SELECT)':44} {snap:10.2f} {summary['recipients'] / snap:12,.0f}")
-        print(f"{'plan (open pages -> send tasks)':44} {plan:10.2f}")
-        print(f"{'snapshot + plan':44} {snap + plan:10.2f}   target <= 20 s: {'yes' if snap + plan <= 20 else 'NO'}")
-        print(f"{'baseline row-by-row, scaled to the audience':44} {scaled:10.2f} "
-              f"{args.baseline_rows / base:12,.0f}")
-        print(f"speed-up of the snapshot over the baseline: {scaled / snap:.1f}x")
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
+    with scratch_database(SETTINGS, "campaigns_bench_snapshot") as dsn, db.connect(dsn, autocommit=True) as conn:
+        print(f"seeding {args.contacts:,} contacts ...", flush=True)
+        seed(conn, args.contacts)
+        snaps, plans, baselines = [], [], []
+        for round_no in range(1, args.rounds + 1):
+            snap, plan, summary, tasks = time_snapshot_and_plan(conn)
+            base = time_row_by_row(conn, args.baseline_rows)
+            snaps.append(snap)
+            plans.append(plan)
+            baselines.append(base)
+            print(f"round {round_no}: snapshot {snap:.2f} s, plan {plan:.2f} s ({tasks} send tasks); "
+                  f"row-by-row {args.baseline_rows:,} rows {base:.2f} s", flush=True)
+    snap, plan, base = statistics.median(snaps), statistics.median(plans), statistics.median(baselines)
+    scaled = base * summary["pending"] / args.baseline_rows
+    print()
+    print(f"audience: {summary['recipients']:,} members -> {summary['pending']:,} pending, "
+          f"skipped {summary['skipped_by_reason']}")
+    print(f"{'path':44} {'median s':>10} {'rows/s':>12}")
+    print(f"{'set-based snapshot (one INSERT ... SELECT)':44} {snap:10.2f} {summary['recipients'] / snap:12,.0f}")
+    print(f"{'plan (open pages -> send tasks)':44} {plan:10.2f}")
+    print(f"{'snapshot + plan':44} {snap + plan:10.2f}   target <= 20 s: {'yes' if snap + plan <= 20 else 'NO'}")
+    print(f"{'baseline row-by-row, scaled to the audience':44} {scaled:10.2f} "
+          f"{args.baseline_rows / base:12,.0f}")
+    print(f"speed-up of the snapshot over the baseline: {scaled / snap:.1f}x")
 
 if __name__ == "__main__":
     main()

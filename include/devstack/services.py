@@ -9,6 +9,8 @@ import pwd
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from devstack.processes import StackError, running, stop, wait_until
@@ -193,3 +195,27 @@ def migrate(s: StackSettings) -> None:
 
     for name in (s.campaign_db, s.test_campaign_db):
         upgrade(s.pg_dsn(name))
+
+
+@contextmanager
+def scratch_database(s: StackSettings, prefix: str, *, migrate: bool = True) -> Iterator[str]:
+    """A throw-away database on the project's PostgreSQL (migrated unless asked not to); dropped afterwards."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = s.pg_dsn("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        dsn = s.pg_dsn(name)
+        if migrate:
+            from campaigns.schema import upgrade
+
+            upgrade(dsn)
+        yield dsn
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

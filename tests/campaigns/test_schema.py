@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
 import pytest
 
 from campaigns import schema
+from devstack.services import scratch_database
 from devstack.settings import SETTINGS
 
 
 @pytest.fixture
 def scratch_dsn():
-    name = f"campaigns_migrate_{uuid.uuid4().hex[:8]}"
-    admin = SETTINGS.pg_dsn("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield SETTINGS.pg_dsn(name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with scratch_database(SETTINGS, "campaigns_migrate", migrate=False) as dsn:
+        yield dsn
 
 
 def _tables(dsn: str) -> set[str]:
