@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import json
 import logging
 from unittest import mock
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from campaigns.sns import (
     SnsVerificationError,
@@ -23,57 +18,28 @@ from campaigns.sns import (
     parse_envelope,
     string_to_sign,
 )
-
-TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-events"
-CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem"
-SUBSCRIBE_URL = f"https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=abc"
-
-
-def make_cert(key: rsa.RSAPrivateKey) -> bytes:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM)
+from tests.sns_signing import CERT_URL, SUBSCRIBE_URL, TOPIC, new_key, self_signed_cert, signed_message
 
 
 @pytest.fixture(scope="module")
 def key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return new_key()
 
 
 @pytest.fixture(scope="module")
 def cert_pem(key) -> bytes:
-    return make_cert(key)
+    return self_signed_cert(key)
 
 
 @pytest.fixture(scope="module")
 def other_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def sign(message: dict, key: rsa.RSAPrivateKey) -> dict:
-    """Sign `message` the way SNS does for its SignatureVersion."""
-    algorithm = hashes.SHA1() if message["SignatureVersion"] == "1" else hashes.SHA256()  # noqa: S303
-    signature = key.sign(string_to_sign(message), padding.PKCS1v15(), algorithm)
-    return {**message, "Signature": base64.b64encode(signature).decode()}
+    return new_key()
 
 
 def make_message(key, kind: str = "Notification", version: str = "2", **fields) -> dict:
-    message = {
-        "Type": kind,
-        "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
-        "TopicArn": TOPIC,
-        "Message": json.dumps({"eventType": "Delivery", "mail": {"messageId": "abc"}}),
-        "Timestamp": "2026-01-02T03:04:05.678Z",
-        "SignatureVersion": version,
-        "SigningCertURL": CERT_URL,
-    }
-    if kind != "Notification":
-        message.update(Message="You have chosen to subscribe...", SubscribeURL=SUBSCRIBE_URL, Token="abc")
-    message.update(fields)
-    return sign(message, key)
+    body = json.dumps({"eventType": "Delivery", "mail": {"messageId": "abc"}})
+    return signed_message(key, kind=kind, version=version, message_id="22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+                          body=body, **fields)
 
 
 @pytest.fixture

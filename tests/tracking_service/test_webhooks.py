@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import io
 import json
@@ -10,40 +9,28 @@ from dataclasses import replace
 from unittest import mock
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.test import EnvironBuilder
 
 from campaigns.config import Settings
-from campaigns.sns import string_to_sign
+from tests.sns_signing import CERT_URL, SUBSCRIBE_URL, TOPIC, new_key, self_signed_cert, signed_message
 from tracking_service import create_app, webhooks
-
-TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-events"
-CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-9c6465fa7f48f5cacd23014631ec1136.pem"
-SUBSCRIBE_URL = f"https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=abc"
 
 
 @pytest.fixture(scope="module")
 def key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return new_key()
 
 
 @pytest.fixture(scope="module")
 def other_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return new_key()
 
 
 @pytest.fixture
 def cert_file(tmp_path, key):
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
     path = tmp_path / "sns-test-cert.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(self_signed_cert(key))
     return path
 
 
@@ -67,30 +54,13 @@ def client(app):
     return app.test_client()
 
 
-def sign(message: dict, key) -> dict:
-    algorithm = hashes.SHA1() if message["SignatureVersion"] == "1" else hashes.SHA256()  # noqa: S303 - SNS v1
-    signature = key.sign(string_to_sign(message), padding.PKCS1v15(), algorithm)
-    return {**message, "Signature": base64.b64encode(signature).decode()}
-
-
 _counter = iter(range(1, 1_000_000))
 
 
 def envelope(key, event: dict | None = None, kind: str = "Notification", version: str = "2", **fields) -> dict:
     """A signed SNS envelope carrying `event` (as SNS does: the SES event is a JSON string in Message)."""
-    message = {
-        "Type": kind,
-        "MessageId": f"sns-{next(_counter)}",
-        "TopicArn": TOPIC,
-        "Message": json.dumps(event if event is not None else {}),
-        "Timestamp": "2026-01-02T03:04:05.678Z",
-        "SignatureVersion": version,
-        "SigningCertURL": CERT_URL,
-    }
-    if kind != "Notification":
-        message.update(Message="You have chosen to subscribe...", SubscribeURL=SUBSCRIBE_URL, Token="abc")
-    message.update(fields)
-    return sign(message, key)
+    return signed_message(key, kind=kind, version=version, message_id=f"sns-{next(_counter)}",
+                          body=json.dumps(event if event is not None else {}), **fields)
 
 
 def post(client, message: dict | bytes):
