@@ -46,3 +46,10 @@ def inline_campaign(key="nov-news", lists=("newsletter",), **overrides):
     }
     campaign.update(overrides)
     return campaign
+
+
+def insert_campaign(conn, key="c1"):
+    """A minimal draft campaign row (no audience needed); returns its id."""
+    return conn.execute(
+        "INSERT INTO campaigns (key, name, subject, from_email, html, audience)"
+        " VALUES (%s, 'n', 's', 'news@example.com', '<p>x</p>', '{}') RETURNING id", [key]).fetchone()["id"]

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from campaigns import ledger
 from campaigns.audience import Audience
-from tests.helpers import add_contacts
-
-
-def new_campaign(db, key="c1"):
-    return db.execute(
-        "INSERT INTO campaigns (key, name, subject, from_email, html, audience)"
-        " VALUES (%s, 'n', 's', 'news@example.com', '<p>x</p>', '{}') RETURNING id", [key]).fetchone()["id"]
+from tests.helpers import add_contacts, insert_campaign
 
 
 def test_snapshot_rerun_changes_nothing(db):
     add_contacts(db, [f"u{i}@example.org" for i in range(12)])
-    campaign_id = new_campaign(db)
+    campaign_id = insert_campaign(db)
     audience = Audience.parse({"lists": ["newsletter"]})
 
     first = ledger.snapshot(db, campaign_id, audience, page_size=5)
@@ -33,7 +27,7 @@ def test_snapshot_pages_only_sendable_rows_and_keeps_skipped_rows_with_reasons(d
     add_contacts(db, ["d@example.org"], status="unsubscribed")
     add_contacts(db, ["bad\u00e9@example.org"])  # a non-ASCII local part SES cannot send to
     db.execute("INSERT INTO suppressions (email, reason, source) VALUES ('b@example.org', 'complaint', 't')")
-    campaign_id = new_campaign(db)
+    campaign_id = insert_campaign(db)
 
     summary = ledger.snapshot(db, campaign_id, Audience.parse({"lists": ["newsletter"]}), page_size=1)
 
@@ -51,7 +45,7 @@ def test_pages_per_task_carry_many_seconds_of_sending_at_high_rates():
 
 
 def test_a_million_recipient_campaign_plans_under_max_map_length(db):
-    campaign_id = new_campaign(db)
+    campaign_id = insert_campaign(db)
     db.execute(
         """INSERT INTO campaign_recipients (campaign_id, email, page_no)
            SELECT %s, 'u' || g || '@example.org', (g - 1) / 500 FROM generate_series(1, 1000000) AS g""",
@@ -67,7 +61,7 @@ def test_a_million_recipient_campaign_plans_under_max_map_length(db):
 
 
 def test_a_resumed_campaign_plans_only_pages_with_work_left(db):
-    campaign_id = new_campaign(db)
+    campaign_id = insert_campaign(db)
     db.execute(
         """INSERT INTO campaign_recipients (campaign_id, email, page_no, status, ses_message_id)
            SELECT %s, 'u' || g || '@example.org', (g - 1) / 10,

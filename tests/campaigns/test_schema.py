@@ -8,6 +8,7 @@ import pytest
 from campaigns import schema
 from devstack.services import scratch_database
 from devstack.settings import SETTINGS
+from tests.helpers import insert_campaign
 
 
 @pytest.fixture
@@ -42,10 +43,7 @@ def test_contact_emails_are_unique_case_insensitively(db):
 
 
 def test_ledger_rows_are_unique_per_campaign_and_address(db):
-    campaign_id = db.execute(
-        "INSERT INTO campaigns (key, name, subject, from_email, html, audience)"
-        " VALUES ('k', 'n', 's', 'f@example.com', '<p>x</p>', '{}') RETURNING id"
-    ).fetchone()["id"]
+    campaign_id = insert_campaign(db)
     db.execute("INSERT INTO campaign_recipients (campaign_id, email) VALUES (%s, 'Bo@example.com')", [campaign_id])
     with pytest.raises(psycopg.errors.UniqueViolation):
         db.execute("INSERT INTO campaign_recipients (campaign_id, email) VALUES (%s, 'bo@EXAMPLE.com')",
@@ -53,20 +51,14 @@ def test_ledger_rows_are_unique_per_campaign_and_address(db):
 
 
 def test_a_sent_ledger_row_must_carry_its_ses_message_id(db):
-    campaign_id = db.execute(
-        "INSERT INTO campaigns (key, name, subject, from_email, html, audience)"
-        " VALUES ('k', 'n', 's', 'f@example.com', '<p>x</p>', '{}') RETURNING id"
-    ).fetchone()["id"]
+    campaign_id = insert_campaign(db)
     with pytest.raises(psycopg.errors.CheckViolation):
         db.execute("INSERT INTO campaign_recipients (campaign_id, email, status) VALUES (%s, 'a@example.com', 'sent')",
                    [campaign_id])
 
 
 def test_deleting_a_campaign_deletes_its_ledger(db):
-    campaign_id = db.execute(
-        "INSERT INTO campaigns (key, name, subject, from_email, html, audience)"
-        " VALUES ('k', 'n', 's', 'f@example.com', '<p>x</p>', '{}') RETURNING id"
-    ).fetchone()["id"]
+    campaign_id = insert_campaign(db)
     db.execute("INSERT INTO campaign_recipients (campaign_id, email) VALUES (%s, 'a@example.com')", [campaign_id])
 
     db.execute("DELETE FROM campaigns WHERE id = %s", [campaign_id])
