@@ -45,13 +45,17 @@ def _conn_from_env(conn_id: str) -> dict:
 def postgres_dsn(conn_id: str = "campaign_db") -> str:
     """A libpq URL for the Airflow connection `conn_id`, from the environment."""
     c = _conn_from_env(conn_id)
+    return _libpq_url(c.get("host"), c.get("port"), c.get("login"), c.get("password"), c.get("schema"))
+
+
+def _libpq_url(host, port, login, password, database) -> str:
     auth = ""
-    if c.get("login"):
-        auth = quote(c["login"], safe="")
-        if c.get("password"):
-            auth += ":" + quote(c["password"], safe="")
+    if login:
+        auth = quote(login, safe="")
+        if password:
+            auth += ":" + quote(password, safe="")
         auth += "@"
-    return f"postgresql://{auth}{c.get('host') or 'localhost'}:{c.get('port') or 5432}/{c.get('schema') or ''}"
+    return f"postgresql://{auth}{host or 'localhost'}:{port or 5432}/{database or ''}"
 
 
 def redis_url(conn_id: str = "redis_default") -> str:
@@ -85,8 +89,7 @@ def resolve_postgres_dsn(conn_id: str = "campaign_db") -> str:
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
         conn = PostgresHook.get_connection(conn_id)
-        auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password or '', safe='')}@" if conn.login else ""
-        return f"postgresql://{auth}{conn.host or 'localhost'}:{conn.port or 5432}/{conn.schema or ''}"
+        return _libpq_url(conn.host, conn.port, conn.login, conn.password, conn.schema)
 
 
 def resolve_redis(conn_id: str = "redis_default") -> redis.Redis:
