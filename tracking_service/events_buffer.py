@@ -24,6 +24,7 @@ Flow and guarantees:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -70,24 +71,103 @@ def _text(value: bytes | str | None) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def buffer_event(client: redis.Redis, *, type: str, campaign_id: int, recipient_id: int,
+def buffer_event(client: redis.Redis | GroupCommitWriter, *, type: str, campaign_id: int, recipient_id: int,
                  link_id: int | None = None, ip: str | None = None, user_agent: str | None = None,
                  is_machine: bool = False, reasons: Iterable[str] = (), method: str = "GET",
                  occurred: float | None = None) -> str:
     """Append one open/click event to the stream; returns its entry id (the event's dedupe key)."""
-    fields = {
-        "t": type,
-        "c": campaign_id,
-        "r": recipient_id,
-        "l": "" if link_id is None else link_id,
-        "ip": ip or "",
-        "ua": (user_agent or "")[:_MAX_UA],
-        "m": 1 if is_machine else 0,
-        "why": ",".join(reasons),
-        "hm": method,
-        "ts": repr(time.time() if occurred is None else occurred),
-    }
-    return _text(client.xadd(STREAM, fields))
+    # one field holding a JSON array: a 1-field XADD costs a fraction of a 10-field one in the client (encoding,
+    # packing), which is most of this request's own work. Order: _ENTRY_FIELDS.
+    entry = json.dumps([type, campaign_id, recipient_id, link_id, ip or "", (user_agent or "")[:_MAX_UA],
+                        1 if is_machine else 0, ",".join(reasons), method,
+                        time.time() if occurred is None else occurred], separators=(",", ":"))
+    return _text(client.xadd(STREAM, {"e": entry}))
+
+
+class GroupCommitWriter:
+    """XADDs from many request threads, sent to Redis together: one pipelined round trip per group, not per event.
+
+    Leader/follower, no extra thread: the first thread to arrive while nobody is writing becomes the leader, takes
+    everything queued (up to `max_batch`), sends it as one pipeline and wakes each waiting thread with its entry id;
+    if more queued up meanwhile, the first of them leads the next group. Every caller still returns only after
+    Redis answered for *its* entry, so an event whose request got a 2xx is in the stream exactly as with a plain
+    XADD. Alone, a thread leads a group of one: the same single round trip as before.
+
+    Why: under load, a tracking request spent most of its time in its own XADD round trip (send, wake Redis, an AOF
+    write, receive); grouping shares that among the requests that arrive together.
+    """
+
+    __slots__ = ("_client", "_lock", "_max_batch", "_queue", "_writing")
+
+    def __init__(self, client: redis.Redis, max_batch: int = 256) -> None:
+        self._client = client
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._queue: list[_QueuedAdd] = []
+        self._writing = False
+
+    def xadd(self, name: str, fields: dict) -> bytes | str:
+        """Like `redis.Redis.xadd(name, fields)`; raises what that raises (redis.RedisError) for this entry."""
+        item = _QueuedAdd(name, fields)
+        with self._lock:
+            self._queue.append(item)
+            lead = not self._writing
+            if lead:
+                self._writing = True
+        if not lead:
+            item.done.acquire()  # released by the leader that wrote this entry, or to make this thread lead
+        if item.leads:
+            self._write_group()
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _write_group(self) -> None:
+        with self._lock:
+            group, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+        for item, result in zip(group, self._send(group), strict=True):
+            if isinstance(result, BaseException):
+                item.error = result
+            else:
+                item.result = result
+            item.leads = False
+        with self._lock:
+            successor = self._queue[0] if self._queue else None
+            if successor is None:
+                self._writing = False
+            else:
+                successor.leads = True
+        for item in group:
+            item.done.release()
+        if successor is not None:
+            successor.done.release()
+
+    def _send(self, group: list[_QueuedAdd]) -> list:
+        """One result per entry, in order: the entry id, or the exception that entry's caller raises."""
+        try:
+            if len(group) == 1:
+                return [self._client.xadd(group[0].name, group[0].fields)]
+            pipe = self._client.pipeline(transaction=False)
+            for item in group:
+                pipe.xadd(item.name, item.fields)
+            results = pipe.execute(raise_on_error=False)
+            if len(results) != len(group):
+                raise redis.RedisError(f"pipeline answered {len(results)} replies for {len(group)} XADDs")
+            return results
+        except Exception as exc:  # noqa: BLE001 - every caller of the group raises it
+            return [exc] * len(group)
+
+
+class _QueuedAdd:
+    __slots__ = ("done", "error", "fields", "leads", "name", "result")
+
+    def __init__(self, name: str, fields: dict) -> None:
+        self.name, self.fields = name, fields
+        self.done = threading.Lock()
+        self.done.acquire()  # a pre-acquired lock is the cheapest one-shot wake-up in CPython
+        self.leads = True  # until queued behind a leader
+        self.result: bytes | str = b""
+        self.error: BaseException | None = None
 
 
 def ensure_group(client: redis.Redis) -> None:
@@ -105,15 +185,15 @@ def default_consumer() -> str:
 
 
 def _parse(entry_id: bytes | str, fields: dict) -> BufferedEvent | None:
-    f = {_text(k): _text(v) for k, v in fields.items()}
+    raw = fields.get(b"e", fields.get("e"))
     try:
+        type_, campaign_id, recipient_id, link_id, ip, ua, machine, reasons, method, occurred = json.loads(raw)
         return BufferedEvent(
-            stream_id=_text(entry_id), type=f["t"], campaign_id=int(f["c"]), recipient_id=int(f["r"]),
-            link_id=int(f["l"]) if f.get("l") else None, ip=f.get("ip") or None, user_agent=f.get("ua") or None,
-            is_machine=f.get("m") == "1", reasons=f.get("why", ""), method=f.get("hm", "GET"),
-            occurred=float(f["ts"]),
+            stream_id=_text(entry_id), type=str(type_), campaign_id=int(campaign_id), recipient_id=int(recipient_id),
+            link_id=None if link_id is None else int(link_id), ip=ip or None, user_agent=ua or None,
+            is_machine=machine == 1, reasons=str(reasons), method=str(method or "GET"), occurred=float(occurred),
         )
-    except (KeyError, ValueError):
+    except (TypeError, ValueError):  # no "e" field, not JSON, wrong arity or types
         return None
 
 
