@@ -53,8 +53,8 @@ def db(dsn):
 
 @pytest.fixture
 def redis_client():
-    """Redis db 1 of the test server, emptied before and after the test."""
-    client = redis_lib.Redis.from_url(SETTINGS.redis_url(1))
+    """The test Redis db (1 unless STACK_TEST_REDIS_DB), emptied before and after the test."""
+    client = redis_lib.Redis.from_url(SETTINGS.redis_url(SETTINGS.test_redis_db))
     client.flushdb()
     yield client
     client.flushdb()

@@ -35,12 +35,19 @@ class StackSettings:
     pg_user: str = "campaigns"
     pg_password: str = "campaigns"
     campaign_db: str = os.environ.get("STACK_CAMPAIGN_DB", "campaigns")
-    test_campaign_db: str = "campaigns_test"
+    # two test runs at once (say, two checkouts) need their own database, Redis db and AIRFLOW_HOME
+    test_campaign_db: str = os.environ.get("STACK_TEST_CAMPAIGN_DB", "campaigns_test")
+    test_redis_db: int = _int("STACK_TEST_REDIS_DB", 1)
     airflow_db: str = "airflow"
 
     @property
     def run_dir(self) -> Path:
         return self.state_dir / "run"
+
+    @property
+    def test_airflow_home(self) -> Path:
+        suffix = "" if self.test_campaign_db == "campaigns_test" else f"-{self.test_campaign_db}"
+        return self.state_dir / f"airflow-test{suffix}"
 
     @property
     def log_dir(self) -> Path:

@@ -18,7 +18,7 @@ def test_airflow_env(s: StackSettings) -> dict[str, str]:
     """Environment for dag.test() in tests: SQLite metadata, the project's DAGs, no examples, test connections."""
     import json
 
-    home = s.state_dir / "airflow-test"
+    home = s.test_airflow_home
     env = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(s.root / "dags"),
@@ -30,7 +30,7 @@ def test_airflow_env(s: StackSettings) -> dict[str, str]:
     }
     for conn_id, conn in connections(s, database=s.test_campaign_db).items():
         if conn_id == "redis_default":
-            conn = {**conn, "extra": {"db": 1}}  # tests never touch the stack's limiter keys
+            conn = {**conn, "extra": {"db": s.test_redis_db}}  # tests never touch the stack's limiter keys
         if conn_id == "aws_default":
             conn = {**conn, "extra": {"region_name": "us-east-1"}}  # tests use moto's in-process mock_aws
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)

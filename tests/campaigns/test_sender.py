@@ -265,7 +265,8 @@ def test_sigkill_mid_batch_then_retry_sends_each_recipient_at_most_once(campaign
         client = boto3.client("sesv2", region_name="us-east-1", endpoint_url=endpoint, config=client_config())
         client.create_email_identity(EmailIdentity="example.com")
         args = json.dumps({"task": task.as_dict(), "endpoint": endpoint,
-                           "dsn": SETTINGS.pg_dsn(SETTINGS.test_campaign_db), "redis": SETTINGS.redis_url(1)})
+                           "dsn": SETTINGS.pg_dsn(SETTINGS.test_campaign_db),
+                           "redis": SETTINGS.redis_url(SETTINGS.test_redis_db)})
         child = subprocess.Popen([sys.executable, "-c", CHILD, args], env=os.environ.copy())
         deadline = time.monotonic() + 60
         while statuses(db, campaign_id).get("sent", 0) < 12 and time.monotonic() < deadline:

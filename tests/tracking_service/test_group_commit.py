@@ -84,7 +84,7 @@ def test_many_threads_lose_nothing(redis_client):
 
 def test_an_entry_redis_refuses_fails_only_its_own_caller(redis_client):
     redis_client.set("not-a-stream", "x")
-    writer, client = _writer(redis_client, hold_until_queued=2)
+    writer, _ = _writer(redis_client, hold_until_queued=2)
     barrier = threading.Barrier(3)
 
     def add(name: str):
@@ -96,7 +96,8 @@ def test_an_entry_redis_refuses_fails_only_its_own_caller(redis_client):
 
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(add, [events_buffer.STREAM, "not-a-stream", events_buffer.STREAM]))
-    assert isinstance(results[1], redis_lib.ResponseError) and "WRONGTYPE" in str(results[1])
+    assert isinstance(results[1], redis_lib.ResponseError)
+    assert "WRONGTYPE" in str(results[1])
     assert all(isinstance(r, bytes) for r in (results[0], results[2]))
     assert redis_client.xlen(events_buffer.STREAM) == 2
 
