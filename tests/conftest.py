@@ -32,8 +32,8 @@ from moto import mock_aws
 from campaigns import db as campaign_db
 from campaigns.config import get_settings
 
-TABLES = ("email_events", "campaign_links", "campaign_recipients", "campaigns", "suppressions", "list_members",
-          "lists", "contacts")
+TABLES = ("email_events", "campaign_links", "campaign_recipients", "campaign_actions", "test_sends", "campaigns",
+          "suppression_changes", "suppressions", "list_members", "lists", "contacts")
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ def test_migrations_go_up_down_and_up_again(scratch_dsn):
     schema.upgrade(scratch_dsn)
     created = _tables(scratch_dsn)
     assert {"contacts", "lists", "list_members", "suppressions", "campaigns", "campaign_recipients",
-            "campaign_links", "email_events"} <= created
+            "campaign_links", "email_events", "campaign_actions", "test_sends", "suppression_changes"} <= created
 
     schema.downgrade(scratch_dsn)
     assert _tables(scratch_dsn) == set()
