@@ -9,6 +9,7 @@ import random
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -50,19 +51,29 @@ class Api:
             time.sleep(2)
         raise SystemExit(f"DAG {dag_id} did not appear unpaused within {timeout:.0f} s (see .local/log/)")
 
-    def run(self, dag_id: str, conf: dict, timeout: float = 600) -> dict:
-        """Trigger a run with `conf` and wait for it to finish."""
+    def trigger(self, dag_id: str, conf: dict) -> str:
+        """POST /api/v2/dags/{dag_id}/dagRuns with `conf`; returns the run id."""
         run = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
-        run_id = run["dag_run_id"]
-        print(f"  triggered {dag_id} run {run_id}", flush=True)
+        print(f"  triggered {dag_id} run {run['dag_run_id']}", flush=True)
+        return run["dag_run_id"]
+
+    def state(self, dag_id: str, run_id: str) -> str:
+        return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")["state"]
+
+    def wait(self, dag_id: str, run_id: str, timeout: float = 600) -> dict:
+        """Poll the run until it succeeded or failed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state = self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            state = self.state(dag_id, run_id)
             if state in ("success", "failed"):
                 print(f"  {dag_id}: {state}", flush=True)
                 return {"run_id": run_id, "state": state}
-            time.sleep(2)
+            time.sleep(1)
         raise SystemExit(f"{dag_id} run {run_id} did not finish within {timeout:.0f} s")
+
+    def run(self, dag_id: str, conf: dict, timeout: float = 600) -> dict:
+        """Trigger a run with `conf` and wait for it to finish."""
+        return self.wait(dag_id, self.trigger(dag_id, conf), timeout)
 
 
 def sample_contacts(path: Path, count: int = 200) -> Path:

@@ -32,6 +32,9 @@ class StackSettings:
     ses_port: int = _int("STACK_SES_PORT", 55500)
     ses_pool_slots: int = _int("STACK_SES_POOL_SLOTS", 4)
     airflow_parallelism: int = _int("STACK_AIRFLOW_PARALLELISM", 8)
+    # the local SES stands in for an account with this MaxSendRate; the stack sends at ses_rate
+    ses_local_max_send_rate: int = _int("STACK_SES_MAX_SEND_RATE", 200)
+    ses_rate: int = _int("STACK_SES_RATE", 100)
     pg_user: str = "campaigns"
     pg_password: str = "campaigns"
     campaign_db: str = os.environ.get("STACK_CAMPAIGN_DB", "campaigns")

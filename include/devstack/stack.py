@@ -18,6 +18,7 @@ from devstack.settings import StackSettings
 
 VENV_BIN = Path(sys.executable).parent
 DEMO_SENDER_DOMAIN = "example.com"
+SNS_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:ses-events"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
@@ -61,9 +62,40 @@ def app_env(s: StackSettings) -> dict[str, str]:
         TRACKING_SECRET_KEYS=_secret(s, "tracking-secret-key"),
         SES_FROM_EMAIL=f"news@{DEMO_SENDER_DOMAIN}",
         SES_FROM_NAME="Example News",
-        SNS_TOPIC_ARNS="arn:aws:sns:us-east-1:123456789012:ses-events",
+        SNS_TOPIC_ARNS=SNS_TOPIC_ARN,
+        # the local SES has no account limits: this stands in for MaxSendRate (moto alone takes ~370 sends/s here)
+        SES_LOCAL_MAX_SEND_RATE=str(s.ses_local_max_send_rate),
+        SES_SENDING_RATE=str(s.ses_rate),
+        # Dev stack only: there is no real SNS here, so /webhooks/ses trusts a locally generated signing
+        # certificate (the service logs a warning at start). The SigningCertURL and TopicArn checks still run.
+        SNS_TEST_CERT_PEM=str(sns_test_signing_key(s)[1]),
     )
     return env
+
+
+def sns_test_signing_key(s: StackSettings) -> tuple[Path, Path]:
+    """(private key, certificate) PEM files that sign SNS messages for the dev stack's /webhooks/ses."""
+    folder = s.state_dir / "tls"
+    key_path, cert_path = folder / "sns-test.key", folder / "sns-test.pem"
+    if key_path.exists() and cert_path.exists():
+        return key_path, cert_path
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com (local test)")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=825)).sign(key, hashes.SHA256()))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
 
 
 def airflow_env(s: StackSettings, home: Path | None = None) -> dict[str, str]:
@@ -229,7 +261,8 @@ def write_env_file(s: StackSettings) -> Path:
     return path
 
 
-def down(s: StackSettings) -> None:
+def stop_apps(s: StackSettings) -> list[str]:
+    """Stop Airflow, the tracking service and the local SES; PostgreSQL and Redis keep running."""
     stopped = []
     for component in reversed(AIRFLOW_COMPONENTS):
         if stop(s.run_dir / f"airflow-{component}.pid", timeout=45):
@@ -237,6 +270,17 @@ def down(s: StackSettings) -> None:
     for name in ("tracking", "ses"):
         if stop(s.run_dir / f"{name}.pid"):
             stopped.append(name)
+    return stopped
+
+
+def apps_running(s: StackSettings) -> bool:
+    """Whether every component `up` starts on top of PostgreSQL and Redis is running."""
+    names = [f"airflow-{c}" for c in AIRFLOW_COMPONENTS] + ["tracking", "ses"]
+    return all(running(s.run_dir / f"{name}.pid") for name in names)
+
+
+def down(s: StackSettings) -> None:
+    stopped = stop_apps(s)
     if services.stop_redis(s):
         stopped.append("redis")
     if services.stop_postgres(s):
