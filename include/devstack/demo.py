@@ -71,6 +71,11 @@ class Api:
             time.sleep(1)
         raise SystemExit(f"{dag_id} run {run_id} did not finish within {timeout:.0f} s")
 
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        """The run's task instances (mapped ones one per map index), with their states and ids."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances?limit=1000"
+        return self._call("GET", path)["task_instances"]
+
     def run(self, dag_id: str, conf: dict, timeout: float = 600) -> dict:
         """Trigger a run with `conf` and wait for it to finish."""
         return self.wait(dag_id, self.trigger(dag_id, conf), timeout)
