@@ -56,6 +56,22 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redis_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """The original design's REDIS_URL: configures the connection `redis_default` unless AIRFLOW_CONN_REDIS_DEFAULT
+    is set (the connection wins, like every new name over its alias). None when not given."""
+    raw = _lookup(os.environ if env is None else env, "REDIS_URL")
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in REDIS_URL_SCHEMES or not (parts.netloc or parts.path):
+        # the value may carry a password: name the setting and the scheme, never echo the URL
+        raise ConfigError(f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the send path, the tracking service and the DAGs read from the environment."""
@@ -73,15 +89,25 @@ class Settings:
     batch_size: int = 500
     send_threads: int | None = None  # None: chosen from the rate and a typical SES latency
     max_send_task_seconds: float = 300.0  # how much sending one mapped task carries, at the configured rate
+    parallel_send_tasks: int = 4  # send tasks of one campaign meant to run side by side (the `ses` pool's slots)
     ses_local_max_send_rate: float = 14.0  # account limits reported for a local SES endpoint (moto has none)
     ses_local_max_24h_send: float = 50_000.0
     sns_topic_arns: tuple[str, ...] = ()
     sns_test_cert_pem: str | None = None
     soft_bounce_limit: int = 3
     soft_bounce_days: int = 30
+    events_retention_days: int = 400  # email_events older than this are pruned once rolled up; 0 keeps them
+    schedule_hold_after_hours: float = 6.0  # a scheduled campaign found later than this is held, not sent
+    # Reputation guard (campaigns.reputation): pause a sending campaign whose rates exceed these.
+    reputation_min_sample: int = 200  # delivered-or-bounced messages before the rates are judged
+    reputation_max_bounce_rate: float = 0.05  # hard bounces / sample, as a fraction (0.05 = 5 %)
+    reputation_max_complaint_rate: float = 0.001  # complaints / sample (0.001 = 0.1 %)
+    reputation_check_seconds: float = 5.0  # how often a send task counts its campaign's events
+    suppressions_export_dir: str | None = None  # None: <AIRFLOW_HOME>/exports
     aws_conn_id: str = "aws_default"
     db_conn_id: str = "campaign_db"
     redis_conn_id: str = "redis_default"
+    redis_url: str | None = field(default=None, repr=False)  # REDIS_URL (original design); may hold a password
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -107,17 +133,34 @@ class Settings:
             batch_size=_number(env, "SES_BATCH_SIZE", 500, minimum=1, integer=True),
             send_threads=None if threads is None else _number(env, "SES_SEND_THREADS", 1, minimum=1, integer=True),
             max_send_task_seconds=_number(env, "SEND_TASK_SECONDS", 300.0, minimum=1),
+            parallel_send_tasks=_number(env, "SEND_TASK_PARALLELISM", 4, minimum=1, integer=True),
             ses_local_max_send_rate=_number(env, "SES_LOCAL_MAX_SEND_RATE", 14.0, minimum=0.001),
             ses_local_max_24h_send=_number(env, "SES_LOCAL_MAX_24H_SEND", 50_000.0, minimum=1),
             sns_topic_arns=_list(env, "SNS_TOPIC_ARNS"),
             sns_test_cert_pem=_lookup(env, "SNS_TEST_CERT_PEM"),
+            redis_url=redis_url_from_env(env),
             soft_bounce_limit=_number(env, "SOFT_BOUNCE_LIMIT", 3, minimum=1, integer=True),
             soft_bounce_days=_number(env, "SOFT_BOUNCE_DAYS", 30, minimum=1, integer=True),
+            events_retention_days=_number(env, "EVENTS_RETENTION_DAYS", 400, minimum=0, integer=True),
+            schedule_hold_after_hours=_number(env, "SCHEDULE_HOLD_AFTER_HOURS", 6.0, minimum=0.01),
+            reputation_min_sample=_number(env, "REPUTATION_MIN_SAMPLE", 200, minimum=1, integer=True),
+            reputation_max_bounce_rate=_number(env, "REPUTATION_MAX_BOUNCE_RATE", 0.05),
+            reputation_max_complaint_rate=_number(env, "REPUTATION_MAX_COMPLAINT_RATE", 0.001),
+            reputation_check_seconds=_number(env, "REPUTATION_CHECK_SECONDS", 5.0, minimum=0.1),
+            suppressions_export_dir=_lookup(env, "SUPPRESSIONS_EXPORT_DIR"),
         )
         settings.validate()
         return settings
 
     def validate(self) -> None:
+        if 0 < self.events_retention_days < self.soft_bounce_days:
+            # the soft-bounce rule counts raw bounce events over SOFT_BOUNCE_DAYS: they must still be there
+            raise ConfigError(f"EVENTS_RETENTION_DAYS must be 0 (keep) or at least SOFT_BOUNCE_DAYS "
+                              f"({self.soft_bounce_days}), got {self.events_retention_days}")
+        for name, rate in (("REPUTATION_MAX_BOUNCE_RATE", self.reputation_max_bounce_rate),
+                           ("REPUTATION_MAX_COMPLAINT_RATE", self.reputation_max_complaint_rate)):
+            if not 0 < rate <= 1:
+                raise ConfigError(f"{name} must be a fraction above 0 and at most 1 (0.05 = 5 %), got {rate}")
         if self.batch_size > MAX_BATCH_SIZE:
             raise ConfigError(f"SES_BATCH_SIZE must be at most {MAX_BATCH_SIZE}, got {self.batch_size}")
         parts = urlsplit(self.tracking_base_url)

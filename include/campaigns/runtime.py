@@ -22,6 +22,17 @@ def sending_rate(ses_client: Any = None) -> float:
     return RateSource.from_settings(settings, client).rate()
 
 
+def account_ses_client() -> Any:
+    """A sesv2 client for account reads (GetAccount) through `aws_default`, with botocore's usual retries.
+
+    Unlike the sending client (ses.client_config turns retries off so a timeout cannot send twice), a read may be
+    retried safely.
+    """
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=get_settings().aws_conn_id, client_type="sesv2").conn
+
+
 def _account_id(aws_conn_id: str) -> str:
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 

@@ -2,7 +2,9 @@
 
 A small thread pool lets one task reach hundreds of sends per second; every thread takes its slots from the same
 (global) limiter and has its own database connection. The campaign's state is re-read at most every
-`watch_interval` seconds, so a pause or cancel stops the task within about a second.
+`watch_interval` seconds, so a pause or cancel stops the task within about a second. At a slower cadence
+(REPUTATION_CHECK_SECONDS) the same watch counts the campaign's bounces and complaints and pauses it when a rate
+is over its threshold (campaigns.reputation).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any, Protocol
 import psycopg
 
 from campaigns import ledger, states
+from campaigns.config import get_settings
 from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, SendError, Throttled
 from campaigns.ledger import SendTask
+from campaigns.reputation import ReputationGuard, Thresholds
 from campaigns.states import Row
 
 log = logging.getLogger(__name__)
@@ -58,12 +62,18 @@ class SendReport:
 
 
 class CampaignWatch:
-    """Re-reads the campaign's status at most every `interval` seconds (shared by the send threads)."""
+    """Re-reads the campaign's status at most every `interval` seconds (shared by the send threads).
 
-    def __init__(self, connect: Callable[[], psycopg.Connection], campaign_id: int, interval: float = 0.5) -> None:
+    With a `guard`, a running campaign's rates are judged too, at the guard's own (slower) cadence; when the guard
+    pauses the campaign, the very next status() answers paused, so no thread starts another send.
+    """
+
+    def __init__(self, connect: Callable[[], psycopg.Connection], campaign_id: int, interval: float = 0.5,
+                 guard: ReputationGuard | None = None) -> None:
         self._connect = connect
         self._campaign_id = campaign_id
         self._interval = interval
+        self.guard = guard
         self._lock = threading.Lock()
         self._checked = 0.0
         self._status = states.RUNNING
@@ -76,6 +86,10 @@ class CampaignWatch:
                     self._conn = self._connect()
                 row = self._conn.execute("SELECT status FROM campaigns WHERE id = %s", [self._campaign_id]).fetchone()
                 self._status = row["status"] if row else states.CANCELLED
+                # Under the lock on purpose: the other threads wait for the verdict instead of sending past it.
+                if self._status == states.RUNNING and self.guard is not None and self.guard.due() \
+                        and self.guard.check(self._conn) is not None:
+                    self._status = states.PAUSED
                 self._checked = time.monotonic()
             return self._status
 
@@ -89,7 +103,8 @@ class SendBatch:
 
     def __init__(self, task: SendTask, *, attempt: str, from_email: str, builder: MessageBuilder,
                  transport: Transport, limiter: Limiter, connect: Callable[[], psycopg.Connection],
-                 threads: int = 4, watch_interval: float = 0.5) -> None:
+                 threads: int = 4, watch_interval: float = 0.5, reputation: Thresholds | None = None,
+                 reputation_interval: float | None = None) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.task = task
@@ -100,7 +115,14 @@ class SendBatch:
         self.limiter = limiter
         self.connect = connect
         self.threads = threads
-        self.watch = CampaignWatch(connect, task.campaign_id, watch_interval)
+        # Thresholds and cadence default to the settings; the run id (attempt = run_id/map_index/try) goes on the
+        # campaign_actions row, so a pause can be traced to the DAG run that saw the rates.
+        settings = get_settings()
+        guard = ReputationGuard(
+            task.campaign_id, reputation or Thresholds.from_settings(settings),
+            interval=settings.reputation_check_seconds if reputation_interval is None else reputation_interval,
+            run_id=attempt.rsplit("/", 2)[0] if attempt.count("/") >= 2 else attempt)
+        self.watch = CampaignWatch(connect, task.campaign_id, watch_interval, guard=guard)
         self.report = SendReport()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -163,7 +185,9 @@ class SendBatch:
                 try:
                     status = self.watch.status()
                     if status != states.RUNNING:
-                        self._halt(reason=f"campaign is {status}")
+                        paused_by_guard = self.watch.guard and self.watch.guard.paused_reason
+                        self._halt(reason=f"reputation guard paused the campaign: {paused_by_guard}"
+                                   if paused_by_guard else f"campaign is {status}")
                         continue
                     conn = conn or self.connect()
                     self._send_one(conn, row)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from campaigns import ledger
 from campaigns.audience import Audience
 from tests.helpers import add_contacts, insert_campaign
@@ -42,6 +44,16 @@ def test_snapshot_pages_only_sendable_rows_and_keeps_skipped_rows_with_reasons(d
 def test_pages_per_task_carry_many_seconds_of_sending_at_high_rates():
     assert ledger.pages_per_task(open_pages=200, page_size=500, rate=1000, task_seconds=60) == 120
     assert ledger.pages_per_task(open_pages=200, page_size=500, rate=14, task_seconds=60) == 1
+
+
+def test_a_big_campaign_spreads_over_the_parallel_send_tasks():
+    # 100,000 recipients at 400/s: one task would carry all 250 s; four side by side carry a quarter each
+    assert ledger.pages_per_task(open_pages=200, page_size=500, rate=400, task_seconds=300) == 240
+    assert ledger.pages_per_task(open_pages=200, page_size=500, rate=400, task_seconds=300, parallel=4) == 60
+    # a small campaign stays one task: splitting it would only add the scheduler's per-task overhead
+    assert ledger.pages_per_task(open_pages=10, page_size=100, rate=100, task_seconds=300, parallel=4) == 75
+    with pytest.raises(ValueError, match="parallel"):
+        ledger.pages_per_task(open_pages=10, page_size=100, rate=100, task_seconds=300, parallel=0)
 
 
 def test_a_million_recipient_campaign_plans_under_max_map_length(db):
