@@ -16,6 +16,9 @@ Trigger it from the form, the REST API or the CLI with either an existing campai
 Nothing is sent before preflight passes. The ledger (`campaign_recipients`) guarantees that a recipient never
 gets the campaign twice, whatever crashes; `finalize` reports sent, failed, skipped by reason and unknown.
 A dry run stops after preflight, snapshot and plan.
+
+An inline campaign with `send_at` (ISO 8601 with a timezone) or a cron `recurrence` is stored as `scheduled` and
+the run ends after resolve_campaign without sending; `dispatch_scheduled_campaigns` starts its send when it is due.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ PARAMS = {
     "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=10_000,
                         description="Recipients per page (default: SES_BATCH_SIZE, 500)."),
     "dry_run": Param(False, type="boolean", description="Stop after preflight, snapshot and plan: send nothing."),
+    "scheduled_for": Param(None, type=["null", "string"],
+                           description="Set by dispatch_scheduled_campaigns: the send_at this run was started for "
+                                       "(leave empty when triggering by hand)."),
 }
 
 
@@ -50,8 +56,10 @@ PARAMS = {
                   "max_retry_delay": timedelta(minutes=5)},
 )
 def send_campaign():
-    @task(retries=0)
-    def resolve_campaign() -> int:
+    # short_circuit: a campaign scheduled for later (or a dispatched run that finds it rescheduled or held) ends the
+    # run successfully here, every later task skipped; a campaign id lets the run go on.
+    @task.short_circuit(retries=0)
+    def resolve_campaign() -> int | None:
         from campaigns.errors import CampaignError
         from campaigns.pipeline import resolve_campaign as resolve
 

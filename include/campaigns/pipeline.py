@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from campaigns import db, definitions, ledger, preflight, states
+from campaigns import db, definitions, ledger, preflight, scheduling, states
 from campaigns.config import Settings, get_settings
 from campaigns.errors import CampaignDefinitionError, IllegalTransition
 from campaigns.ledger import SendTask
@@ -39,8 +40,12 @@ class RunOptions:
         return cls(batch_size=batch_size, dry_run=bool(conf.get("dry_run", False)))
 
 
-def resolve_campaign(conf: dict[str, Any], run_id: str) -> int:
-    """Load the campaign by id, or create/update it from the inline definition by key; returns its id."""
+def resolve_campaign(conf: dict[str, Any], run_id: str, *, now: datetime | None = None) -> int | None:
+    """Load the campaign by id, or create/update it from the inline definition by key.
+
+    Returns its id when this run sends it now, None when it must not be sent now: scheduled for later, a recurring
+    template, or (for a run the dispatcher started, conf `scheduled_for`) rescheduled, held or taken by another run.
+    """
     settings = get_settings()
     RunOptions.from_conf(conf, settings)  # rules across fields fail here, before anything is sent
     has_id, has_inline = conf.get("campaign_id") is not None, conf.get("campaign") is not None
@@ -48,15 +53,28 @@ def resolve_campaign(conf: dict[str, Any], run_id: str) -> int:
         raise CampaignDefinitionError(
             "give exactly one of `campaign_id` (an existing campaign) or `campaign` (an inline definition); "
             f"got {'both' if has_id else 'neither'}")
+    scheduled_for = conf.get("scheduled_for")
+    if scheduled_for is not None:
+        scheduled_for = scheduling.parse_send_at(scheduled_for, field="scheduled_for")
+    now = now or datetime.now(UTC)
     with db.campaign_db() as conn:
+        timed = False
         if has_inline:
             definition = definitions.CampaignDefinition.parse(
                 conf["campaign"], default_from_email=settings.from_email,
                 default_from_name=settings.from_name, default_reply_to=settings.reply_to)
-            campaign = definitions.upsert_campaign(conn, definition)
+            campaign = definitions.upsert_campaign(conn, definition, now=now)
+            timed = definition.send_at is not None or definition.recurrence is not None
         else:
             campaign = definitions.load_campaign(conn, conf["campaign_id"])
         status = campaign["status"]
+        not_now = scheduling.skip_reason(conn, campaign, run_id=run_id, now=now, scheduled_for=scheduled_for,
+                                         timed_definition=timed,
+                                         hold_after=timedelta(hours=settings.schedule_hold_after_hours))
+        if not_now is not None:
+            log.info("campaign %s (%r) is %s; nothing is sent by this run: %s", campaign["id"], campaign["key"],
+                     status, not_now)
+            return None
         if status == states.RUNNING and campaign["run_id"] not in (None, run_id):
             raise IllegalTransition(f"campaign {campaign['key']!r} is already being sent by run {campaign['run_id']}")
         if status != states.RUNNING and status not in STARTABLE:
@@ -137,7 +155,7 @@ def plan_batches(campaign_id: int, conf: dict[str, Any], run_id: str, rate: floa
         campaign = definitions.load_campaign(conn, campaign_id)
         page_size = (campaign["snapshot"] or {}).get("page_size", options.batch_size)
         tasks = ledger.plan(conn, campaign_id, page_size=page_size, rate=rate,
-                            task_seconds=settings.max_send_task_seconds)
+                            task_seconds=settings.max_send_task_seconds, parallel=settings.parallel_send_tasks)
         log.info("plan: %d send task(s) over %s page(s) of %d", len(tasks),
                  sum(t.last_page - t.first_page + 1 for t in tasks), page_size)
         if options.dry_run:
