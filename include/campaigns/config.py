@@ -90,6 +90,7 @@ class Settings:
     send_threads: int | None = None  # None: chosen from the rate and a typical SES latency
     max_send_task_seconds: float = 300.0  # how much sending one mapped task carries, at the configured rate
     parallel_send_tasks: int = 4  # send tasks of one campaign meant to run side by side (the `ses` pool's slots)
+    limiter_outage_seconds: float = 120.0  # how long a send task waits out an unreachable limiter before failing
     ses_local_max_send_rate: float = 14.0  # account limits reported for a local SES endpoint (moto has none)
     ses_local_max_24h_send: float = 50_000.0
     sns_topic_arns: tuple[str, ...] = ()
@@ -134,6 +135,7 @@ class Settings:
             send_threads=None if threads is None else _number(env, "SES_SEND_THREADS", 1, minimum=1, integer=True),
             max_send_task_seconds=_number(env, "SEND_TASK_SECONDS", 300.0, minimum=1),
             parallel_send_tasks=_number(env, "SEND_TASK_PARALLELISM", 4, minimum=1, integer=True),
+            limiter_outage_seconds=_number(env, "LIMITER_OUTAGE_SECONDS", 120.0, minimum=0),
             ses_local_max_send_rate=_number(env, "SES_LOCAL_MAX_SEND_RATE", 14.0, minimum=0.001),
             ses_local_max_24h_send=_number(env, "SES_LOCAL_MAX_24H_SEND", 50_000.0, minimum=1),
             sns_topic_arns=_list(env, "SNS_TOPIC_ARNS"),

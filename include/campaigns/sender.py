@@ -25,6 +25,7 @@ from campaigns import ledger, states
 from campaigns.config import get_settings
 from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, SendError, Throttled
 from campaigns.ledger import SendTask
+from campaigns.ratelimit import LimiterUnavailable
 from campaigns.reputation import ReputationGuard, Thresholds
 from campaigns.states import Row
 
@@ -104,7 +105,7 @@ class SendBatch:
     def __init__(self, task: SendTask, *, attempt: str, from_email: str, builder: MessageBuilder,
                  transport: Transport, limiter: Limiter, connect: Callable[[], psycopg.Connection],
                  threads: int = 4, watch_interval: float = 0.5, reputation: Thresholds | None = None,
-                 reputation_interval: float | None = None) -> None:
+                 reputation_interval: float | None = None, limiter_outage_seconds: float | None = None) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.task = task
@@ -123,6 +124,10 @@ class SendBatch:
             interval=settings.reputation_check_seconds if reputation_interval is None else reputation_interval,
             run_id=attempt.rsplit("/", 2)[0] if attempt.count("/") >= 2 else attempt)
         self.watch = CampaignWatch(connect, task.campaign_id, watch_interval, guard=guard)
+        # A Redis restart should not cost a task retry (and its scheduler overhead): wait it out, sending nothing.
+        self.limiter_outage_seconds = (settings.limiter_outage_seconds if limiter_outage_seconds is None
+                                       else limiter_outage_seconds)
+        self._outage_logged = False
         self.report = SendReport()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -198,10 +203,41 @@ class SendBatch:
             if conn is not None:
                 conn.close()
 
+    def _acquire(self) -> bool:
+        """Wait for this thread's send slot; False when the task is stopping or the campaign is no longer running.
+
+        While the limiter is unreachable (Redis down or restarting) nothing is sent: the thread retries with
+        backoff for up to `limiter_outage_seconds`, still obeying pause and cancel, then raises LimiterUnavailable
+        so the task fails with the reason and Airflow retries it.
+        """
+        gave_up_at = None
+        delay = 0.25
+        while True:
+            try:
+                self.limiter.acquire(self._stop)
+                return not self._stop.is_set()
+            except LimiterUnavailable:
+                now = time.monotonic()
+                if gave_up_at is None:
+                    gave_up_at = now + self.limiter_outage_seconds
+                    with self._lock:
+                        first, self._outage_logged = not self._outage_logged, True
+                    if first:
+                        log.warning("%s: the rate limiter (Redis) is unreachable; nothing is sent until it answers "
+                                    "(waiting up to %.0f s)", self.task.label, self.limiter_outage_seconds)
+                if now >= gave_up_at:
+                    raise
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, 2.0)
+            status = self.watch.status()
+            if status != states.RUNNING:
+                self._halt(reason=f"campaign is {status}")
+                return False
+
     def _send_one(self, conn: psycopg.Connection, row: dict[str, Any]) -> None:
         # The slot comes first: if Redis is down nothing is claimed, the row stays pending (fail closed).
-        self.limiter.acquire(self._stop)
-        if self._stop.is_set():
+        if not self._acquire():
             return
         claimed = ledger.claim(conn, row["id"], row["email"], self.attempt)
         if claimed != Row.SENDING:

@@ -199,11 +199,46 @@ def test_redis_down_sends_nothing_and_says_why(campaign, ses, db):
     campaign_id, task = campaign
     dead = RateLimiter(redis_lib.Redis(port=1, socket_connect_timeout=0.5), "ses:rate:test:us-east-1", rate=10)
 
-    report = batch(task, ses, dead).run()
+    sender = batch(task, ses, dead)
+    sender.limiter_outage_seconds = 1.0  # longer than the task is willing to wait: it fails, saying why
+    report = sender.run()
 
     assert isinstance(report.error, LimiterUnavailable)
     assert statuses(db, campaign_id) == {"pending": 40}
     assert sent_messages() == []
+
+
+class FlakyLimiter:
+    """The real limiter behind an outage: unreachable (LimiterUnavailable) until `up_at` (time.monotonic())."""
+
+    def __init__(self, limiter, up_at: float) -> None:
+        self.limiter, self.up_at = limiter, up_at
+        self.refused = 0
+
+    def acquire(self, stop=None):
+        if time.monotonic() < self.up_at:
+            self.refused += 1
+            raise LimiterUnavailable("Redis connection refused (simulated outage)")
+        return self.limiter.acquire(stop)
+
+    def throttled(self, *args, **kwargs):
+        return self.limiter.throttled(*args, **kwargs)
+
+
+def test_a_short_limiter_outage_is_waited_out_without_sending(campaign, ses, limiter, db):
+    campaign_id, task = campaign
+    sends: list[float] = []
+    ses.meta.events.register("before-call.sesv2.SendEmail", lambda **_: sends.append(time.monotonic()))
+    flaky = FlakyLimiter(limiter, up_at=time.monotonic() + 1.5)
+
+    report = batch(task, ses, flaky).run()
+
+    assert report.error is None
+    assert flaky.refused >= 4  # every thread met the outage
+    assert sends
+    assert min(sends) >= flaky.up_at  # not one message while the limiter was unreachable
+    assert statuses(db, campaign_id) == {"sent": 40}
+    assert messages_per_recipient() == {f"user{i}@example.org": 1 for i in range(40)}
 
 
 def test_pause_stops_sending_within_a_second(campaign, ses, redis_client, db):
