@@ -32,7 +32,9 @@ from moto import mock_aws
 from campaigns import db as campaign_db
 from campaigns.config import get_settings
 
-TABLES = ("email_events", "campaign_links", "campaign_recipients", "campaign_actions", "test_sends", "campaigns",
+TABLES = ("campaign_recipient_link_activity", "campaign_recipient_activity", "campaign_link_stats",
+          "campaign_stats_series", "campaign_stats", "email_event_counts_hourly", "stats_rollup_state",
+          "email_events", "campaign_links", "campaign_recipients", "campaign_actions", "test_sends", "campaigns",
           "suppression_changes", "suppressions", "list_members", "lists", "contacts")
 
 
@@ -74,4 +76,6 @@ def ses():
     with mock_aws():
         client = boto3.client("sesv2", region_name="us-east-1")
         client.create_email_identity(EmailIdentity="example.com")
+        # SES_CONFIGURATION_SET above names it; preflight refuses a configuration set that does not exist.
+        client.create_configuration_set(ConfigurationSetName="campaign-events")
         yield client

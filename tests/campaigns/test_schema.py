@@ -27,7 +27,9 @@ def test_migrations_go_up_down_and_up_again(scratch_dsn):
     schema.upgrade(scratch_dsn)
     created = _tables(scratch_dsn)
     assert {"contacts", "lists", "list_members", "suppressions", "campaigns", "campaign_recipients",
-            "campaign_links", "email_events", "campaign_actions", "test_sends", "suppression_changes"} <= created
+            "campaign_links", "email_events", "campaign_actions", "test_sends", "suppression_changes",
+            "stats_rollup_state", "campaign_stats", "campaign_stats_series", "campaign_link_stats",
+            "campaign_recipient_activity", "campaign_recipient_link_activity", "email_event_counts_hourly"} <= created
 
     schema.downgrade(scratch_dsn)
     assert _tables(scratch_dsn) == set()
