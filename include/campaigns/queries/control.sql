@@ -1,0 +1,53 @@
+-- campaign_control (pause, resume, cancel, release) and send_test_email: the queries of campaigns.control and
+-- campaigns.testsend. Every action is one transaction that holds the campaign row locked.
+
+-- name: lock-campaign
+-- FOR UPDATE: two control runs for the same campaign (a double click in the UI) act one after the other, so the
+-- second sees the state the first left and is judged against it.
+SELECT id, key, status, run_id
+  FROM campaigns
+ WHERE id = %(campaign_id)s
+   FOR UPDATE
+
+-- name: action-of-run
+-- A retried control task finds the row its first attempt wrote and reports it instead of acting twice.
+SELECT id, campaign_id, action, old_status, new_status, detail, requested_at
+  FROM campaign_actions
+ WHERE campaign_id = %(campaign_id)s AND action = %(action)s AND actor = %(actor)s AND run_id = %(run_id)s
+ ORDER BY id
+ LIMIT 1
+
+-- name: insert-action
+-- requested_at defaults to now(), the start of this transaction: the clock "stops within 5 seconds" counts from.
+INSERT INTO campaign_actions (campaign_id, action, actor, run_id, old_status, new_status, reason)
+VALUES (%(campaign_id)s, %(action)s, %(actor)s, %(run_id)s, %(old_status)s, %(new_status)s, %(reason)s)
+RETURNING id, requested_at
+
+-- name: set-action-detail
+UPDATE campaign_actions SET detail = %(detail)s WHERE id = %(id)s
+
+-- name: set-campaign-run
+-- The send run a resume/release starts is named before it exists, so send_campaign's resolve step accepts the
+-- running campaign as its own and any other run is refused as "already being sent".
+UPDATE campaigns SET run_id = %(run_id)s, updated_at = now() WHERE id = %(campaign_id)s
+
+-- name: campaign-by-key
+SELECT * FROM campaigns WHERE key = %(key)s
+
+-- name: suppressed-addresses
+-- suppressions.email is stored lower-case; the caller passes lower-cased addresses.
+SELECT email, reason
+  FROM suppressions
+ WHERE email = ANY(%(emails)s::text[])
+ ORDER BY email
+
+-- name: contacts-by-address
+-- Served by the unique index on lower(email).
+SELECT id, email, first_name, last_name, attributes
+  FROM contacts
+ WHERE lower(email) = ANY(%(emails)s::text[])
+
+-- name: insert-test-send
+INSERT INTO test_sends (campaign_id, email, contact_id, status, ses_message_id, error, run_id)
+VALUES (%(campaign_id)s, %(email)s, %(contact_id)s, %(status)s, %(ses_message_id)s, %(error)s, %(run_id)s)
+RETURNING id, sent_at
