@@ -113,7 +113,7 @@ def send_campaign():
 
         if campaign_id is None:  # resolve_campaign failed: there is no campaign to settle
             raise AirflowSkipException("no campaign was resolved")
-        summary = settle(campaign_id)
+        summary = settle(campaign_id, get_current_context()["run_id"])
         if summary["incomplete"]:
             raise AirflowFailException(summary["incomplete"])
         return summary

@@ -75,6 +75,11 @@ def resolve_campaign(conf: dict[str, Any], run_id: str, *, now: datetime | None 
             log.info("campaign %s (%r) is %s; nothing is sent by this run: %s", campaign["id"], campaign["key"],
                      status, not_now)
             return None
+        if status == states.PAUSED and campaign["run_id"] == run_id:
+            # campaign_control resumed it for this run, then someone paused it before the run started
+            log.info("campaign %s (%r) was paused after this run was asked to send it; nothing is sent",
+                     campaign["id"], campaign["key"])
+            return None
         if status == states.RUNNING and campaign["run_id"] not in (None, run_id):
             raise IllegalTransition(f"campaign {campaign['key']!r} is already being sent by run {campaign['run_id']}")
         if status != states.RUNNING and status not in STARTABLE:
@@ -201,10 +206,11 @@ def send_batch(descriptor: dict[str, Any], *, attempt: str, ses_client, limiter,
     return {"label": task.label, **report.as_dict()}
 
 
-def finalize(campaign_id: int) -> dict[str, Any]:
+def finalize(campaign_id: int, run_id: str | None = None) -> dict[str, Any]:
     """Count the ledger, settle the campaign's final state, return the summary (also stored on the campaign).
 
-    Returns `incomplete` = the reason when recipients are still pending because send tasks failed.
+    Returns `incomplete` = the reason when recipients are still pending because send tasks failed. A campaign that
+    another run drives now (it was resumed while this run was ending) is counted but its state is left alone.
     """
     from psycopg.types.json import Jsonb
 
@@ -213,6 +219,13 @@ def finalize(campaign_id: int) -> dict[str, Any]:
         summary = ledger.summarize(ledger.status_counts(conn, campaign_id))
         open_rows = summary[Row.PENDING] + summary[Row.SENDING]
         incomplete = None
+        foreign = run_id is not None and campaign["run_id"] not in (None, run_id)
+        if foreign:
+            log.info("campaign %s is driven by run %s now; this run leaves its state alone", campaign_id,
+                     campaign["run_id"])
+            summary.update(campaign_id=campaign_id, key=campaign["key"], status=campaign["status"],
+                           status_reason=campaign["status_reason"], incomplete=None)
+            return summary
         if campaign["status"] == states.RUNNING:
             if open_rows == 0:
                 states.move_campaign(conn, campaign_id, states.SENT, expected=states.RUNNING)

@@ -70,9 +70,10 @@ class CampaignWatch:
     """
 
     def __init__(self, connect: Callable[[], psycopg.Connection], campaign_id: int, interval: float = 0.5,
-                 guard: ReputationGuard | None = None) -> None:
+                 guard: ReputationGuard | None = None, run_id: str | None = None) -> None:
         self._connect = connect
         self._campaign_id = campaign_id
+        self._run_id = run_id
         self._interval = interval
         self.guard = guard
         self._lock = threading.Lock()
@@ -85,8 +86,12 @@ class CampaignWatch:
             if time.monotonic() - self._checked >= self._interval:
                 if self._conn is None:
                     self._conn = self._connect()
-                row = self._conn.execute("SELECT status FROM campaigns WHERE id = %s", [self._campaign_id]).fetchone()
+                row = self._conn.execute("SELECT status, run_id FROM campaigns WHERE id = %s",
+                                         [self._campaign_id]).fetchone()
                 self._status = row["status"] if row else states.CANCELLED
+                if row and self._run_id and row["run_id"] not in (None, self._run_id):
+                    # resumed by another run while this task still sends: two runs never send one campaign
+                    self._status = f"{row['status']} under run {row['run_id']}"
                 # Under the lock on purpose: the other threads wait for the verdict instead of sending past it.
                 if self._status == states.RUNNING and self.guard is not None and self.guard.due() \
                         and self.guard.check(self._conn) is not None:
@@ -119,11 +124,12 @@ class SendBatch:
         # Thresholds and cadence default to the settings; the run id (attempt = run_id/map_index/try) goes on the
         # campaign_actions row, so a pause can be traced to the DAG run that saw the rates.
         settings = get_settings()
+        run_id = attempt.rsplit("/", 2)[0] if attempt.count("/") >= 2 else attempt
         guard = ReputationGuard(
             task.campaign_id, reputation or Thresholds.from_settings(settings),
             interval=settings.reputation_check_seconds if reputation_interval is None else reputation_interval,
-            run_id=attempt.rsplit("/", 2)[0] if attempt.count("/") >= 2 else attempt)
-        self.watch = CampaignWatch(connect, task.campaign_id, watch_interval, guard=guard)
+            run_id=run_id)
+        self.watch = CampaignWatch(connect, task.campaign_id, watch_interval, guard=guard, run_id=run_id)
         # A Redis restart should not cost a task retry (and its scheduler overhead): wait it out, sending nothing.
         self.limiter_outage_seconds = (settings.limiter_outage_seconds if limiter_outage_seconds is None
                                        else limiter_outage_seconds)

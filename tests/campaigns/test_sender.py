@@ -338,3 +338,38 @@ def test_tracked_links_are_registered_before_the_first_message_leaves(campaign, 
 
     links = db.execute("SELECT link_id, url FROM campaign_links WHERE campaign_id = %s", [campaign_id]).fetchall()
     assert [(row["link_id"], row["url"]) for row in links] == [(0, "https://example.com/offer")]
+
+
+def test_a_send_task_stops_when_another_run_drives_the_campaign(campaign, ses, limiter, db):
+    campaign_id, task = campaign
+    # campaign_control resumed the campaign for run-2 while this task of run-1 was still going
+    db.execute("UPDATE campaigns SET run_id = 'run-2' WHERE id = %s", [campaign_id])
+
+    report = batch(task, ses, limiter, attempt="run-1/0/1").run()
+
+    assert "under run run-2" in report.stop_reason
+    assert statuses(db, campaign_id) == {"pending": 40}
+    assert sent_messages() == []
+
+
+def test_a_campaign_paused_before_its_resumed_run_starts_is_not_sent(campaign, db):
+    campaign_id, _ = campaign
+    db.execute("UPDATE campaigns SET status = 'paused', run_id = 'run-2' WHERE id = %s", [campaign_id])
+
+    assert pipeline.resolve_campaign({"campaign_id": campaign_id}, "run-2") is None
+    assert db.execute("SELECT status FROM campaigns WHERE id = %s", [campaign_id]).fetchone()["status"] == "paused"
+    # another run may still resume it: the refusal is only for the run the pause overtook
+    assert pipeline.resolve_campaign({"campaign_id": campaign_id}, "run-3") == campaign_id
+
+
+def test_finalize_of_an_earlier_run_leaves_the_resumed_campaign_alone(campaign, db):
+    campaign_id, _ = campaign
+    db.execute("UPDATE campaigns SET run_id = 'run-2' WHERE id = %s", [campaign_id])
+
+    summary = pipeline.finalize(campaign_id, "run-1")
+
+    assert (summary["status"], summary["incomplete"]) == ("running", None)
+    row = db.execute("SELECT status, run_id FROM campaigns WHERE id = %s", [campaign_id]).fetchone()
+    assert (row["status"], row["run_id"]) == ("running", "run-2")
+    # the run that drives it settles it as before: still pending rows -> paused, with the reason
+    assert pipeline.finalize(campaign_id, "run-2")["status"] == "paused"
