@@ -457,11 +457,14 @@ def test_execution_api_url_and_healthcheck_point_at_the_api_server_port():
     assert health.path == "/api/v2/monitor/health"
 
 
-def test_aws_connection_defaults_to_the_local_ses_service():
+def test_aws_connection_defaults_to_the_local_ses_service_per_aws_service():
     aws = connection(services()["airflow-worker"], "aws_default")
-    endpoint = urlsplit(aws["extra"]["endpoint_url"])
-    assert endpoint.hostname == LOCAL_SES_SERVICE
-    assert endpoint.port in {container for _, container in published_ports(services()[LOCAL_SES_SERVICE])}
+    # no global endpoint_url: going live replaces each service's endpoint, and STS/SNS never go to SES
+    assert "endpoint_url" not in aws["extra"]
+    for service in ("sesv2", "sts", "sns"):
+        endpoint = urlsplit(aws["extra"]["service_config"][service]["endpoint_url"])
+        assert endpoint.hostname == LOCAL_SES_SERVICE
+        assert endpoint.port in {container for _, container in published_ports(services()[LOCAL_SES_SERVICE])}
     assert aws["conn_type"] == "aws"
     assert aws["extra"]["region_name"]
 

@@ -2,7 +2,8 @@
 
 Airflow tasks resolve `campaign_db` / `redis_default` through the Postgres and Redis providers' hooks; the tracking
 service (no Airflow in its process) reads the same `AIRFLOW_CONN_<ID>` environment variables, so one `.env`
-configures both. Values may be a URI or Airflow's JSON form.
+configures both. Values may be a URI or Airflow's JSON form. `REDIS_URL` (the original design's name) configures
+`redis_default` when AIRFLOW_CONN_REDIS_DEFAULT is not set.
 """
 
 from __future__ import annotations
@@ -59,8 +60,19 @@ def _libpq_url(host, port, login, password, database) -> str:
 
 
 def redis_url(conn_id: str = "redis_default") -> str:
-    """A redis:// URL for the Airflow connection `conn_id`, from the environment (db from extra, as RedisHook)."""
-    c = _conn_from_env(conn_id)
+    """A redis:// URL for the Airflow connection `conn_id`, from the environment (db from extra, as RedisHook).
+
+    For `redis_default`, the original design's REDIS_URL is the fallback when AIRFLOW_CONN_REDIS_DEFAULT is not set.
+    """
+    try:
+        c = _conn_from_env(conn_id)
+    except ConnectionNotConfigured:
+        from campaigns.config import redis_url_from_env
+
+        alias = redis_url_from_env() if conn_id == "redis_default" else None
+        if alias is None:
+            raise
+        return alias
     extra = c.get("extra") or {}
     if isinstance(extra, str):
         extra = json.loads(extra)

@@ -128,7 +128,8 @@ def run_preflight(campaign_id: int, conf: dict[str, Any], ses_client) -> dict[st
         campaign = definitions.load_campaign(conn, campaign_id)
         try:
             report = preflight.run(conn, campaign, composer_factory=lambda c: composer_for(c, settings),
-                                   settings=settings, account_max_rate=account_max_send_rate(settings, ses_client))
+                                   settings=settings, account_max_rate=account_max_send_rate(settings, ses_client),
+                                   ses_client=ses_client)
         except PreflightFailed as exc:
             conn.execute("UPDATE campaigns SET preflight = %s, updated_at = now() WHERE id = %s",
                          [Jsonb(exc.report), campaign_id])

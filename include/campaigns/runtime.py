@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from campaigns import db
 from campaigns.config import get_settings
 from campaigns.ratelimit import RateLimiter, RateSource, default_thread_count, limiter_key
 from campaigns.ses import ses_client_from_airflow
@@ -42,13 +43,12 @@ def _account_id(aws_conn_id: str) -> str:
 @contextmanager
 def send_resources() -> Iterator[dict[str, Any]]:
     """The SES client, the global limiter and the thread count for one send task."""
-    from airflow.providers.redis.hooks.redis import RedisHook
 
     settings = get_settings()
     rate = sending_rate()
     threads = settings.send_threads or default_thread_count(rate)
     client = ses_client_from_airflow(settings.aws_conn_id, max_connections=threads)
-    redis_client = RedisHook(redis_conn_id=settings.redis_conn_id).get_conn()
+    redis_client = db.resolve_redis(settings.redis_conn_id)  # REDIS_URL, else the Redis provider's hook
     key = limiter_key(_account_id(settings.aws_conn_id), client.meta.region_name)
     limiter = RateLimiter(redis_client, key, rate, burst=settings.rate_burst)
     try:
