@@ -79,3 +79,12 @@ def ses():
         # SES_CONFIGURATION_SET above names it; preflight refuses a configuration set that does not exist.
         client.create_configuration_set(ConfigurationSetName="campaign-events")
         yield client
+
+
+@pytest.fixture
+def fast_rate(monkeypatch, redis_client):
+    """A high sending rate, so DAG tests do not wait on the limiter (the limiter itself is tested on its own)."""
+    monkeypatch.setenv("SES_SENDING_RATE", "500")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

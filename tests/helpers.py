@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 
+def parse_dag(dag_id: str):
+    """A freshly parsed DAG from dags/<dag_id>.py: dag.test() runs in-process and would carry one run's params and
+    state to the next test if a DAG object were shared."""
+    from pathlib import Path
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags" / f"{dag_id}.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag(dag_id)
+
+
 def sent_messages():
     """Every message moto's SES accepted (count messages, not `destinations`: moto lists raw recipients twice)."""
     from moto.core import DEFAULT_ACCOUNT_ID

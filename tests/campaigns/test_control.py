@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -21,18 +20,9 @@ from campaigns.audience import Audience
 from campaigns.config import get_settings
 from campaigns.db import connect
 from campaigns.errors import CampaignDefinitionError, IllegalTransition
-from tests.helpers import add_contacts, inline_campaign, sent_messages
+from tests.helpers import add_contacts, inline_campaign, parse_dag, sent_messages
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 STOP_WITHIN = timedelta(seconds=5)
-
-
-def parse_dag(dag_id):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / f"{dag_id}.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(dag_id)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from pathlib import Path
 
 import boto3
 import psycopg
@@ -25,11 +24,10 @@ from psycopg.rows import dict_row
 from campaigns import states
 from campaigns.config import ConfigError, Settings, get_settings
 from campaigns.reputation import ReputationGuard, Thresholds, campaign_outcomes, guard_account
-from tests.helpers import add_contacts, inline_campaign, insert_campaign, sent_messages
+from tests.helpers import add_contacts, inline_campaign, insert_campaign, parse_dag, sent_messages
 from tests.sns_signing import TOPIC, new_key, self_signed_cert, signed_message
 from tracking_service import create_app
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 THRESHOLDS = Thresholds(min_sample=20, max_bounce_rate=0.05, max_complaint_rate=0.001)
 
 
@@ -217,11 +215,7 @@ def test_after_a_resume_only_feedback_since_the_pause_is_judged(db, webhook, sen
 
 @pytest.fixture
 def send_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / "send_campaign.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("send_campaign")
+    return parse_dag("send_campaign")
 
 
 @pytest.fixture

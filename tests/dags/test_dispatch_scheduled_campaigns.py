@@ -8,26 +8,16 @@ that need a send run it themselves with the triggered run's conf).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from campaigns import definitions, scheduling
-from campaigns.config import get_settings
-from tests.helpers import add_contacts, inline_campaign, sent_messages
+from tests.helpers import add_contacts, inline_campaign, parse_dag, sent_messages
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 DAG_IDS = ("dispatch_scheduled_campaigns", "send_campaign")
 
-
-def parse_dag(dag_id):
-    """A freshly parsed DAG per test: dag.test() runs in-process and would carry one run's state to the next."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / f"{dag_id}.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(dag_id)
+pytestmark = pytest.mark.usefixtures("fast_rate")  # no waiting on the limiter (tested on its own)
 
 
 @pytest.fixture(autouse=True)
@@ -41,14 +31,6 @@ def no_earlier_runs():
     with create_session() as session:
         session.execute(delete(TaskInstance).where(TaskInstance.dag_id.in_(DAG_IDS)))
         session.execute(delete(DagRun).where(DagRun.dag_id.in_(DAG_IDS)))
-
-
-@pytest.fixture(autouse=True)
-def fast_rate(monkeypatch, redis_client):
-    monkeypatch.setenv("SES_SENDING_RATE", "500")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 def dispatch_at(now):

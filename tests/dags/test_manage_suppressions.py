@@ -10,18 +10,12 @@ import pytest
 
 from campaigns.config import get_settings
 from campaigns.suppressions import Request, SuppressionRequestError
-
-DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "manage_suppressions.py"
+from tests.helpers import parse_dag
 
 
 @pytest.fixture
 def dag():
-    """A freshly parsed DAG per test: dag.test() would carry one run's params to the next."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAG_FILE))
-    assert bag.import_errors == {}
-    return bag.get_dag("manage_suppressions")
+    return parse_dag("manage_suppressions")
 
 
 @pytest.fixture

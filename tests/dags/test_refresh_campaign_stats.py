@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from campaigns import stats
 from campaigns.db import connect
 from tests.campaigns.test_stats import assert_matches_scratch, make_campaign, ses_event, track
-
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+from tests.helpers import parse_dag
 
 
 @pytest.fixture
 def stats_dag():
     """A freshly parsed DAG per test (dag.test() runs in-process)."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / "refresh_campaign_stats.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("refresh_campaign_stats")
+    return parse_dag("refresh_campaign_stats")
 
 
 def test_runs_every_five_minutes_one_at_a_time_without_catchup(stats_dag):

@@ -4,33 +4,18 @@ from __future__ import annotations
 
 import email
 import email.policy
-from pathlib import Path
 
 import pytest
 
-from campaigns.config import get_settings
-from tests.helpers import add_contacts, inline_campaign, sent_messages
+from tests.helpers import add_contacts, inline_campaign, parse_dag, sent_messages
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+pytestmark = pytest.mark.usefixtures("fast_rate")  # no waiting on the limiter (tested on its own)
 
 
 @pytest.fixture
 def send_dag():
     """A freshly parsed DAG per test: dag.test() runs in-process and would carry one run's params to the next."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / "send_campaign.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("send_campaign")
-
-
-@pytest.fixture(autouse=True)
-def fast_rate(monkeypatch, redis_client):
-    """A high rate so tests do not wait on the limiter (the limiter itself is tested on its own)."""
-    monkeypatch.setenv("SES_SENDING_RATE", "500")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+    return parse_dag("send_campaign")
 
 
 def run(dag, conf):

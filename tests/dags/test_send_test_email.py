@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-from pathlib import Path
 
 import pytest
 
@@ -12,26 +11,14 @@ from campaigns import definitions
 from campaigns.config import get_settings
 from campaigns.testsend import TestSendRefused, TestSendRequest
 from campaigns.tokens import UNSUBSCRIBE, TokenCodec
-from tests.helpers import add_contacts, inline_campaign, sent_messages
+from tests.helpers import add_contacts, inline_campaign, parse_dag, sent_messages
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+pytestmark = pytest.mark.usefixtures("fast_rate")  # no waiting on the limiter (tested on its own)
 
 
 @pytest.fixture
 def test_email_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / "send_test_email.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag("send_test_email")
-
-
-@pytest.fixture(autouse=True)
-def fast_rate(monkeypatch, redis_client):
-    monkeypatch.setenv("SES_SENDING_RATE", "500")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+    return parse_dag("send_test_email")
 
 
 @pytest.fixture

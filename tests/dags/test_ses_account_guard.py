@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 
 from campaigns import runtime
-from tests.helpers import insert_campaign
-
-DAG_FILE = Path(__file__).resolve().parents[2] / "dags" / "ses_account_guard.py"
+from tests.helpers import insert_campaign, parse_dag
 
 
 @pytest.fixture
 def dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAG_FILE))
-    assert bag.import_errors == {}
-    return bag.get_dag("ses_account_guard")
+    return parse_dag("ses_account_guard")
 
 
 @pytest.fixture
