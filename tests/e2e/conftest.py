@@ -30,8 +30,12 @@ def stack():
     started = False
     if not devstack.apps_running(SETTINGS):
         env = {k: v for k, v in os.environ.items() if not k.startswith(_TEST_ONLY_PREFIXES)}
-        subprocess.run([sys.executable, "-m", "devstack", "up"], check=True, env=env, timeout=600)
         started = True
+        try:
+            subprocess.run([sys.executable, "-m", "devstack", "up"], check=True, env=env, timeout=600)
+        except BaseException:
+            devstack.stop_apps(SETTINGS)  # whatever did start must not outlive the test session
+            raise
     yield SETTINGS
     if started:
         devstack.stop_apps(SETTINGS)
