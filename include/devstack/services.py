@@ -221,3 +221,21 @@ def scratch_database(s: StackSettings, prefix: str, *, migrate: bool = True) -> 
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def ensure_chromium() -> str:
+    """Debian's Chromium for the browser tests (the distribution's package, never a downloaded browser build).
+
+    Installed with apt-get when missing and we are root (as ensure_servers does); otherwise says what to install.
+    """
+    if not Path(CHROMIUM).exists():
+        if not _is_root() or shutil.which("apt-get") is None:
+            raise StackError(f"The browser tests need Chromium at {CHROMIUM}: sudo apt-get install -y chromium")
+        print("[stack] installing chromium with apt-get", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+    return CHROMIUM

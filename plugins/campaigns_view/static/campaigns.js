@@ -1,0 +1,19 @@
+// Links into the Airflow UI (a[data-airflow-link]) open in the Airflow UI itself, not inside this frame.
+// The UI shows this view in an iframe sandboxed without allow-top-navigation, so the frame may not navigate the
+// page; it is same-origin, so it asks the UI's router to change route the way the browser's Back button does.
+// Without a same-origin parent (the view opened on its own) the link simply navigates.
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[data-airflow-link]");
+  if (!link || window.top === window || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) {
+    return;
+  }
+  try {
+    const top = window.top;
+    const state = { usr: null, key: Math.random().toString(36).slice(2, 10), idx: (top.history.state?.idx ?? 0) + 1 };
+    top.history.pushState(state, "", link.getAttribute("href"));
+    top.dispatchEvent(new PopStateEvent("popstate", { state }));
+    event.preventDefault();
+  } catch (err) {
+    // a parent of another origin: let the link navigate this frame
+  }
+});
