@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print one table per rate."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each run (default 20)")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:56379/2", help="Redis to contend on (db 2)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:26379/2", help="Redis to contend on (db 2)")
     parser.add_argument("--rates", default="14,100,1000", help="comma-separated rates R to test")
     parser.add_argument("--processes", type=int, default=4, help="K, processes per campaign (default 4)")
     parser.add_argument("--threads", type=int, default=0, help="T per limiter process (default: from R)")

@@ -76,7 +76,7 @@ def redis_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
 class Settings:
     """Everything the send path, the tracking service and the DAGs read from the environment."""
 
-    tracking_base_url: str = "https://localhost:58443"
+    tracking_base_url: str = "https://localhost:28443"
     tracking_secret_keys: tuple[str, ...] = field(default=(), repr=False)
     from_email: str | None = None
     from_name: str | None = None

@@ -25,11 +25,13 @@ class StackSettings:
 
     root: Path = ROOT
     state_dir: Path = Path(os.environ.get("STACK_STATE_DIR", ROOT / ".local"))
-    pg_port: int = _int("STACK_PG_PORT", 55432)
-    redis_port: int = _int("STACK_REDIS_PORT", 56379)
-    airflow_port: int = _int("STACK_AIRFLOW_PORT", 58080)
-    tracking_port: int = _int("STACK_TRACKING_PORT", 58443)
-    ses_port: int = _int("STACK_SES_PORT", 55500)
+    # Below 32768 on purpose: Linux hands out 32768-60999 as ephemeral ports for outgoing connections, and a
+    # server port in that range can be taken by some client's socket at the moment the server starts.
+    pg_port: int = _int("STACK_PG_PORT", 25432)
+    redis_port: int = _int("STACK_REDIS_PORT", 26379)
+    airflow_port: int = _int("STACK_AIRFLOW_PORT", 28080)
+    tracking_port: int = _int("STACK_TRACKING_PORT", 28443)
+    ses_port: int = _int("STACK_SES_PORT", 25500)
     ses_pool_slots: int = _int("STACK_SES_POOL_SLOTS", 4)
     airflow_parallelism: int = _int("STACK_AIRFLOW_PARALLELISM", 8)
     # the local SES stands in for an account with this MaxSendRate; the stack sends at ses_rate

@@ -189,7 +189,7 @@ def test_unreadable_account_is_reported_not_refused(db, campaign, account_settin
 
 def test_local_ses_quota_comes_from_the_documented_local_setting(db, campaign, account_settings):
     # A local endpoint: no GetAccount call and no configuration set lookup (moto accepts any name).
-    client, stub = stubbed_ses("http://127.0.0.1:55500")
+    client, stub = stubbed_ses("http://127.0.0.1:25500")
     verified_sender(stub, config_set=False)
     with stub:
         message = refused(db, campaign, replace(account_settings, ses_local_max_24h_send=3.0), client)

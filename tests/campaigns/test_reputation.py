@@ -373,7 +373,7 @@ def test_a_healthy_account_changes_nothing(db, stubbed_ses, campaigns_by_status)
 
 
 def test_a_local_ses_endpoint_is_not_checkable_and_pauses_nothing(db, campaigns_by_status):
-    client = boto3.client("sesv2", region_name="us-east-1", endpoint_url="http://127.0.0.1:55500")
+    client = boto3.client("sesv2", region_name="us-east-1", endpoint_url="http://127.0.0.1:25500")
     with Stubber(client) as stubber:  # no responses queued: any call would fail the test
         before = statuses(db)
 

@@ -22,7 +22,7 @@ import pytest
 from devstack.processes import StackError
 from devstack.services import ensure_chromium
 from devstack.settings import SETTINGS
-from tests.e2e.test_end_to_end import _https, _messages_to, _ses_event, _signed_ses_event, _wait_for
+from tests.e2e.helpers import https, messages_to, ses_event, signed_ses_event, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 ARTIFACTS = SETTINGS.root / "artifacts"
@@ -69,25 +69,25 @@ def _campaign_with_activity(stack, api, stack_db, tls) -> dict:
     row = stack_db.execute("SELECT id, status, run_id FROM campaigns WHERE key = %s", [key]).fetchone()
     assert row["status"] == "sent"
 
-    received = _messages_to(stack, set(addresses))
+    received = messages_to(stack, set(addresses))
     ledger = {r["email"]: r for r in stack_db.execute(
         "SELECT id, email, ses_message_id FROM campaign_recipients WHERE campaign_id = %s", [row["id"]])}
     for address in addresses[:3]:
         html = received[address][0].get_body(("html",)).get_content()
         pixel = re.search(r'<img[^>]+src="(https://[^"]+/o/[^"]+\.gif)"', html).group(1)
-        assert _https(pixel, tls, headers=HUMAN)[0] == 200
+        assert https(pixel, tls, headers=HUMAN)[0] == 200
     html = received[addresses[0]][0].get_body(("html",)).get_content()
     click = re.search(r'href="(https://[^"]+/c/[^"]+)"', html).group(1)
-    assert _https(click, tls, headers=HUMAN)[0] == 302
+    assert https(click, tls, headers=HUMAN)[0] == 302
     unsubscribe = str(received[addresses[4]][0]["List-Unsubscribe"]).strip("<>")
-    assert _https(unsubscribe, tls, method="POST", body=b"List-Unsubscribe=One-Click",
+    assert https(unsubscribe, tls, method="POST", body=b"List-Unsubscribe=One-Click",
                   headers={"Content-Type": "application/x-www-form-urlencoded"})[0] == 200
     bounced = addresses[5]
-    bounce = _ses_event("Bounce", ledger[bounced], bounce={
+    bounce = ses_event("Bounce", ledger[bounced], bounce={
         "bounceType": "Permanent", "bounceSubType": "General", "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "bouncedRecipients": [{"emailAddress": bounced, "action": "failed", "status": "5.1.1"}]})
-    status, _, body = _https(f"{stack.tracking_base_url}/webhooks/ses", tls, method="POST",
-                             body=_signed_ses_event(bounce),
+    status, _, body = https(f"{stack.tracking_base_url}/webhooks/ses", tls, method="POST",
+                             body=signed_ses_event(bounce),
                              headers={"x-amz-sns-message-type": "Notification",
                                       "Content-Type": "text/plain; charset=UTF-8"})
     assert status == 200, body
@@ -97,7 +97,7 @@ def _campaign_with_activity(stack, api, stack_db, tls) -> dict:
                              "('open', 'click', 'unsubscribe', 'bounce')", [row["id"]]).fetchone()["n"]
         return n >= 6  # 3 opens, 1 click, 1 unsubscribe, 1 bounce (the click's implied open needs no pixel)
 
-    _wait_for("the opens, the click, the unsubscribe and the bounce in email_events", recorded)
+    wait_for("the opens, the click, the unsubscribe and the bounce in email_events", recorded)
     # the rollup the way it runs in production: its DAG (every 5 minutes), triggered now instead of waited for
     assert api.run("refresh_campaign_stats", {}, timeout=300)["state"] == "success"
     return {**row, "key": key, "name": campaign["name"]}

@@ -10,74 +10,17 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import email
-import email.policy
-import json
 import re
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
-from devstack.settings import SETTINGS
-from tests.sns_signing import signed_message
+from tests.e2e.helpers import https, messages_to, ses_event, signed_ses_event, wait_for
 
 CONTACTS = 1000
 pytestmark = pytest.mark.timeout(900)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # a 302 is the answer under test: do not follow it
-
-
-def _https(url: str, tls, *, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
-    """(status, headers, body) of one request to the tracking service, redirects not followed."""
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls), _NoRedirect)
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with opener.open(request, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:  # 3xx/4xx arrive here when not followed
-        return exc.code, dict(exc.headers), exc.read()
-
-
-def _local_ses_messages(stack) -> list[dict]:
-    with urllib.request.urlopen(f"{stack.ses_endpoint}/moto-api/data.json", timeout=60) as response:
-        data = json.load(response)
-    return data["ses"]["RawMessage"]  # the send path sends raw MIME only
-
-
-def _messages_to(stack, addresses: set[str]) -> dict[str, list[email.message.EmailMessage]]:
-    """Parsed messages the local SES accepted for `addresses`, by address (one parse per message, not per
-    listed destination: moto lists raw recipients twice)."""
-    by_address: dict[str, list] = {}
-    for message in _local_ses_messages(stack):
-        raw = message.get("raw_data")
-        if raw is None:
-            continue
-        parsed = email.message_from_string(raw, policy=email.policy.default)
-        to = email.utils.parseaddr(str(parsed["To"]))[1].lower()
-        if to in addresses:
-            by_address.setdefault(to, []).append(parsed)
-    return by_address
-
-
-def _wait_for(what: str, check, timeout: float = 60.0):
-    """Poll `check` until it returns something truthy; a condition with a deadline, not a sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 def _write_contacts(path: Path, stamp: str) -> list[str]:
@@ -104,21 +47,6 @@ def _campaign(key: str, list_name: str) -> dict:
     }
 
 
-def _signed_ses_event(event: dict) -> bytes:
-    """An SNS Notification carrying `event`, signed with the dev stack's local SNS test key."""
-    key_path = SETTINGS.state_dir / "tls" / "sns-test.key"
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    envelope = signed_message(key, kind="Notification", version="2", message_id=f"e2e-{uuid.uuid4()}",
-                              body=json.dumps(event))
-    return json.dumps(envelope).encode()
-
-
-def _ses_event(event_type: str, row: dict, **detail) -> dict:
-    mail = {"timestamp": dt.datetime.now(dt.UTC).isoformat(), "source": "news@example.com",
-            "messageId": row["ses_message_id"], "destination": [row["email"]], "tags": {}}
-    return {"eventType": event_type, "mail": mail, **detail}
-
-
 def test_campaign_end_to_end_through_the_rest_api(stack, api, stack_db, tls):
     stamp = uuid.uuid4().hex[:10]
     list_name = f"e2e-{stamp}"
@@ -139,7 +67,7 @@ def test_campaign_end_to_end_through_the_rest_api(stack, api, stack_db, tls):
     assert campaign["summary"]["sent"] == CONTACTS
 
     # exactly one well-formed message per recipient
-    received = _messages_to(stack, set(addresses))
+    received = messages_to(stack, set(addresses))
     assert Counter(len(v) for v in received.values()) == {1: CONTACTS}
     for address, (message,) in received.items():
         i = addresses.index(address)
@@ -161,12 +89,12 @@ def test_campaign_end_to_end_through_the_rest_api(stack, api, stack_db, tls):
     html = received[opener][0].get_body(("html",)).get_content()
     pixel = re.search(r'<img[^>]+src="(https://[^"]+/o/[^"]+\.gif)"', html).group(1)
     click = re.search(r'href="(https://[^"]+/c/[^"]+)"', html).group(1)
-    status, headers, body = _https(pixel, tls, headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox"})
+    status, headers, body = https(pixel, tls, headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox"})
     assert (status, headers["Content-Type"], body[:6]) == (200, "image/gif", b"GIF89a")
-    status, headers, _ = _https(click, tls, headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox"})
+    status, headers, _ = https(click, tls, headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox"})
     assert (status, headers["Location"]) == (302, "https://example.com/offer?src=e2e")
     unsubscribe = str(received[unsubscriber][0]["List-Unsubscribe"]).strip("<>")
-    status, _, _ = _https(unsubscribe, tls, method="POST", body=b"List-Unsubscribe=One-Click",
+    status, _, _ = https(unsubscribe, tls, method="POST", body=b"List-Unsubscribe=One-Click",
                           headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 200
 
@@ -176,20 +104,20 @@ def test_campaign_end_to_end_through_the_rest_api(stack, api, stack_db, tls):
             [ledger[opener]["id"]]).fetchall()
         return {r["type"]: r["n"] for r in rows} == {"open": 1, "click": 1}
 
-    _wait_for("the open and the click in email_events (drained from the stream)", tracked)
+    wait_for("the open and the click in email_events (drained from the stream)", tracked)
     assert stack_db.execute("SELECT reason FROM suppressions WHERE email = %s",
                             [unsubscriber]).fetchone() == {"reason": "unsubscribe"}
 
     # signed SNS notifications: a hard bounce and a complaint, for messages the local SES accepted
-    bounce = _ses_event("Bounce", ledger[bounced], bounce={
+    bounce = ses_event("Bounce", ledger[bounced], bounce={
         "bounceType": "Permanent", "bounceSubType": "General", "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "bouncedRecipients": [{"emailAddress": bounced, "action": "failed", "status": "5.1.1"}]})
-    complaint = _ses_event("Complaint", ledger[complainer], complaint={
+    complaint = ses_event("Complaint", ledger[complainer], complaint={
         "complainedRecipients": [{"emailAddress": complainer}], "complaintFeedbackType": "abuse",
         "timestamp": dt.datetime.now(dt.UTC).isoformat()})
     for event in (bounce, complaint):
-        status, _, body = _https(f"{stack.tracking_base_url}/webhooks/ses", tls, method="POST",
-                                 body=_signed_ses_event(event),
+        status, _, body = https(f"{stack.tracking_base_url}/webhooks/ses", tls, method="POST",
+                                 body=signed_ses_event(event),
                                  headers={"x-amz-sns-message-type": "Notification",
                                           "Content-Type": "text/plain; charset=UTF-8"})
         assert status == 200, body
@@ -208,6 +136,6 @@ def test_campaign_end_to_end_through_the_rest_api(stack, api, stack_db, tls):
     assert skipped == {unsubscriber: "suppressed:unsubscribe", bounced: "suppressed:hard_bounce",
                        complainer: "suppressed:complaint"}
     assert Counter(r["status"] for r in rows) == {"sent": CONTACTS - 3, "skipped": 3}
-    received = _messages_to(stack, set(addresses))
+    received = messages_to(stack, set(addresses))
     assert sum(len(v) for v in received.values()) == 2 * CONTACTS - 3
     assert all(len(received[a]) == 1 for a in (unsubscriber, bounced, complainer))

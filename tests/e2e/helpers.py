@@ -1,0 +1,83 @@
+"""What the end-to-end tests share: https calls to the tracking service, the local SES's messages, signed SNS
+notifications with the dev stack's local test key, and waiting on a condition with a deadline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import email.utils
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+from cryptography.hazmat.primitives import serialization
+
+from devstack.settings import SETTINGS
+from tests.sns_signing import signed_message
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # a 302 is the answer under test: do not follow it
+
+
+def https(url: str, tls, *, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
+    """(status, headers, body) of one request to the tracking service, redirects not followed."""
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls), NoRedirect)
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with opener.open(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:  # 3xx/4xx arrive here when not followed
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def local_ses_messages(stack) -> list[dict]:
+    with urllib.request.urlopen(f"{stack.ses_endpoint}/moto-api/data.json", timeout=60) as response:
+        data = json.load(response)
+    return data["ses"]["RawMessage"]  # the send path sends raw MIME only
+
+
+def messages_to(stack, addresses: set[str]) -> dict[str, list[email.message.EmailMessage]]:
+    """Parsed messages the local SES accepted for `addresses`, by address (one parse per message, not per
+    listed destination: moto lists raw recipients twice)."""
+    by_address: dict[str, list] = {}
+    for message in local_ses_messages(stack):
+        raw = message.get("raw_data")
+        if raw is None:
+            continue
+        parsed = email.message_from_string(raw, policy=email.policy.default)
+        to = email.utils.parseaddr(str(parsed["To"]))[1].lower()
+        if to in addresses:
+            by_address.setdefault(to, []).append(parsed)
+    return by_address
+
+
+def wait_for(what: str, check, timeout: float = 60.0):
+    """Poll `check` until it returns something truthy; a condition with a deadline, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def signed_ses_event(event: dict) -> bytes:
+    """An SNS Notification carrying `event`, signed with the dev stack's local SNS test key."""
+    key_path = SETTINGS.state_dir / "tls" / "sns-test.key"
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    envelope = signed_message(key, kind="Notification", version="2", message_id=f"e2e-{uuid.uuid4()}",
+                              body=json.dumps(event))
+    return json.dumps(envelope).encode()
+
+
+def ses_event(event_type: str, row: dict, **detail) -> dict:
+    mail = {"timestamp": dt.datetime.now(dt.UTC).isoformat(), "source": "news@example.com",
+            "messageId": row["ses_message_id"], "destination": [row["email"]], "tags": {}}
+    return {"eventType": event_type, "mail": mail, **detail}
