@@ -181,6 +181,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--recipients", type=int, default=5000)
+    parser.add_argument("--drainer", choices=("thread", "process"), default="thread",
+                        help="drain in a thread of each web worker (default) or in one `python -m "
+                             "tracking_service.drain --follow` process beside them (TRACKING_DRAINER=0)")
     args = parser.parse_args()
 
     from campaigns.tokens import TokenCodec
@@ -201,8 +204,12 @@ def main() -> int:
            "AIRFLOW_CONN_REDIS_DEFAULT": json.dumps({"conn_type": "redis", "host": "127.0.0.1",
                                                      "port": SETTINGS.redis_port, "extra": {"db": REDIS_DB}})}
     tracking_port, hello_port = _free_port(), _free_port()
-    procs = [_start_gunicorn("tracking_service:create_app()", tracking_port, args, env, ROOT),
+    tracking_env = {**env, "TRACKING_DRAINER": "0"} if args.drainer == "process" else env
+    procs = [_start_gunicorn("tracking_service:create_app()", tracking_port, args, tracking_env, ROOT),
              _start_gunicorn("tracking_load:hello_app()", hello_port, args, env, ROOT / "benchmarks")]
+    if args.drainer == "process":
+        procs.append(subprocess.Popen([sys.executable, "-m", "tracking_service.drain", "--follow"], env=tracking_env,
+                                      cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL))
     results: dict[str, list[dict]] = {"hello": [], "pixel": [], "click": []}
     try:
         # warm-up: imports, connections, the link cache of every worker
@@ -234,7 +241,7 @@ def main() -> int:
     med = {name: {k: statistics.median(r[k] for r in rows) for k in ("rps", "p50", "p99")}
            for name, rows in results.items()}
     print(f"\ngunicorn -w {args.workers} -k {args.worker_class} --threads {args.threads}, {args.connections} "
-          f"connections, {args.requests} requests x {args.rounds} rounds (medians)")
+          f"connections, {args.requests} requests x {args.rounds} rounds (medians), drainer: {args.drainer}")
     print(f"{'scenario':10} {'req/s':>9} {'x hello':>8} {'p50 ms':>8} {'p99 ms':>8} {'2xx/3xx':>9} {'stored':>9}  ok?")
     all_ok = True
     for name, rows in results.items():
