@@ -107,6 +107,14 @@ def main() -> int:
                     if ti_id in cmdline and "LocalExecutor" not in cmdline and proc.info["memory_info"]:
                         peak_rss[ti_id] = max(peak_rss.get(ti_id, 0), proc.info["memory_info"].rss)
         wall = time.monotonic() - triggered
+        if state != "success":
+            row = common.campaign(key)
+            with common.connect() as conn:
+                problems = conn.execute("SELECT preflight->'problems' AS p FROM campaigns WHERE key = %s",
+                                        [key]).fetchone()["p"]
+            print(f"FAIL: the run {state} after {wall:.0f} s; campaign {row and row['status']}: "
+                  f"{row and row['status_reason']}; preflight problems: {problems}")
+            return 1
         tis = [ti for ti in api.task_instances("send_campaign", run_id) if ti["task_id"] == "send_batch"]
         campaign = common.campaign(key)
         with common.connect() as conn:

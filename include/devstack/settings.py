@@ -37,6 +37,7 @@ class StackSettings:
     # the local SES stands in for an account with this MaxSendRate; the stack sends at ses_rate
     ses_local_max_send_rate: int = _int("STACK_SES_MAX_SEND_RATE", 200)
     ses_rate: int = _int("STACK_SES_RATE", 100)
+    ses_local_max_24h_send: int = _int("STACK_SES_MAX_24H_SEND", 1_000_000)
     pg_user: str = "campaigns"
     pg_password: str = "campaigns"
     campaign_db: str = os.environ.get("STACK_CAMPAIGN_DB", "campaigns")

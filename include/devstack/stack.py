@@ -65,6 +65,7 @@ def app_env(s: StackSettings) -> dict[str, str]:
         SNS_TOPIC_ARNS=SNS_TOPIC_ARN,
         # the local SES has no account limits: this stands in for MaxSendRate (moto alone takes ~370 sends/s here)
         SES_LOCAL_MAX_SEND_RATE=str(s.ses_local_max_send_rate),
+        SES_LOCAL_MAX_24H_SEND=str(s.ses_local_max_24h_send),
         SES_SENDING_RATE=str(s.ses_rate),
         # Dev stack only: there is no real SNS here, so /webhooks/ses trusts a locally generated signing
         # certificate (the service logs a warning at start). The SigningCertURL and TopicArn checks still run.
