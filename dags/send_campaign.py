@@ -104,7 +104,7 @@ def send_campaign():
         context = get_current_context()
         context["batch_label"] = descriptor["label"]
         ti = context["ti"]
-        with send_resources() as resources:
+        with send_resources(sibling_tasks=descriptor["total"]) as resources:
             return send(descriptor, attempt=f"{ti.run_id}/{ti.map_index}/{ti.try_number}", **resources)
 
     @task(trigger_rule="all_done", retries=1)

@@ -41,12 +41,17 @@ def _account_id(aws_conn_id: str) -> str:
 
 
 @contextmanager
-def send_resources() -> Iterator[dict[str, Any]]:
-    """The SES client, the global limiter and the thread count for one send task."""
+def send_resources(sibling_tasks: int = 1) -> Iterator[dict[str, Any]]:
+    """The SES client, the global limiter and the thread count for one send task.
 
+    `sibling_tasks`: how many send tasks of the campaign run side by side (its plan's task count, at most
+    SEND_TASK_PARALLELISM). They share the rate, so each needs threads for its share only: more threads than that
+    just wait on the limiter and cost CPU (context switches, GIL hand-offs) that the sending itself needs.
+    """
     settings = get_settings()
     rate = sending_rate()
-    threads = settings.send_threads or default_thread_count(rate)
+    share = rate / max(1, min(sibling_tasks, settings.parallel_send_tasks))
+    threads = settings.send_threads or default_thread_count(share)
     client = ses_client_from_airflow(settings.aws_conn_id, max_connections=threads)
     redis_client = db.resolve_redis(settings.redis_conn_id)  # REDIS_URL, else the Redis provider's hook
     key = limiter_key(_account_id(settings.aws_conn_id), client.meta.region_name)
