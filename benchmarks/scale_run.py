@@ -134,6 +134,9 @@ def main() -> int:
     sending = (span["last"] - span["first"]).total_seconds()
     overheads = [(_when(ti["start_date"]) - _when(ti["scheduled_when"])).total_seconds()
                  for ti in tis if ti.get("start_date") and ti.get("scheduled_when")]
+    # queued -> running is the executor's start-up alone; scheduled -> running adds any wait for a `ses` pool slot
+    startups = [(_when(ti["start_date"]) - _when(ti["queued_when"])).total_seconds()
+                for ti in tis if ti.get("start_date") and ti.get("queued_when")]
     duplicates = sum(c - 1 for c in messages.values() if c > 1)
     print(f"\n{n:,} recipients, R = {rate}/s, batch size {args.batch_size}, {len(tis)} send task(s); run {state}")
     print(f"wall time trigger -> success    {wall:8.1f} s")
@@ -143,8 +146,11 @@ def main() -> int:
           f"= {span['sent'] / max(sending, 1e-9) / rate:.3f} R")
     print(f"campaign started -> finished    {(run_row['finished_at'] - run_row['started_at']).total_seconds():8.1f} s")
     if overheads:
-        print(f"Airflow overhead per mapped task (scheduled -> running): median {statistics.median(overheads):.2f} s, "
-              f"max {max(overheads):.2f} s over {len(overheads)} task(s)")
+        print(f"Airflow overhead per mapped task (scheduled -> running, pool-slot waits included): median "
+              f"{statistics.median(overheads):.2f} s, max {max(overheads):.2f} s over {len(overheads)} task(s)")
+    if startups:
+        print(f"executor start-up per mapped task (queued -> running): median {statistics.median(startups):.2f} s, "
+              f"max {max(startups):.2f} s")
     if peak_rss:
         print(f"peak RSS of a send task         {max(peak_rss.values()) / 2**20:8.1f} MiB")
     print(f"local SES: {sum(messages.values()):,} messages to {len(messages):,} addresses, {duplicates} duplicates")
