@@ -311,13 +311,13 @@ def _quota_check(account: Account, settings: Settings) -> Check:
     if remaining is None:
         return Check(name, PASS, "the account has no 24-hour sending quota")
     if remaining <= 0:
-        return Check(name, FAIL, f"the 24-hour quota of {account.max_24h_send:g} is used up "
-                                 f"({account.sent_last_24h:g} sent in the last 24 h)",
+        return Check(name, FAIL, f"the 24-hour quota of {account.max_24h_send:,.0f} is used up "
+                                 f"({account.sent_last_24h:,.0f} sent in the last 24 h)",
                      "wait until sends age out of the 24-hour window, or ask AWS for a higher quota "
                      "(Service Quotas, 'Sending quota')")
     rate = settings.sending_rate or (account.max_send_rate or 0) * settings.rate_safety_factor
     hours = f"; at {rate:g}/s a campaign uses it up in {remaining / rate / 3600:.1f} h" if rate else ""
-    return Check(name, PASS, f"{remaining:g} of {account.max_24h_send:g} sends left in the last 24 h "
+    return Check(name, PASS, f"{remaining:,.0f} of {account.max_24h_send:,.0f} sends left in the last 24 h "
                              f"({source}){hours}; preflight refuses a campaign larger than what is left")
 
 

@@ -109,7 +109,7 @@ def test_healthy_production_account_passes_every_account_check(stubs, base_setti
     checks = by_name(doctor.check_account(aws.ses, base_settings))
     assert tuple(checks) == ACCOUNT_CHECKS
     assert {check.status for check in checks.values()} == {PASS}
-    assert "49900 of 50000" in checks["ses daily quota"].detail
+    assert "49,900 of 50,000" in checks["ses daily quota"].detail
 
 
 @pytest.mark.parametrize(("changes", "name", "detail", "fix"), [
