@@ -12,14 +12,12 @@ task (scheduled -> running), the peak RSS of a send task, and duplicates in the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -123,9 +121,7 @@ def main() -> int:
                                 [campaign["id"]]).fetchone()
             run_row = conn.execute("SELECT started_at, finished_at FROM campaigns WHERE id = %s",
                                    [campaign["id"]]).fetchone()
-        with urllib.request.urlopen(f"{SETTINGS.ses_endpoint}/moto-api/data.json", timeout=600) as response:  # noqa: S310
-            messages = Counter(m["destinations"][0] for m in json.load(response)["ses"]["RawMessage"]
-                               if m["destinations"] and m["destinations"][0].startswith(prefix))
+        messages = common.local_ses_messages_to(prefix)
     finally:
         restart_apps(SETTINGS.ses_rate, SETTINGS.ses_local_max_send_rate)
 

@@ -7,15 +7,11 @@ verdict line `PASS` / `FAIL` and exits 0 / 1.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -26,6 +22,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "include")]
 
 from devstack import stack as devstack  # noqa: E402
 from devstack.demo import Api  # noqa: E402
+from devstack.processes import poll  # noqa: E402
 from devstack.settings import SETTINGS  # noqa: E402
 
 
@@ -83,10 +80,8 @@ def ledger_counts(campaign_id: int) -> Counter:
 
 def local_ses_messages_to(prefix: str) -> Counter:
     """How many messages the local SES accepted per address starting with `prefix` (one per message)."""
-    with urllib.request.urlopen(f"{SETTINGS.ses_endpoint}/moto-api/data.json", timeout=300) as response:  # noqa: S310
-        data = json.load(response)
     counts: Counter = Counter()
-    for message in data["ses"]["RawMessage"]:
+    for message in devstack.local_ses_messages(SETTINGS):
         # moto lists a raw message's recipient twice: count the message, once, by its first destination
         destination = message["destinations"][0] if message.get("destinations") else ""
         if isinstance(destination, str) and destination.startswith(prefix):
@@ -94,15 +89,21 @@ def local_ses_messages_to(prefix: str) -> Counter:
     return counts
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 300, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise SystemExit(f"FAIL: timed out waiting for {what}")
-        time.sleep(interval)
+def start_campaign(api: Api, recipients: int, suffix: str, *, min_sent: int = 0) -> tuple[str, str, str, dict]:
+    """Seed a fresh list, trigger send_campaign for it through the REST API and wait until `min_sent` rows are sent;
+    returns (campaign key, address prefix, run id, campaign row)."""
+    list_name, prefix = seed_list(recipients)
+    key = f"{list_name}-{suffix}"
+    run_id = api.trigger("send_campaign", campaign_conf(key, list_name, batch_size=100))
+    row = poll(lambda: campaign(key), what="the campaign row", timeout=300)
+    if min_sent:
+        poll(lambda: ledger_counts(row["id"])["sent"] >= min_sent, what=f"{min_sent} sends", timeout=300)
+    return key, prefix, run_id, row
+
+
+def send_batch_tries(api: Api, run_id: str) -> int:
+    """The most tries any send_batch task of the run needed (1: nothing was retried)."""
+    return max(ti["try_number"] for ti in api.task_instances("send_campaign", run_id) if ti["task_id"] == "send_batch")
 
 
 def verdict(checks: dict[str, bool]) -> int:

@@ -20,17 +20,14 @@ import common
 
 
 def exercise(api, action: str, recipients: int) -> dict[str, bool]:
-    list_name, prefix = common.seed_list(recipients)
-    key = f"{list_name}-{action}"
-    run_id = api.trigger("send_campaign", common.campaign_conf(key, list_name, batch_size=100))
-    campaign = common.wait_for("the campaign row", lambda: common.campaign(key))
+    key, prefix, run_id, campaign = common.start_campaign(api, recipients, action)
 
     def four_running():
         running = [ti for ti in api.task_instances("send_campaign", run_id)
                    if ti["task_id"] == "send_batch" and ti["state"] == "running"]
         return len(running) >= 4 and common.ledger_counts(campaign["id"])["sent"] >= 200
 
-    common.wait_for("four running send tasks", four_running, timeout=300, interval=0.5)
+    common.poll(four_running, what="four running send tasks", timeout=300, interval=0.5)
     asked = datetime.now(UTC)
     api.trigger("campaign_control", {"campaign_id": campaign["id"], "action": action})
     finished = api.wait("send_campaign", run_id, timeout=600)

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import signal
+import ssl
 import sys
 import time
-import uuid
 
 import common
 import psutil
-from cryptography.hazmat.primitives import serialization
 
 from campaigns.ratelimit import default_thread_count
+from devstack import stack as devstack
+from tests.e2e.helpers import post_ses_event
 
 
 def task_process(ti_id: str) -> psutil.Process | None:
@@ -34,30 +34,11 @@ def task_process(ti_id: str) -> psutil.Process | None:
     return None
 
 
-def signed_send_event(message_id: str, address: str, campaign_id: int, recipient_id: int) -> bytes:
-    sys.path.insert(0, str(common.ROOT))
-    from tests.sns_signing import signed_message
-
-    key = serialization.load_pem_private_key(
-        (common.SETTINGS.state_dir / "tls" / "sns-test.key").read_bytes(), password=None)
-    event = {"eventType": "Send", "mail": {
+def send_event(message_id: str, address: str, campaign_id: int, recipient_id: int) -> dict:
+    """The SES Send event of a message the local SES accepted, with the tags the send path set on it."""
+    return {"eventType": "Send", "send": {}, "mail": {
         "timestamp": dt.datetime.now(dt.UTC).isoformat(), "source": "news@example.com", "messageId": message_id,
-        "destination": [address], "tags": {"campaign": [str(campaign_id)], "recipient": [str(recipient_id)]}},
-        "send": {}}
-    return json.dumps(signed_message(key, kind="Notification", version="2", message_id=f"fault-{uuid.uuid4()}",
-                                     body=json.dumps(event))).encode()
-
-
-def post_to_webhook(body: bytes) -> int:
-    import ssl
-    import urllib.request
-
-    context = ssl.create_default_context(cafile=str(common.SETTINGS.state_dir / "tls" / "tracking.crt"))
-    request = urllib.request.Request(  # noqa: S310 - the local stack's https URL
-        f"{common.SETTINGS.tracking_base_url}/webhooks/ses", data=body, method="POST",
-        headers={"x-amz-sns-message-type": "Notification", "Content-Type": "text/plain; charset=UTF-8"})
-    with urllib.request.urlopen(request, timeout=30, context=context) as response:  # noqa: S310
-        return response.status
+        "destination": [address], "tags": {"campaign": [str(campaign_id)], "recipient": [str(recipient_id)]}}}
 
 
 def main() -> int:
@@ -66,11 +47,7 @@ def main() -> int:
     args = parser.parse_args()
 
     api = common.ensure_stack()
-    list_name, prefix = common.seed_list(args.recipients)
-    key = f"{list_name}-kill"
-    run_id = api.trigger("send_campaign", common.campaign_conf(key, list_name, batch_size=100))
-    campaign = common.wait_for("the campaign row", lambda: common.campaign(key))
-    common.wait_for("a few hundred sends", lambda: common.ledger_counts(campaign["id"])["sent"] >= 300)
+    _, prefix, run_id, campaign = common.start_campaign(api, args.recipients, "kill", min_sent=300)
 
     running = [ti for ti in api.task_instances("send_campaign", run_id)
                if ti["task_id"] == "send_batch" and ti["state"] == "running"]
@@ -98,8 +75,7 @@ def main() -> int:
     duplicates = sum(n - 1 for n in messages.values() if n > 1)
     rate = float(os.environ.get("STACK_SES_RATE", common.SETTINGS.ses_rate))
     in_flight = default_thread_count(rate)
-    tries = max(ti["try_number"] for ti in api.task_instances("send_campaign", run_id)
-                if ti["task_id"] == "send_batch")
+    tries = common.send_batch_tries(api, run_id)
     print(f"run {finished['state']} {elapsed:.0f} s after the kill; send_batch tries: {tries}")
     print(f"ledger: {dict(counts)}; local SES: {sum(messages.values())} messages to {len(messages)} addresses, "
           f"{duplicates} duplicates; in-flight bound (threads) {in_flight}")
@@ -108,12 +84,15 @@ def main() -> int:
     with common.connect() as conn:
         unknown = conn.execute("SELECT id, email FROM campaign_recipients WHERE campaign_id = %s AND status = "
                                "'unknown'", [campaign["id"]]).fetchall()
-    accepted = {m["destinations"][0]: m["id"] for m in _raw_messages() if m["destinations"]}
+    accepted = {m["destinations"][0]: m["id"] for m in devstack.local_ses_messages(common.SETTINGS)
+                if m["destinations"]}
+    tls = ssl.create_default_context(cafile=str(common.SETTINGS.state_dir / "tls" / "tracking.crt"))
     posted = 0
     for row in unknown:
         if row["email"] in accepted:
-            assert post_to_webhook(signed_send_event(accepted[row["email"]], row["email"], campaign["id"],
-                                                     row["id"])) == 200
+            status, body = post_ses_event(send_event(accepted[row["email"]], row["email"], campaign["id"],
+                                                     row["id"]), tls)
+            assert status == 200, body
             posted += 1
     after = common.ledger_counts(campaign["id"])
     not_accepted = len(unknown) - posted
@@ -129,12 +108,6 @@ def main() -> int:
         "Send events settled every unknown row SES accepted": after["unknown"] == not_accepted,
     })
 
-
-def _raw_messages() -> list[dict]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"{common.SETTINGS.ses_endpoint}/moto-api/data.json", timeout=300) as r:  # noqa: S310
-        return json.load(r)["ses"]["RawMessage"]
 
 
 if __name__ == "__main__":

@@ -40,11 +40,7 @@ def main() -> int:
     down_for = args.down if args.down is not None else (30.0 if args.service == "redis" else 0.0)
     s = common.SETTINGS
     api = common.ensure_stack()
-    list_name, prefix = common.seed_list(args.recipients)
-    key = f"{list_name}-{args.service}"
-    run_id = api.trigger("send_campaign", common.campaign_conf(key, list_name, batch_size=100))
-    campaign = common.wait_for("the campaign row", lambda: common.campaign(key))
-    common.wait_for("500 sends", lambda: common.ledger_counts(campaign["id"])["sent"] >= 500)
+    key, prefix, run_id, campaign = common.start_campaign(api, args.recipients, args.service, min_sent=500)
 
     stop, start = ((services.stop_redis, services.start_redis) if args.service == "redis"
                    else (services.stop_postgres, services.start_postgres))
@@ -74,8 +70,7 @@ def main() -> int:
             "SELECT count(*) AS n, min(sent_at) AS first, max(sent_at) AS last FROM campaign_recipients "
             "WHERE campaign_id = %s AND sent_at > %s AND sent_at < %s",
             [campaign["id"], stopped, came_back]).fetchone()
-    tries = max(ti["try_number"] for ti in api.task_instances("send_campaign", run_id)
-                if ti["task_id"] == "send_batch")
+    tries = common.send_batch_tries(api, run_id)
     final = common.campaign(key)
     print(f"run {finished['state']}; campaign {final['status']}; send_batch tries {tries}; ledger {dict(counts)}; "
           f"local SES {sum(messages.values())} messages to {len(messages)} addresses, {duplicates} duplicates")

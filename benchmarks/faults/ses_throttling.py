@@ -106,7 +106,7 @@ def main() -> int:
     proxy = ThrottlingProxy(s.ses_port, upstream_port, args.share)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        common.wait_for("moto behind the proxy", lambda: _identity(upstream_port), timeout=60, interval=0.5)
+        common.poll(lambda: _identity(upstream_port), what="moto behind the proxy", timeout=60, interval=0.5)
         list_name, prefix = common.seed_list(args.recipients)
         key = f"{list_name}-throttled"
         finished = api.run("send_campaign", common.campaign_conf(key, list_name, batch_size=100), timeout=900)

@@ -8,6 +8,9 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class StackError(SystemExit):
@@ -110,17 +113,32 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def poll(check: Callable[[], T], *, what: str, timeout: float, interval: float = 0.3) -> T:
+    """Call `check` every `interval` seconds until it returns something truthy, and return that; StackError naming
+    `what` after `timeout` seconds. A condition with a deadline, never a bare sleep standing in for one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise StackError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
 def wait_until(check: Callable[[], bool], *, what: str, timeout: float, log: Path | None = None) -> None:
     """Poll `check` until it returns True; fail with the tail of the service's log after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001, S110 - any failure means "not ready yet"
-            pass
-        time.sleep(0.3)
-    tail = ""
-    if log is not None and log.exists():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-    raise StackError(f"{what} did not become ready within {timeout:.0f} s.\n{tail}")
+            return bool(check())
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+            return False
+
+    try:
+        poll(ready, what=what, timeout=timeout)
+    except StackError:
+        tail = ""
+        if log is not None and log.exists():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise StackError(f"{what} did not become ready within {timeout:.0f} s.\n{tail}") from None

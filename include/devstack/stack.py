@@ -208,6 +208,13 @@ def start_ses(s: StackSettings) -> None:
     client.create_email_identity(EmailIdentity=DEMO_SENDER_DOMAIN)
 
 
+def local_ses_messages(s: StackSettings, timeout: float = 600) -> list[dict]:
+    """Every raw message the local SES (moto server) accepted: id, source, destinations (moto lists a raw
+    message's recipient twice: count messages, not destinations) and raw_data. The send path sends raw MIME only."""
+    with urllib.request.urlopen(f"{s.ses_endpoint}/moto-api/data.json", timeout=timeout) as response:  # noqa: S310
+        return json.load(response)["ses"]["RawMessage"]
+
+
 def start_tracking(s: StackSettings) -> None:
     cert, key = self_signed_certificate(s)
     env = {**os.environ, **app_env(s)}

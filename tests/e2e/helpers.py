@@ -8,7 +8,6 @@ import email
 import email.policy
 import email.utils
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -16,6 +15,7 @@ import uuid
 from cryptography.hazmat.primitives import serialization
 
 from devstack.settings import SETTINGS
+from devstack.stack import local_ses_messages
 from tests.sns_signing import signed_message
 
 
@@ -35,11 +35,6 @@ def https(url: str, tls, *, method: str = "GET", body: bytes | None = None, head
         return exc.code, dict(exc.headers), exc.read()
 
 
-def local_ses_messages(stack) -> list[dict]:
-    with urllib.request.urlopen(f"{stack.ses_endpoint}/moto-api/data.json", timeout=60) as response:
-        data = json.load(response)
-    return data["ses"]["RawMessage"]  # the send path sends raw MIME only
-
 
 def messages_to(stack, addresses: set[str]) -> dict[str, list[email.message.EmailMessage]]:
     """Parsed messages the local SES accepted for `addresses`, by address (one parse per message, not per
@@ -56,17 +51,6 @@ def messages_to(stack, addresses: set[str]) -> dict[str, list[email.message.Emai
     return by_address
 
 
-def wait_for(what: str, check, timeout: float = 60.0):
-    """Poll `check` until it returns something truthy; a condition with a deadline, not a sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
 
 def signed_ses_event(event: dict) -> bytes:
     """An SNS Notification carrying `event`, signed with the dev stack's local SNS test key."""
@@ -81,3 +65,12 @@ def ses_event(event_type: str, row: dict, **detail) -> dict:
     mail = {"timestamp": dt.datetime.now(dt.UTC).isoformat(), "source": "news@example.com",
             "messageId": row["ses_message_id"], "destination": [row["email"]], "tags": {}}
     return {"eventType": event_type, "mail": mail, **detail}
+
+
+def post_ses_event(event: dict, tls) -> tuple[int, bytes]:
+    """POST `event`, signed as SNS would send it, to the stack's /webhooks/ses; (status, body)."""
+    status, _, body = https(f"{SETTINGS.tracking_base_url}/webhooks/ses", tls, method="POST",
+                            body=signed_ses_event(event),
+                            headers={"x-amz-sns-message-type": "Notification",
+                                     "Content-Type": "text/plain; charset=UTF-8"})
+    return status, body

@@ -19,10 +19,10 @@ import uuid
 import psycopg
 import pytest
 
-from devstack.processes import StackError
+from devstack.processes import StackError, poll
 from devstack.services import ensure_chromium
 from devstack.settings import SETTINGS
-from tests.e2e.helpers import https, messages_to, ses_event, signed_ses_event, wait_for
+from tests.e2e.helpers import https, messages_to, post_ses_event, ses_event
 
 pytestmark = pytest.mark.timeout(900)
 ARTIFACTS = SETTINGS.root / "artifacts"
@@ -86,10 +86,7 @@ def _campaign_with_activity(stack, api, stack_db, tls) -> dict:
     bounce = ses_event("Bounce", ledger[bounced], bounce={
         "bounceType": "Permanent", "bounceSubType": "General", "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "bouncedRecipients": [{"emailAddress": bounced, "action": "failed", "status": "5.1.1"}]})
-    status, _, body = https(f"{stack.tracking_base_url}/webhooks/ses", tls, method="POST",
-                             body=signed_ses_event(bounce),
-                             headers={"x-amz-sns-message-type": "Notification",
-                                      "Content-Type": "text/plain; charset=UTF-8"})
+    status, body = post_ses_event(bounce, tls)
     assert status == 200, body
 
     def recorded():
@@ -97,7 +94,8 @@ def _campaign_with_activity(stack, api, stack_db, tls) -> dict:
                              "('open', 'click', 'unsubscribe', 'bounce')", [row["id"]]).fetchone()["n"]
         return n >= 6  # 3 opens, 1 click, 1 unsubscribe, 1 bounce (the click's implied open needs no pixel)
 
-    wait_for("the opens, the click, the unsubscribe and the bounce in email_events", recorded)
+    poll(recorded, what="the opens, the click, the unsubscribe and the bounce in email_events", timeout=60,
+         interval=0.5)
     # the rollup the way it runs in production: its DAG (every 5 minutes), triggered now instead of waited for
     assert api.run("refresh_campaign_stats", {}, timeout=300)["state"] == "success"
     return {**row, "key": key, "name": campaign["name"]}

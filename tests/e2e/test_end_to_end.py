@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import https, messages_to, ses_event, signed_ses_event, wait_for
+from devstack.processes import poll
+from tests.e2e.helpers import https, messages_to, post_ses_event, ses_event
 
 CONTACTS = 1000
 pytestmark = pytest.mark.timeout(900)
@@ -104,7 +105,7 @@ def test_campaign_end_to_end_through_the_rest_api(stack, api, stack_db, tls):
             [ledger[opener]["id"]]).fetchall()
         return {r["type"]: r["n"] for r in rows} == {"open": 1, "click": 1}
 
-    wait_for("the open and the click in email_events (drained from the stream)", tracked)
+    poll(tracked, what="the open and the click in email_events (drained from the stream)", timeout=60, interval=0.5)
     assert stack_db.execute("SELECT reason FROM suppressions WHERE email = %s",
                             [unsubscriber]).fetchone() == {"reason": "unsubscribe"}
 
@@ -116,10 +117,7 @@ def test_campaign_end_to_end_through_the_rest_api(stack, api, stack_db, tls):
         "complainedRecipients": [{"emailAddress": complainer}], "complaintFeedbackType": "abuse",
         "timestamp": dt.datetime.now(dt.UTC).isoformat()})
     for event in (bounce, complaint):
-        status, _, body = https(f"{stack.tracking_base_url}/webhooks/ses", tls, method="POST",
-                                 body=signed_ses_event(event),
-                                 headers={"x-amz-sns-message-type": "Notification",
-                                          "Content-Type": "text/plain; charset=UTF-8"})
+        status, body = post_ses_event(event, tls)
         assert status == 200, body
     suppressed = {r["email"]: r["reason"] for r in stack_db.execute(
         "SELECT email, reason FROM suppressions WHERE email = ANY(%s)", [[unsubscriber, bounced, complainer]])}
