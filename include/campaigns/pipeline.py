@@ -104,19 +104,6 @@ def composer_for(campaign: dict[str, Any], settings: Settings):
                     track_opens=options.get("track_opens", True), track_clicks=options.get("track_clicks", True))
 
 
-def account_max_send_rate(settings: Settings, client) -> float | None:
-    """The account's MaxSendRate: the documented local setting for a local SES, else SES GetAccount."""
-    from campaigns.ses import endpoint_is_local
-
-    if endpoint_is_local(client):
-        return settings.ses_local_max_send_rate
-    try:
-        return float(client.get_account()["SendQuota"]["MaxSendRate"])
-    except Exception as exc:  # noqa: BLE001 - reported, not fatal: the limiter still holds the configured rate
-        log.warning("could not read the SES account's MaxSendRate (%s); not checked", exc)
-        return None
-
-
 def run_preflight(campaign_id: int, conf: dict[str, Any], ses_client) -> dict[str, Any]:
     """Preflight the campaign; the report is stored on the campaign either way."""
     from psycopg.types.json import Jsonb
@@ -128,8 +115,7 @@ def run_preflight(campaign_id: int, conf: dict[str, Any], ses_client) -> dict[st
         campaign = definitions.load_campaign(conn, campaign_id)
         try:
             report = preflight.run(conn, campaign, composer_factory=lambda c: composer_for(c, settings),
-                                   settings=settings, account_max_rate=account_max_send_rate(settings, ses_client),
-                                   ses_client=ses_client)
+                                   settings=settings, ses_client=ses_client)
         except PreflightFailed as exc:
             conn.execute("UPDATE campaigns SET preflight = %s, updated_at = now() WHERE id = %s",
                          [Jsonb(exc.report), campaign_id])

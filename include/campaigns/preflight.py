@@ -34,7 +34,7 @@ MAX_EXAMPLES = 5
 
 
 def run(conn: psycopg.Connection, campaign: dict[str, Any], *, composer_factory, settings: Settings,
-        account_max_rate: float | None, ses_client: Any = None) -> dict[str, Any]:
+        account_max_rate: float | None = None, ses_client: Any = None) -> dict[str, Any]:
     """Check the campaign; return the report, or raise PreflightFailed carrying it.
 
     `ses_client` (a boto3 sesv2 client) turns on the account, sender and configuration set checks.
