@@ -142,9 +142,8 @@ def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run
                 f"cannot resume {name} yet: its previous send run {campaign['run_id']} is still finishing "
                 "(its send tasks stop within seconds of a pause); try again once that run has ended")
         reason = f"{spec.done} by {actor}" + (f" (run {run_id})" if run_id else "")
-        row = conn.execute(Q["insert-action"], {
-            "campaign_id": campaign_id, "action": spec.name, "actor": actor, "run_id": run_id,
-            "old_status": old, "new_status": spec.to, "reason": reason}).fetchone()
+        row = states.record_action(conn, campaign_id, action=spec.name, actor=actor, run_id=run_id, old_status=old,
+                                   new_status=spec.to, reason=reason)
         states.move_campaign(conn, campaign_id, spec.to, expected=old,
                              reason=None if spec.to == states.RUNNING else reason)
         cancelled = ledger.cancel_pending(conn, campaign_id) if spec.name == CANCEL else 0

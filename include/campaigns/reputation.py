@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from campaigns import queries, states
 from campaigns.config import Settings
@@ -117,10 +116,8 @@ def pause_campaign(conn: psycopg.Connection, campaign_id: int, *, reason: str, a
     try:
         with conn.transaction():
             moved = states.move_campaign(conn, campaign_id, states.PAUSED, reason=reason, expected=states.RUNNING)
-            conn.execute(queries.load("reputation")["record-action"], {
-                "campaign_id": campaign_id, "action": "pause", "actor": actor, "run_id": run_id,
-                "old_status": states.RUNNING, "new_status": moved["status"], "reason": reason,
-                "detail": Jsonb(detail or {})})
+            states.record_action(conn, campaign_id, action="pause", actor=actor, run_id=run_id,
+                                 old_status=states.RUNNING, new_status=moved["status"], reason=reason, detail=detail)
     except IllegalTransition as exc:
         log.info("campaign %s not paused by %s: %s", campaign_id, actor, exc)
         return False

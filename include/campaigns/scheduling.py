@@ -26,7 +26,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from croniter import CroniterError, croniter
-from psycopg.types.json import Jsonb
 
 from campaigns import queries, states
 from campaigns.errors import CampaignDefinitionError
@@ -192,11 +191,10 @@ def create_due_occurrences(conn: psycopg.Connection, now: datetime, *, run_id: s
                 reason = (f"{missed}{'+' if missed >= MISSED_COUNT_LIMIT else ''} occurrence(s) from "
                           f"{utc_text(expected)} on were missed while nothing dispatched; only the latest, "
                           f"{utc_text(latest)}, was created")
-                conn.execute(sql()["insert-action"], {
-                    "campaign_id": template["id"], "action": "skip_occurrences", "actor": ACTOR, "run_id": run_id,
-                    "old_status": states.SCHEDULED, "new_status": states.SCHEDULED, "reason": reason,
-                    "detail": Jsonb({"missed": missed, "first_missed": utc_text(expected),
-                                     "created": utc_text(latest)})})
+                states.record_action(conn, template["id"], action="skip_occurrences", actor=ACTOR, run_id=run_id,
+                                     old_status=states.SCHEDULED, new_status=states.SCHEDULED, reason=reason,
+                                     detail={"missed": missed, "first_missed": utc_text(expected),
+                                             "created": utc_text(latest)})
                 log.warning("recurring campaign %s (%r): %s", template["id"], template["key"], reason)
         conn.execute(sql()["advance-recurring"], {
             "template_id": template["id"], "send_at": expected, "next_at": recurrence.next_after(now)})

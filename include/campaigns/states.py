@@ -67,3 +67,17 @@ def move_campaign(conn: psycopg.Connection, campaign_id: int, new: str, *, reaso
     if updated is None:  # someone else moved it between our read and our write
         raise IllegalTransition(f"campaign {campaign_id} changed state while moving {old} -> {new}; try again")
     return updated
+
+
+def record_action(conn: psycopg.Connection, campaign_id: int, *, action: str, actor: str, old_status: str | None,
+                  new_status: str | None, reason: str | None = None, run_id: str | None = None,
+                  detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the campaign_actions row of a state action (call it in the move's transaction); returns its id and
+    requested_at."""
+    from psycopg.types.json import Jsonb
+
+    from campaigns import queries
+
+    return conn.execute(queries.load("states")["record-action"], {
+        "campaign_id": campaign_id, "action": action, "actor": actor, "run_id": run_id, "old_status": old_status,
+        "new_status": new_status, "reason": reason, "detail": Jsonb(detail or {})}).fetchone()

@@ -17,12 +17,6 @@ SELECT id, campaign_id, action, old_status, new_status, detail, requested_at
  ORDER BY id
  LIMIT 1
 
--- name: insert-action
--- requested_at defaults to now(), the start of this transaction: the clock "stops within 5 seconds" counts from.
-INSERT INTO campaign_actions (campaign_id, action, actor, run_id, old_status, new_status, reason)
-VALUES (%(campaign_id)s, %(action)s, %(actor)s, %(run_id)s, %(old_status)s, %(new_status)s, %(reason)s)
-RETURNING id, requested_at
-
 -- name: set-action-detail
 UPDATE campaign_actions SET detail = %(detail)s WHERE id = %(id)s
 

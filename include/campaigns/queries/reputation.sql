@@ -33,9 +33,3 @@ SELECT id, key
  WHERE status = 'running'
  ORDER BY id
 
--- name: record-action
--- The audit row for a pause, written in the same transaction as the guarded state move, so there is a row exactly
--- when the move happened.
-INSERT INTO campaign_actions (campaign_id, action, actor, run_id, old_status, new_status, reason, detail)
-VALUES (%(campaign_id)s, %(action)s, %(actor)s, %(run_id)s, %(old_status)s, %(new_status)s, %(reason)s, %(detail)s)
-RETURNING id, requested_at

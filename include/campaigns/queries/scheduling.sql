@@ -65,11 +65,6 @@ SELECT id, key, send_at
  ORDER BY send_at, id
  LIMIT %(limit)s
 
--- name: insert-action
-INSERT INTO campaign_actions (campaign_id, action, actor, run_id, old_status, new_status, reason, detail)
-VALUES (%(campaign_id)s, %(action)s, %(actor)s, %(run_id)s, %(old_status)s, %(new_status)s, %(reason)s,
-        %(detail)s)
-
 -- name: claim-scheduled
 -- A send run takes a due scheduled campaign: only if it is still scheduled for the time the run was started for
 -- and no other run took it. Row lock + guard: two runs for the same campaign cannot both get it.
