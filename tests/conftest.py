@@ -82,9 +82,20 @@ def ses():
 
 
 @pytest.fixture
-def fast_rate(monkeypatch, redis_client):
+def settings_env(monkeypatch):
+    """Settings from the environment for one test: `settings_env(SES_SENDING_RATE=5)` sets the variables and makes
+    get_settings() read them again; both are undone afterwards."""
+
+    def apply(**values) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, str(value))
+        get_settings.cache_clear()
+
+    yield apply
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def fast_rate(settings_env, redis_client):
     """A high sending rate, so DAG tests do not wait on the limiter (the limiter itself is tested on its own)."""
-    monkeypatch.setenv("SES_SENDING_RATE", "500")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+    settings_env(SES_SENDING_RATE=500)

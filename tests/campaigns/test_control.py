@@ -26,13 +26,9 @@ STOP_WITHIN = timedelta(seconds=5)
 
 
 @pytest.fixture
-def slow_rate(monkeypatch, redis_client):
+def slow_rate(settings_env, redis_client):
     """5 sends/s with 2 threads: 40 recipients take about 8 s, time enough to act while it sends."""
-    monkeypatch.setenv("SES_SENDING_RATE", "5")
-    monkeypatch.setenv("SES_SEND_THREADS", "2")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+    settings_env(SES_SENDING_RATE=5, SES_SEND_THREADS=2)
 
 
 class ActWhileSending(threading.Thread):

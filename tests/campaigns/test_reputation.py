@@ -22,7 +22,7 @@ from botocore.stub import Stubber
 from psycopg.rows import dict_row
 
 from campaigns import states
-from campaigns.config import ConfigError, Settings, get_settings
+from campaigns.config import ConfigError, Settings
 from campaigns.reputation import ReputationGuard, Thresholds, campaign_outcomes, guard_account
 from tests.helpers import add_contacts, inline_campaign, insert_campaign, parse_dag, sent_messages
 from tests.sns_signing import TOPIC, new_key, self_signed_cert, signed_message
@@ -219,14 +219,9 @@ def send_dag():
 
 
 @pytest.fixture
-def slow_sending(monkeypatch, redis_client):
+def slow_sending(settings_env, redis_client):
     """20 sends/s, so 200 recipients take 10 s; rates judged from 20 messages on, counted every 0.5 s."""
-    monkeypatch.setenv("SES_SENDING_RATE", "20")
-    monkeypatch.setenv("REPUTATION_MIN_SAMPLE", "20")
-    monkeypatch.setenv("REPUTATION_CHECK_SECONDS", "0.5")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+    settings_env(SES_SENDING_RATE=20, REPUTATION_MIN_SAMPLE=20, REPUTATION_CHECK_SECONDS=0.5)
 
 
 class FeedbackThread(threading.Thread):

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from campaigns.config import get_settings
 from campaigns.ratelimit import default_thread_count
 from campaigns.runtime import send_resources
 
 
 @pytest.fixture
-def rate_400(monkeypatch, redis_client):
-    monkeypatch.setenv("SES_SENDING_RATE", "400")
-    monkeypatch.setenv("SEND_TASK_PARALLELISM", "4")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def rate_400(settings_env, redis_client):
+    settings_env(SES_SENDING_RATE=400, SEND_TASK_PARALLELISM=4)
 
 
 @pytest.mark.usefixtures("rate_400", "ses")

@@ -22,14 +22,8 @@ def control_dag():
 
 
 @pytest.fixture(autouse=True)
-def slow_rate(monkeypatch, redis_client):
-    from campaigns.config import get_settings
-
-    monkeypatch.setenv("SES_SENDING_RATE", "5")
-    monkeypatch.setenv("SES_SEND_THREADS", "2")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def slow_rate(settings_env, redis_client):
+    settings_env(SES_SENDING_RATE=5, SES_SEND_THREADS=2)
 
 
 def send_runs():
