@@ -74,28 +74,38 @@ def app_env(s: StackSettings) -> dict[str, str]:
     return env
 
 
-def sns_test_signing_key(s: StackSettings) -> tuple[Path, Path]:
-    """(private key, certificate) PEM files that sign SNS messages for the dev stack's /webhooks/ses."""
-    folder = s.state_dir / "tls"
-    key_path, cert_path = folder / "sns-test.key", folder / "sns-test.pem"
-    if key_path.exists() and cert_path.exists():
-        return key_path, cert_path
+def _self_signed(key_path: Path, cert_path: Path, *, common_name: str, key_kind: str, san: bool = False) -> None:
+    """Write a private key (0600) and a self-signed certificate for it, valid 825 days, as PEM files."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
-    folder.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com (local test)")])
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if key_kind == "rsa"
+           else ec.generate_private_key(ec.SECP256R1()))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=825)).sign(key, hashes.SHA256()))
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=825)))
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     key_path.chmod(0o600)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+
+def sns_test_signing_key(s: StackSettings) -> tuple[Path, Path]:
+    """(private key, certificate) PEM files that sign SNS messages for the dev stack's /webhooks/ses (RSA, as SNS
+    signs)."""
+    key_path, cert_path = s.state_dir / "tls" / "sns-test.key", s.state_dir / "tls" / "sns-test.pem"
+    if not (key_path.exists() and cert_path.exists()):
+        _self_signed(key_path, cert_path, common_name="sns.amazonaws.com (local test)", key_kind="rsa")
     return key_path, cert_path
 
 
@@ -164,34 +174,9 @@ def setup_airflow(s: StackSettings) -> dict[str, str]:
 
 def self_signed_certificate(s: StackSettings) -> tuple[Path, Path]:
     """A certificate for localhost/127.0.0.1 so tracking and List-Unsubscribe URLs are https, as in production."""
-    folder = s.state_dir / "tls"
-    cert, key = folder / "tracking.crt", folder / "tracking.key"
-    if cert.exists() and key.exists():
-        return cert, key
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    private_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(private_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=825))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(private_key, hashes.SHA256())
-    )
-    key.write_bytes(private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    key.chmod(0o600)
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    cert, key = s.state_dir / "tls" / "tracking.crt", s.state_dir / "tls" / "tracking.key"
+    if not (cert.exists() and key.exists()):
+        _self_signed(key, cert, common_name="localhost", key_kind="ec", san=True)
     return cert, key
 
 
