@@ -2,9 +2,10 @@
 
 Starts two gunicorns with the same settings on free loopback ports: the real app (`tracking_service:create_app()`,
 drainer threads on) and a one-route Flask app. A scratch database (`campaigns_bench`, migrated here, dropped at the
-end) holds a campaign with ledger rows and links; Redis db 3 holds the stream. Each round sends a fixed number of
-requests over `--connections` keep-alive connections from an asyncio client, then waits until the drainers have
-emptied the stream and counts the stored events: they must equal the 2xx/3xx responses.
+end) holds a campaign with ledger rows and links; the event spool is a temporary folder. Each round sends a fixed
+number of requests over `--connections` keep-alive connections from an asyncio client, then waits until the
+drainers have stored the whole spool and counts the stored events: they must equal the 2xx/3xx responses. The
+CPU table at the end says where the time went, per request, by process (the client shares the same cores).
 
     .venv/bin/python benchmarks/tracking_load.py                      # 3 rounds x 20000 requests per scenario
     .venv/bin/python benchmarks/tracking_load.py --requests 3000 --rounds 1   # smoke run
@@ -18,21 +19,21 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psycopg
-import redis
 from flask import Flask
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "campaigns_bench"
-REDIS_DB = 3
 SECRET = "bench-signing-key"
 
 
@@ -151,19 +152,54 @@ def _summary(out: dict) -> dict:
             "errors": out["errors"]}
 
 
-def _wait_drained(client: redis.Redis, timeout: float = 60) -> float:
+def _wait_drained(dsn: str, spool_dir: Path, timeout: float = 60) -> float:
+    """Seconds until every byte written to the spool is stored in PostgreSQL."""
     from tracking_service import events_buffer
 
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() - start < timeout:
+            if events_buffer.backlog(spool_dir, conn) == 0:
+                return time.monotonic() - start
+            time.sleep(0.05)
+    raise RuntimeError("drainers did not empty the spool in time")
+
+
+def _cpu_seconds() -> dict[int, tuple[str, int, float]]:
+    """user+system CPU seconds of every process: pid -> (command line, session id, seconds)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            pending = client.xpending(events_buffer.STREAM, events_buffer.GROUP)["pending"]
-        except redis.ResponseError:
-            pending = 0
-        if client.xlen(events_buffer.STREAM) == 0 and pending == 0:
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise RuntimeError("drainers did not empty the stream in time")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        out[int(pid)] = (cmd, int(fields[3]), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _cpu_by_part(before: dict, after: dict, sessions: dict[int, str]) -> dict[str, float]:
+    """CPU seconds spent between two `_cpu_seconds` snapshots, by part of the system."""
+    parts: dict[str, float] = {}
+    me = os.getpid()
+    for pid, (cmd, sid, seconds) in after.items():
+        spent = seconds - before.get(pid, (cmd, sid, 0.0))[2]
+        if spent <= 0:
+            continue
+        if pid == me:
+            part = "load client"
+        elif sid in sessions:
+            part = sessions[sid]
+        elif "redis-server" in cmd:
+            part = "redis"
+        elif cmd.startswith("postgres"):
+            part = "postgres"
+        else:
+            part = "other"
+        parts[part] = parts.get(part, 0.0) + spent
+    return parts
 
 
 def _count(dsn: str, type_: str) -> int:
@@ -191,8 +227,7 @@ def main() -> int:
 
     admin_dsn, dsn = SETTINGS.pg_dsn("postgres"), SETTINGS.pg_dsn(BENCH_DB)
     campaign_id, recipient_ids = _prepare_database(admin_dsn, dsn, args.recipients)
-    client = redis.Redis.from_url(SETTINGS.redis_url(REDIS_DB))
-    client.flushdb()
+    spool_dir = Path(tempfile.mkdtemp(prefix="tracking-spool-"))
     codec = TokenCodec([SECRET])
     pixel_paths = [f"/o/{codec.open_token(campaign_id, r)}.gif" for r in recipient_ids]
     click_paths = [f"/c/{codec.click_token(campaign_id, r, r % 5)}" for r in recipient_ids]
@@ -201,8 +236,7 @@ def main() -> int:
            "AIRFLOW_CONN_CAMPAIGN_DB": json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
                                                    "port": SETTINGS.pg_port, "login": SETTINGS.pg_user,
                                                    "password": SETTINGS.pg_password, "schema": BENCH_DB}),
-           "AIRFLOW_CONN_REDIS_DEFAULT": json.dumps({"conn_type": "redis", "host": "127.0.0.1",
-                                                     "port": SETTINGS.redis_port, "extra": {"db": REDIS_DB}})}
+           "TRACKING_SPOOL_DIR": str(spool_dir)}
     tracking_port, hello_port = _free_port(), _free_port()
     tracking_env = {**env, "TRACKING_DRAINER": "0"} if args.drainer == "process" else env
     procs = [_start_gunicorn("tracking_service:create_app()", tracking_port, args, tracking_env, ROOT),
@@ -210,20 +244,27 @@ def main() -> int:
     if args.drainer == "process":
         procs.append(subprocess.Popen([sys.executable, "-m", "tracking_service.drain", "--follow"], env=tracking_env,
                                       cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL))
+    sessions = {procs[0].pid: "tracking app", procs[1].pid: "hello app"}
+    if args.drainer == "process":
+        sessions[procs[2].pid] = "drainer process"
     results: dict[str, list[dict]] = {"hello": [], "pixel": [], "click": []}
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in results}
     try:
         # warm-up: imports, connections, the link cache of every worker
         for port, paths in ((hello_port, ["/hello"]), (tracking_port, pixel_paths), (tracking_port, click_paths)):
             asyncio.run(_load(port, paths, 2000, args.connections))
-        _wait_drained(client)
+        _wait_drained(dsn, spool_dir)
         for round_no in range(1, args.rounds + 1):
             for name, port, paths, type_ in (("hello", hello_port, ["/hello"], None),
                                              ("pixel", tracking_port, pixel_paths, "open"),
                                              ("click", tracking_port, click_paths, "click")):
                 before = _count(dsn, type_) if type_ else 0
+                cpu_before = _cpu_seconds()
                 summary = _summary(asyncio.run(_load(port, paths, args.requests, args.connections)))
                 if type_:
-                    summary["drain_s"] = _wait_drained(client)
+                    summary["drain_s"] = _wait_drained(dsn, spool_dir)
+                cpu[name].append(_cpu_by_part(cpu_before, _cpu_seconds(), sessions))
+                if type_:
                     summary["stored"] = _count(dsn, type_) - before
                 results[name].append(summary)
                 print(f"round {round_no} {name:5}: {summary['rps']:8.0f} req/s  p50 {summary['p50']:5.1f} ms  "
@@ -236,7 +277,7 @@ def main() -> int:
             proc.wait(10)
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        client.flushdb()
+        shutil.rmtree(spool_dir, ignore_errors=True)
 
     med = {name: {k: statistics.median(r[k] for r in rows) for k in ("rps", "p50", "p99")}
            for name, rows in results.items()}
@@ -253,6 +294,14 @@ def main() -> int:
         all_ok &= good
         print(f"{name:10} {m['rps']:9.0f} {ratio:8.2f} {m['p50']:8.1f} {m['p99']:8.1f} {ok_total:9d} "
               f"{'-' if stored is None else stored:>9}  {'yes' if good else 'NO'}")
+    # where the CPU went: per request, load through drain, median over rounds (the 2 cores are shared by all)
+    part_names = sorted({part for rounds in cpu.values() for r in rounds for part in r})
+    print("\nCPU per request, microseconds (median of rounds; the load generator runs on the same cores)")
+    print(f"{'scenario':10} " + " ".join(f"{part:>15}" for part in part_names) + f" {'total':>9}")
+    for name, rounds in cpu.items():
+        per = {part: statistics.median(r.get(part, 0.0) for r in rounds) / args.requests * 1e6
+               for part in part_names}
+        print(f"{name:10} " + " ".join(f"{per[part]:15.0f}" for part in part_names) + f" {sum(per.values()):9.0f}")
     return 0 if all_ok else 1
 
 

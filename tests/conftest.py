@@ -35,7 +35,8 @@ from campaigns.config import get_settings
 TABLES = ("campaign_recipient_link_activity", "campaign_recipient_activity", "campaign_link_stats",
           "campaign_stats_series", "campaign_stats", "email_event_counts_hourly", "stats_rollup_state",
           "email_events", "campaign_links", "campaign_recipients", "campaign_actions", "test_sends", "campaigns",
-          "suppression_changes", "suppressions", "list_members", "lists", "contacts")
+          "suppression_changes", "suppressions", "list_members", "lists", "contacts",
+          "tracking_spool_segments", "tracking_spool_rejects")
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from campaigns.config import Settings
+from tracking_service import events_buffer
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -22,9 +24,23 @@ def create_app(test_config: dict | None = None) -> Flask:
         TRACKING_DRAINER=os.environ.get("TRACKING_DRAINER", "1").lower() not in ("0", "false", "no"),
         # how many reverse proxies in front append to X-Forwarded-For (0: trust the socket address only)
         TRUSTED_PROXY_HOPS=int(os.environ.get("TRACKING_TRUSTED_PROXY_HOPS", "0")),
+        # where opens and clicks are spooled until the drainer stores them (local disk; keep it across restarts)
+        TRACKING_SPOOL_DIR=os.environ.get("TRACKING_SPOOL_DIR", "tracking-spool"),
+        TRACKING_SPOOL_SEGMENT_BYTES=int(os.environ.get("TRACKING_SPOOL_SEGMENT_BYTES",
+                                                        str(events_buffer.DEFAULT_SEGMENT_BYTES))),
+        TRACKING_SPOOL_FSYNC_SECONDS=float(os.environ.get("TRACKING_SPOOL_FSYNC_SECONDS",
+                                                          str(events_buffer.DEFAULT_FSYNC_SECONDS))),
     )
     if test_config:
         app.config.update(test_config)
+    spool_dir = Path(app.config["TRACKING_SPOOL_DIR"]).resolve()
+    spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not os.access(spool_dir, os.W_OK | os.X_OK):
+        raise RuntimeError(f"TRACKING_SPOOL_DIR {spool_dir} is not writable by this user")
+    app.config["TRACKING_SPOOL_DIR"] = spool_dir
+    app.extensions["tracking_spool"] = events_buffer.Spool(
+        spool_dir, segment_bytes=app.config["TRACKING_SPOOL_SEGMENT_BYTES"],
+        fsync_seconds=app.config["TRACKING_SPOOL_FSYNC_SECONDS"])
     if app.config["TRUSTED_PROXY_HOPS"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXY_HOPS"])
 
@@ -43,7 +59,6 @@ def create_app(test_config: dict | None = None) -> Flask:
 def _start_drainer_lazily(app: Flask) -> None:
     """Start the drainer thread on a worker's first request: threads do not survive gunicorn's fork (--preload)."""
     from campaigns import db
-    from tracking_service import events_buffer
 
     settings = app.config["SETTINGS"]
     lock = threading.Lock()
@@ -57,7 +72,7 @@ def _start_drainer_lazily(app: Flask) -> None:
             if started.get("pid") == os.getpid():
                 return
             drainer = events_buffer.Drainer(
-                lambda: db.resolve_redis(settings.redis_conn_id),
+                app.config["TRACKING_SPOOL_DIR"],
                 lambda: db.connect(db.resolve_postgres_dsn(settings.db_conn_id), autocommit=True),
             )
             drainer.start()

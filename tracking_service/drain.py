@@ -1,13 +1,15 @@
-"""`python -m tracking_service.drain`: drain buffered open/click events into PostgreSQL (once, or as a loop).
+"""`python -m tracking_service.drain`: drain spooled open/click events into PostgreSQL (once, or as a loop).
 
-The gunicorn workers drain in a background thread already; this command is for operations: empty the stream
-while the service is stopped, or run a dedicated drainer with TRACKING_DRAINER=0 on the web workers.
+The gunicorn workers drain in a background thread already; this command is for operations: empty the spool
+while the service is stopped, or run a dedicated drainer with TRACKING_DRAINER=0 on the web workers. It must run
+on the host (or volume) that holds TRACKING_SPOOL_DIR.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -17,30 +19,30 @@ from tracking_service import events_buffer
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Drain until the stream is empty (default) or forever with --follow; prints how many entries it settled."""
+    """Drain until the spool is empty (default) or forever with --follow; prints how many lines it settled."""
     parser = argparse.ArgumentParser(prog="python -m tracking_service.drain", description=__doc__)
-    parser.add_argument("--batch", type=int, default=1000, help="entries per INSERT (default 1000)")
+    parser.add_argument("--spool-dir", default=os.environ.get("TRACKING_SPOOL_DIR", "tracking-spool"),
+                        help="the spool directory (default: TRACKING_SPOOL_DIR, else ./tracking-spool)")
+    parser.add_argument("--batch", type=int, default=1000, help="lines per INSERT (default 1000)")
     parser.add_argument("--follow", action="store_true", help="keep draining until interrupted")
-    parser.add_argument("--claim-idle-ms", type=int, default=events_buffer.CLAIM_IDLE_MS,
-                        help="take over entries another consumer left pending this long (default 60000)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = get_settings()
-    client = db.resolve_redis(settings.redis_conn_id)
+    drainer = events_buffer.SpoolDrainer(args.spool_dir, args.batch)
     total = 0
     with db.connect(db.resolve_postgres_dsn(settings.db_conn_id), autocommit=True) as conn:
         try:
             while True:
-                settled = events_buffer.drain_once(client, conn, args.batch, block_ms=1000 if args.follow else None,
-                                                   claim_idle_ms=args.claim_idle_ms)
+                settled, more = drainer.drain_once(conn)
                 total += settled
-                if settled == 0 and not args.follow:
+                if not more and not args.follow:
                     break
-                if settled < args.batch and args.follow:
+                if not more:
                     time.sleep(0.2)
         except KeyboardInterrupt:
             pass
-    print(f"drained {total} entries; {events_buffer.backlog(client)} left in {events_buffer.STREAM}")
+        left = events_buffer.backlog(args.spool_dir, conn)
+    print(f"drained {total} events; {left} bytes left in {args.spool_dir}")
     return 0
 
 

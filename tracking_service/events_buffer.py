@@ -1,58 +1,68 @@
-"""Open and click events buffered in a Redis stream and drained in bulk into PostgreSQL (email_events).
+"""Open and click events, appended to a spool on local disk and drained in bulk into PostgreSQL (email_events).
 
-Why: one INSERT per request ran at about 0.3x a hello-world route; an XADD costs about as much as the request
-parsing itself. The tracking request answers after XADD returned, so from then on the event survives a crash of the
-tracking service (Redis runs with AOF; with `appendfsync everysec` a crash of Redis itself may lose the last second).
+Why a spool: an INSERT per request ran at about 0.3x a hello-world route, and a Redis XADD per request (even
+grouped) still cost a network round trip: on this kind of host one round trip is more CPU than the rest of the
+request. Appending a line to a file is one write(2) into the page cache. It also takes every network dependency
+off the request path: opens and clicks keep being recorded while PostgreSQL or Redis are down.
 
-Flow and guarantees:
+Files, in the spool directory (TRACKING_SPOOL_DIR):
 
-    request --XADD--> stream `tracking:events` --XREADGROUP (group `drainers`)--> one multi-row INSERT, COMMIT
-                                                                                   --> XACK + XDEL
+    <host>.<pid>.<start ns>.events    a segment: one JSON array per line, one line per event
 
-- A drainer (a thread in every gunicorn worker, or `python -m tracking_service.drain`) reads a batch through the
-  consumer group, inserts it in one statement, commits, and only then acknowledges and deletes the entries.
-- Crash between XREADGROUP and COMMIT: the entries stay pending for that consumer; the same consumer re-reads them
-  first on its next round, and any other drainer claims them with XAUTOCLAIM once they have been idle for
-  `claim_idle_ms` (a dead worker's pid never comes back). Nothing is lost.
-- Crash between COMMIT and XACK: the entries are delivered again. Idempotency without a schema change:
-  email_events.sns_message_id (UNIQUE) stores 'stream:<entry id>' and the INSERT says ON CONFLICT DO NOTHING, so a
-  redelivered entry is inserted once. (Entry ids are unique within the stream and grow with Redis time; the column
-  name is historical: it is the dedupe key of every event source, SNS message ids for SES notifications.)
-- An entry PostgreSQL refuses for its data (not for being down) is moved to `tracking:events:dead` with the error,
-  so one bad entry cannot block the stream; a database outage just leaves everything pending until it is back.
+- Every web worker process appends to its own active segment, opened with O_APPEND and held under an exclusive
+  flock(2) for as long as the process writes to it. The request answers after write(2) returned, so from then on
+  the event survives a crash of the tracking service (it is in the kernel's page cache); a flusher thread
+  fdatasyncs the segment every TRACKING_SPOOL_FSYNC_SECONDS (1 s, as Redis' `appendfsync everysec`), or after
+  every event when that is 0, so a crash of the machine loses at most that second.
+- A segment is rotated at TRACKING_SPOOL_SEGMENT_BYTES; a new one is created under a temporary name, locked, then
+  renamed into place, so a drainer never sees a segment that its writer does not hold yet.
+- A segment whose flock can be taken has no writer any more (rotated, or the worker exited or was killed): it is
+  sealed and will not grow.
+
+Draining (a thread in every worker, or `python -m tracking_service.drain`): for each segment, one transaction
+locks the segment's row in `tracking_spool_segments` (FOR UPDATE SKIP LOCKED, so drainers share the work), reads
+the complete lines after `drained_bytes`, inserts them in one statement, advances `drained_bytes` and commits.
+The events and the position commit together, so a crash of a drainer at any point neither loses nor repeats an
+event; each event's key 'spool:<segment>:<byte offset>' is also UNIQUE in email_events, as a second guard. A
+sealed segment drained to its end is deleted. A line that cannot be parsed, or that PostgreSQL refuses for its
+data, goes to `tracking_spool_rejects` with the reason, so one bad line cannot block a segment and nothing is
+dropped silently.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
-import redis
 
 from campaigns import queries
 
 log = logging.getLogger(__name__)
 
-STREAM = "tracking:events"
-GROUP = "drainers"
-DEAD_LETTER = "tracking:events:dead"
+SEGMENT_SUFFIX = ".events"
 SCANNER_SECONDS = 10.0  # a click this soon after the send is a link scanner, not a person
-CLAIM_IDLE_MS = 60_000  # an entry pending this long belongs to a dead (or stuck) drainer: take it over
+DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
+DEFAULT_FSYNC_SECONDS = 1.0
 _MAX_UA = 512
+_MAX_LINE = 16 * 1024  # far above any line buffer_event writes (a 512-character agent escaped is ~3 KB)
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
 
 
 @dataclass(frozen=True, slots=True)
 class BufferedEvent:
-    """One open or click as read back from the stream."""
+    """One open or click as read back from the spool."""
 
-    stream_id: str
+    key: str  # 'spool:<segment>:<byte offset>': unique per event, stored in email_events.sns_message_id
     type: str
     campaign_id: int
     recipient_id: int
@@ -65,142 +75,157 @@ class BufferedEvent:
     occurred: float
 
 
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def encode_event(*, type: str, campaign_id: int, recipient_id: int, link_id: int | None = None,
+                 ip: str | None = None, user_agent: str | None = None, is_machine: bool = False,
+                 reasons: Iterable[str] = (), method: str = "GET", occurred: float | None = None) -> bytes:
+    """One spool line: a compact JSON array (ASCII only, so never a raw newline inside) and a newline."""
+    return json.dumps([type, campaign_id, recipient_id, link_id, ip or "", (user_agent or "")[:_MAX_UA],
+                       1 if is_machine else 0, ",".join(reasons), method,
+                       time.time() if occurred is None else occurred], separators=(",", ":")).encode() + b"\n"
 
 
-def buffer_event(client: redis.Redis | GroupCommitWriter, *, type: str, campaign_id: int, recipient_id: int,
-                 link_id: int | None = None, ip: str | None = None, user_agent: str | None = None,
-                 is_machine: bool = False, reasons: Iterable[str] = (), method: str = "GET",
-                 occurred: float | None = None) -> str:
-    """Append one open/click event to the stream; returns its entry id (the event's dedupe key)."""
-    # one field holding a JSON array: a 1-field XADD costs a fraction of a 10-field one in the client (encoding,
-    # packing), which is most of this request's own work. Order: _ENTRY_FIELDS.
-    entry = json.dumps([type, campaign_id, recipient_id, link_id, ip or "", (user_agent or "")[:_MAX_UA],
-                        1 if is_machine else 0, ",".join(reasons), method,
-                        time.time() if occurred is None else occurred], separators=(",", ":"))
-    return _text(client.xadd(STREAM, {"e": entry}))
+def buffer_event(spool: Spool, **event) -> None:
+    """Append one open/click event (the keywords of `encode_event`); raises OSError when the disk refuses it."""
+    spool.append(encode_event(**event))
 
 
-class GroupCommitWriter:
-    """XADDs from many request threads, sent to Redis together: one pipelined round trip per group, not per event.
+class Spool:
+    """This process's writer of spool segments; thread-safe, and safe across gunicorn's fork (opens lazily per pid).
 
-    Leader/follower, no extra thread: the first thread to arrive while nobody is writing becomes the leader, takes
-    everything queued (up to `max_batch`), sends it as one pipeline and wakes each waiting thread with its entry id;
-    if more queued up meanwhile, the first of them leads the next group. Every caller still returns only after
-    Redis answered for *its* entry, so an event whose request got a 2xx is in the stream exactly as with a plain
-    XADD. Alone, a thread leads a group of one: the same single round trip as before.
-
-    Why: under load, a tracking request spent most of its time in its own XADD round trip (send, wake Redis, an AOF
-    write, receive); grouping shares that among the requests that arrive together.
+    One write(2) per event, under a lock so that rotation never closes the descriptor under a writing thread.
     """
 
-    __slots__ = ("_client", "_lock", "_max_batch", "_queue", "_writing")
-
-    def __init__(self, client: redis.Redis, max_batch: int = 256) -> None:
-        self._client = client
-        self._max_batch = max_batch
+    def __init__(self, directory: str | os.PathLike, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 fsync_seconds: float = DEFAULT_FSYNC_SECONDS) -> None:
+        if segment_bytes < 1:
+            raise ValueError(f"TRACKING_SPOOL_SEGMENT_BYTES must be at least 1, got {segment_bytes}")
+        if fsync_seconds < 0:
+            raise ValueError(f"TRACKING_SPOOL_FSYNC_SECONDS must be 0 or more, got {fsync_seconds}")
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.fsync_seconds = fsync_seconds
         self._lock = threading.Lock()
-        self._queue: list[_QueuedAdd] = []
-        self._writing = False
+        self._fd: int | None = None
+        self._pid = 0
+        self._size = 0
+        self._dirty = False
+        self.segment: Path | None = None
 
-    def xadd(self, name: str, fields: dict) -> bytes | str:
-        """Like `redis.Redis.xadd(name, fields)`; raises what that raises (redis.RedisError) for this entry."""
-        item = _QueuedAdd(name, fields)
+    def append(self, line: bytes) -> None:
+        """Write one complete line; returns once the kernel has it (it then survives a crash of this process)."""
         with self._lock:
-            self._queue.append(item)
-            lead = not self._writing
-            if lead:
-                self._writing = True
-        if not lead:
-            item.done.acquire()  # released by the leader that wrote this entry, or to make this thread lead
-        if item.leads:
-            self._write_group()
-        if item.error is not None:
-            raise item.error
-        return item.result
-
-    def _write_group(self) -> None:
-        with self._lock:
-            group, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
-        for item, result in zip(group, self._send(group), strict=True):
-            if isinstance(result, BaseException):
-                item.error = result
+            if self._fd is None or self._pid != os.getpid() or self._size >= self.segment_bytes:
+                self._rotate()
+            written = os.write(self._fd, line)
+            self._size += written
+            if written != len(line):
+                # a short write (disk full): the torn line ends this segment, where the drainer rejects it, and the
+                # next event starts a new one instead of being glued to it
+                self._close_current()
+                raise OSError(f"short write to tracking spool {self.segment}: {written} of {len(line)} bytes")
+            if self.fsync_seconds == 0:
+                os.fdatasync(self._fd)
             else:
-                item.result = result
-            item.leads = False
-        with self._lock:
-            successor = self._queue[0] if self._queue else None
-            if successor is None:
-                self._writing = False
-            else:
-                successor.leads = True
-        for item in group:
-            item.done.release()
-        if successor is not None:
-            successor.done.release()
+                self._dirty = True
 
-    def _send(self, group: list[_QueuedAdd]) -> list:
-        """One result per entry, in order: the entry id, or the exception that entry's caller raises."""
+    def _rotate(self) -> None:
+        if self._pid != os.getpid():
+            # a forked child inherited the parent's descriptor and lock: leave both alone, start its own segment
+            self._fd, self._pid = None, os.getpid()
+            threading.Thread(target=self._flush_loop, name="tracking-spool-flush", daemon=True).start()
+        self._close_current()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{_HOST}.{os.getpid()}.{time.time_ns()}{SEGMENT_SUFFIX}"
+        temporary = self.directory / f".{name}.new"
+        fd = os.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            if len(group) == 1:
-                return [self._client.xadd(group[0].name, group[0].fields)]
-            pipe = self._client.pipeline(transaction=False)
-            for item in group:
-                pipe.xadd(item.name, item.fields)
-            results = pipe.execute(raise_on_error=False)
-            if len(results) != len(group):
-                raise redis.RedisError(f"pipeline answered {len(results)} replies for {len(group)} XADDs")
-            return results
-        except Exception as exc:  # noqa: BLE001 - every caller of the group raises it
-            return [exc] * len(group)
-
-
-class _QueuedAdd:
-    __slots__ = ("done", "error", "fields", "leads", "name", "result")
-
-    def __init__(self, name: str, fields: dict) -> None:
-        self.name, self.fields = name, fields
-        self.done = threading.Lock()
-        self.done.acquire()  # a pre-acquired lock is the cheapest one-shot wake-up in CPython
-        self.leads = True  # until queued behind a leader
-        self.result: bytes | str = b""
-        self.error: BaseException | None = None
-
-
-def ensure_group(client: redis.Redis) -> None:
-    """Create the stream and its consumer group once (from the start of the stream, so nothing is skipped)."""
-    try:
-        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(temporary, self.directory / name)  # appears already locked: never mistaken for sealed
+            _fsync_directory(self.directory)
+        except BaseException:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
             raise
+        self._fd, self._size, self.segment = fd, 0, self.directory / name
+
+    def _close_current(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)  # releases the flock: the segment is sealed
+
+    def _flush_loop(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid and self.fsync_seconds > 0:
+            time.sleep(self.fsync_seconds)
+            self.flush()
+
+    def flush(self) -> None:
+        """fdatasync what was appended since the last flush (the flusher thread calls this every interval)."""
+        with self._lock:
+            if not self._dirty or self._fd is None or self._pid != os.getpid():
+                return
+            fd, self._dirty = os.dup(self._fd), False  # sync a duplicate outside the lock: appends go on meanwhile
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            log.exception("tracking spool: fdatasync of %s failed", self.segment)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Seal the active segment (it is drained and deleted like any other)."""
+        with self._lock:
+            if self._pid == os.getpid():
+                self._close_current()
 
 
-def default_consumer() -> str:
-    """This process's consumer name in the group (host and pid: a restarted worker is a new consumer)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _parse(entry_id: bytes | str, fields: dict) -> BufferedEvent | None:
-    raw = fields.get(b"e", fields.get("e"))
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        type_, campaign_id, recipient_id, link_id, ip, ua, machine, reasons, method, occurred = json.loads(raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def segments(directory: str | os.PathLike) -> list[Path]:
+    """The spool's segment files; by name, so each writer's segments come oldest first."""
+    try:
+        entries = os.scandir(directory)
+    except FileNotFoundError:
+        return []
+    with entries:
+        paths = [Path(e.path) for e in entries if e.name.endswith(SEGMENT_SUFFIX) and not e.name.startswith(".")]
+    return sorted(paths)
+
+
+def _is_sealed(fd: int) -> bool:
+    """No writer holds the segment: its exclusive flock is gone, so the file will not grow any more."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _parse(key: str, line: bytes) -> BufferedEvent | None:
+    try:
+        type_, campaign_id, recipient_id, link_id, ip, ua, machine, reasons, method, occurred = json.loads(line)
         return BufferedEvent(
-            stream_id=_text(entry_id), type=str(type_), campaign_id=int(campaign_id), recipient_id=int(recipient_id),
+            key=key, type=str(type_), campaign_id=int(campaign_id), recipient_id=int(recipient_id),
             link_id=None if link_id is None else int(link_id), ip=ip or None, user_agent=ua or None,
             is_machine=machine == 1, reasons=str(reasons), method=str(method or "GET"), occurred=float(occurred),
         )
-    except (TypeError, ValueError):  # no "e" field, not JSON, wrong arity or types
+    except (TypeError, ValueError):  # not JSON, wrong arity or types
         return None
 
 
 def _insert(conn: psycopg.Connection, events: list[BufferedEvent]) -> int:
     sql = queries.load("tracking")
     params = {
-        "stream_ids": [e.stream_id for e in events],
+        "event_keys": [e.key for e in events],
         "types": [e.type for e in events],
         "campaign_ids": [e.campaign_id for e in events],
         "recipient_ids": [e.recipient_id for e in events],
@@ -215,97 +240,189 @@ def _insert(conn: psycopg.Connection, events: list[BufferedEvent]) -> int:
     }
     row = conn.execute(sql["insert-buffered-events"], params).fetchone()
     inserted = row["n"] if isinstance(row, dict) else row[0]
-    click_ids = [f"stream:{e.stream_id}" for e in events if e.type == "click"]
-    if click_ids:
-        conn.execute(sql["insert-implied-opens"], {"click_ids": click_ids})
+    click_keys = [e.key for e in events if e.type == "click"]
+    if click_keys:
+        conn.execute(sql["insert-implied-opens"], {"click_ids": click_keys})
     return inserted
 
 
-def _store(conn: psycopg.Connection, client: redis.Redis, events: list[BufferedEvent]) -> None:
-    """Insert `events` durably; entries PostgreSQL refuses one by one go to the dead-letter stream."""
+def _store(conn: psycopg.Connection, events: list[BufferedEvent]) -> list[tuple[BufferedEvent, str]]:
+    """Insert `events` inside the caller's transaction; returns the events PostgreSQL refused, with the reason."""
     try:
-        with conn.transaction():
+        with conn.transaction():  # a savepoint: a refusal undoes only this statement
             _insert(conn, events)
+        return []
     except (psycopg.DataError, psycopg.IntegrityError):
-        # one bad entry poisons a multi-row statement: retry singly so only it is set aside
-        for event in events:
-            try:
-                with conn.transaction():
-                    _insert(conn, [event])
-            except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                log.error("tracking event %s refused by PostgreSQL, moved to %s: %s", event.stream_id,
-                          DEAD_LETTER, exc)
-                client.xadd(DEAD_LETTER, {"id": event.stream_id, "error": str(exc)[:500]})
-    if not conn.autocommit:
-        # conn.transaction() inside a caller's open transaction is only a savepoint: commit before XACK
-        conn.commit()
+        pass
+    refused = []  # one bad event poisons a multi-row statement: retry singly so only it is set aside
+    for event in events:
+        try:
+            with conn.transaction():
+                _insert(conn, [event])
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            refused.append((event, str(exc)[:500]))
+    return refused
 
 
-def drain_once(client: redis.Redis, conn: psycopg.Connection, batch: int = 1000, *, consumer: str | None = None,
-               block_ms: int | None = None, claim_idle_ms: int | None = CLAIM_IDLE_MS) -> int:
-    """Move up to `batch` stream entries into email_events; returns how many entries were settled (acked).
+def _complete_lines(data: bytes, base: int, batch: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Up to `batch` newline-terminated lines of `data` (read at file offset `base`) with their offsets, and how
+    many bytes they span."""
+    lines, pos = [], 0
+    while len(lines) < batch:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        lines.append((base + pos, data[pos:end]))
+        pos = end + 1
+    return lines, pos
 
-    Order: this consumer's own unacknowledged entries (a failed earlier round), then entries of consumers idle for
-    `claim_idle_ms` (None: do not claim), then new entries (waiting up to `block_ms` for some when given).
+
+@dataclass(frozen=True, slots=True)
+class _Round:
+    """What one drain transaction did to one segment."""
+
+    settled: int  # lines stored or rejected
+    drained: int  # the segment's drain position afterwards
+    finished: bool  # sealed and drained to its end: delete the file
+    skipped: bool = False  # another drainer held the segment
+
+
+class SpoolDrainer:
+    """Moves spool lines into email_events, one transaction per segment and batch (see the module docstring).
+
+    Remembers where each segment stood after its own commits, so an idle segment costs a stat(2), not a query.
     """
-    consumer = consumer or default_consumer()
-    ensure_group(client)
-    entries: list = []
-    own = client.xreadgroup(GROUP, consumer, {STREAM: "0"}, count=batch)
-    if own:
-        entries.extend(own[0][1])
-    if claim_idle_ms is not None and len(entries) < batch:
-        claimed = client.xautoclaim(STREAM, GROUP, consumer, min_idle_time=claim_idle_ms, start_id="0-0",
-                                    count=batch - len(entries))
-        entries.extend(claimed[1])
-    if len(entries) < batch:
-        fresh = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=batch - len(entries),
-                                  block=block_ms if not entries else None)
-        if fresh:
-            entries.extend(fresh[0][1])
-    # an entry deleted after it was delivered comes back with no fields: nothing to store, just settle it
-    ids = [_text(entry_id) for entry_id, _ in entries]
-    events: list[BufferedEvent] = []
-    seen: set[str] = set()
-    for entry_id, fields in entries:
-        event = _parse(entry_id, fields) if fields else None
-        if event is not None and event.stream_id not in seen:
-            seen.add(event.stream_id)
-            events.append(event)
-        elif fields and event is None:
-            log.error("malformed tracking stream entry %s moved to %s", _text(entry_id), DEAD_LETTER)
-            client.xadd(DEAD_LETTER, {"id": _text(entry_id), "error": "malformed entry"})
-    if not ids:
+
+    def __init__(self, directory: str | os.PathLike, batch: int = 1000) -> None:
+        self.directory = Path(directory)
+        self.batch = batch
+        self._known: dict[str, int] = {}
+
+    def drain_once(self, conn: psycopg.Connection) -> tuple[int, bool]:
+        """One batch from every segment: (lines settled, whether some segment has more right away)."""
+        settled, more = 0, False
+        present = set()
+        for path in segments(self.directory):
+            present.add(path.name)
+            n, has_more = self._drain_segment(conn, path)
+            settled += n
+            more |= has_more
+        for gone in self._known.keys() - present:
+            del self._known[gone]
+        _remove_abandoned_temporaries(self.directory)
+        return settled, more
+
+    def _drain_segment(self, conn: psycopg.Connection, path: Path) -> tuple[int, bool]:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0, False  # another drainer finished it and deleted it
+        try:
+            sealed = _is_sealed(fd)  # checked before reading: a segment sealed now has its final size
+            size = os.fstat(fd).st_size
+            if not sealed and self._known.get(path.name) == size:
+                return 0, False
+            done = self._drain_batch(conn, fd, path.name, size, sealed)
+        finally:
+            os.close(fd)
+        if done.skipped:
+            return 0, False
+        self._known[path.name] = done.drained
+        if done.finished:
+            path.unlink(missing_ok=True)
+            self._known.pop(path.name, None)
+        return done.settled, done.drained < size
+
+    def _drain_batch(self, conn: psycopg.Connection, fd: int, segment: str, size: int, sealed: bool) -> _Round:
+        sql = queries.load("tracking")
+        if segment not in self._known:
+            conn.execute(sql["spool-register-segment"], {"segment": segment})
+        with conn.transaction():
+            row = conn.execute(sql["spool-lock-segment"], {"segment": segment}).fetchone()
+            if row is None:
+                return _Round(0, 0, False, skipped=True)
+            offset = row["drained_bytes"] if isinstance(row, dict) else row[0]
+            want = min(size - offset, max(2 * _MAX_LINE, self.batch * 600))
+            data = os.pread(fd, want, offset) if want > 0 else b""
+            lines, used = _complete_lines(data, offset, self.batch)
+            rejects: list[tuple[int, bytes, str]] = []
+            if not lines and data and (len(data) >= _MAX_LINE or sealed):
+                # no newline in a line's worth of bytes, or a torn last line of a segment nobody writes any more
+                used = min(len(data), _MAX_LINE)
+                rejects.append((offset, data[:used], "incomplete or oversized spool line"))
+            events, line_at = [], {}
+            for line_offset, line in lines:
+                event = _parse(f"spool:{segment}:{line_offset}", line)
+                if event is None:
+                    rejects.append((line_offset, line, "malformed spool line"))
+                else:
+                    events.append(event)
+                    line_at[event.key] = (line_offset, line)
+            refused = _store(conn, events) if events else []
+            rejects.extend((*line_at[event.key], error) for event, error in refused)
+            for line_offset, line, error in rejects:
+                log.error("tracking spool line %s:%d refused, kept in tracking_spool_rejects: %s", segment,
+                          line_offset, error)
+                conn.execute(sql["spool-reject"], {"segment": segment, "byte_offset": line_offset,
+                                                   "line": line.decode("utf-8", "replace"), "error": error})
+            drained = offset + used
+            finished = sealed and drained >= size
+            conn.execute(sql["spool-advance"], {"segment": segment, "drained_bytes": drained,
+                                                "events": len(events) - len(refused), "rejected": len(rejects),
+                                                "finished": finished})
+        if not conn.autocommit:
+            conn.commit()  # conn.transaction() inside a caller's open transaction is only a savepoint
+        return _Round(len(lines) + (0 if lines else len(rejects)), drained, finished)
+
+
+def _remove_abandoned_temporaries(directory: Path, older_than: float = 60.0) -> None:
+    """A writer killed between creating a segment and renaming it into place leaves an empty `.<name>.new`."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(f"{SEGMENT_SUFFIX}.new"):
+            try:
+                if time.time() - entry.stat().st_mtime > older_than:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+
+
+def drain_once(directory: str | os.PathLike, conn: psycopg.Connection, batch: int = 1000) -> int:
+    """Move up to `batch` lines of every segment into email_events; returns how many lines were settled."""
+    return SpoolDrainer(directory, batch).drain_once(conn)[0]
+
+
+def backlog(directory: str | os.PathLike, conn: psycopg.Connection) -> int:
+    """Bytes written to the spool and not yet drained into PostgreSQL (0: everything is stored)."""
+    paths = segments(directory)
+    if not paths:
         return 0
-    if events:
-        _store(conn, client, events)
-    pipe = client.pipeline(transaction=True)
-    pipe.xack(STREAM, GROUP, *ids)
-    # only one group reads the stream, so an acknowledged entry is done: delete it to keep the stream small
-    pipe.xdel(STREAM, *ids)
-    pipe.execute()
-    return len(set(ids))
-
-
-def backlog(client: redis.Redis) -> int:
-    """Entries not yet settled: still in the stream (pending or not yet delivered)."""
-    return int(client.xlen(STREAM))
+    rows = conn.execute(queries.load("tracking")["spool-drained-bytes"],
+                        {"segments": [p.name for p in paths]}).fetchall()
+    drained = {(r["segment"] if isinstance(r, dict) else r[0]): (r["drained_bytes"] if isinstance(r, dict) else r[1])
+               for r in rows}
+    total = 0
+    for path in paths:
+        try:
+            total += max(0, path.stat().st_size - drained.get(path.name, 0))
+        except FileNotFoundError:
+            continue  # drained and deleted meanwhile
+    return total
 
 
 class Drainer(threading.Thread):
-    """A daemon thread that keeps draining the stream into PostgreSQL, reconnecting after failures."""
+    """A daemon thread that keeps draining the spool into PostgreSQL, reconnecting after failures."""
 
-    def __init__(self, redis_factory: Callable[[], redis.Redis], connect: Callable[[], psycopg.Connection], *,
-                 batch: int = 1000, block_ms: int = 1000, linger: float = 0.2,
-                 claim_every: float = 30.0) -> None:
+    def __init__(self, directory: str | os.PathLike, connect: Callable[[], psycopg.Connection], *,
+                 batch: int = 1000, linger: float = 0.2) -> None:
         super().__init__(name="tracking-drainer", daemon=True)
-        self._redis_factory = redis_factory
+        self._drainer = SpoolDrainer(directory, batch)
         self._connect = connect
-        self.batch = batch
-        self.block_ms = block_ms
-        # after a short batch, wait a little so the next one is bigger: fewer transactions for the same events
+        # when every segment is caught up, wait a little so the next batch is bigger: fewer transactions
         self.linger = linger
-        self.claim_every = claim_every
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -313,24 +430,17 @@ class Drainer(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
-        client = self._redis_factory()
         conn: psycopg.Connection | None = None
-        consumer = default_consumer()
-        last_claim = 0.0
         failures = 0
         while not self._stopping.is_set():
             try:
                 if conn is None or conn.closed:
                     conn = self._connect()
-                claim = time.monotonic() - last_claim >= self.claim_every
-                settled = drain_once(client, conn, self.batch, consumer=consumer, block_ms=self.block_ms,
-                                     claim_idle_ms=CLAIM_IDLE_MS if claim else None)
-                if claim:
-                    last_claim = time.monotonic()
+                _, more = self._drainer.drain_once(conn)
                 failures = 0
-                if settled < self.batch:
+                if not more:
                     self._stopping.wait(self.linger)
-            except Exception:  # the thread must survive outages; entries stay pending meanwhile
+            except Exception:  # the thread must survive outages; the lines stay in the spool meanwhile
                 failures += 1
                 log.exception("tracking drainer round failed (%d in a row); retrying", failures)
                 if conn is not None:

@@ -8,7 +8,7 @@
                       suppress the address, unsubscribe its list memberships and record the event, synchronously in
                       PostgreSQL, then 200 with a page. No redirect, no cookie, idempotent.
 
-Opens and clicks go to a Redis stream (tracking_service.events_buffer) and are flagged, never dropped, when they
+Opens and clicks go to a spool on local disk (tracking_service.events_buffer) and are flagged, never dropped, when they
 look like machines: Apple Mail Privacy Protection prefetches, link scanners, HEAD requests.
 """
 
@@ -17,10 +17,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import threading
 
 import psycopg
-import redis
 from flask import Blueprint, Response, current_app, g, render_template, request
 from psycopg.types.json import Jsonb
 
@@ -73,32 +71,9 @@ def close_db(exc: BaseException | None = None) -> None:
         conn.close()
 
 
-_resources_lock = threading.Lock()
-
-
-def get_redis() -> redis.Redis:
-    """The process's Redis client (thread-safe connection pool), built on first use, after gunicorn forked."""
-    client = current_app.extensions.get("tracking_redis")
-    if client is None:
-        with _resources_lock:
-            client = current_app.extensions.get("tracking_redis")
-            if client is None:
-                settings = current_app.config["SETTINGS"]
-                client = redis.Redis.from_url(db.redis_url(settings.redis_conn_id), socket_timeout=5,
-                                              socket_connect_timeout=5)
-                current_app.extensions["tracking_redis"] = client
-    return client
-
-
-def get_event_writer() -> events_buffer.GroupCommitWriter:
-    """The process's writer of buffered events: concurrent requests share Redis round trips (group commit)."""
-    writer = current_app.extensions.get("tracking_event_writer")
-    if writer is None:
-        client = get_redis()
-        with _resources_lock:
-            writer = current_app.extensions.setdefault("tracking_event_writer",
-                                                       events_buffer.GroupCommitWriter(client))
-    return writer
+def get_spool() -> events_buffer.Spool:
+    """The process's spool writer (create_app made it; it opens its segment file lazily, after gunicorn forked)."""
+    return current_app.extensions["tracking_spool"]
 
 
 def get_codec() -> TokenCodec:
@@ -174,12 +149,12 @@ def open_pixel(token: str) -> Response:
         ip, ua = _client_ip(), _user_agent()
         reasons = machine_open_reasons(ip, ua, request.method)
         try:
-            events_buffer.buffer_event(get_event_writer(), type="open", campaign_id=payload.campaign_id,
+            events_buffer.buffer_event(get_spool(), type="open", campaign_id=payload.campaign_id,
                                        recipient_id=payload.recipient_id, ip=_ip_text(ip), user_agent=ua,
                                        is_machine=bool(reasons), reasons=reasons, method=request.method)
-        except redis.RedisError:
+        except OSError:
             # the reader still gets the image; the lost open is logged for the operator
-            log.exception("open of campaign %s recipient %s not recorded: Redis failed", payload.campaign_id,
+            log.exception("open of campaign %s recipient %s not recorded: the spool refused it", payload.campaign_id,
                           payload.recipient_id)
     return Response(PIXEL_GIF, status=200, mimetype="image/gif", headers=NO_CACHE)
 
@@ -213,13 +188,13 @@ def click(token: str):
     ua, method = _user_agent(), request.method
     reasons = machine_click_reasons(ua, method)
     try:
-        events_buffer.buffer_event(get_event_writer(), type="click", campaign_id=payload.campaign_id,
+        events_buffer.buffer_event(get_spool(), type="click", campaign_id=payload.campaign_id,
                                    recipient_id=payload.recipient_id, link_id=payload.link_id,
                                    ip=_ip_text(_client_ip()), user_agent=ua, is_machine=bool(reasons),
                                    reasons=reasons, method=method)
-    except redis.RedisError:
+    except OSError:
         # the person still reaches the page; the lost click is logged for the operator
-        log.exception("click of campaign %s recipient %s not recorded: Redis failed", payload.campaign_id,
+        log.exception("click of campaign %s recipient %s not recorded: the spool refused it", payload.campaign_id,
                       payload.recipient_id)
     return Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
 

@@ -202,7 +202,8 @@ def local_ses_messages(s: StackSettings, timeout: float = 600) -> list[dict]:
 
 def start_tracking(s: StackSettings) -> None:
     cert, key = self_signed_certificate(s)
-    env = {**os.environ, **app_env(s)}
+    # opens and clicks wait here for the drainer threads; kept across restarts like the databases
+    env = {**os.environ, **app_env(s), "TRACKING_SPOOL_DIR": str(s.state_dir / "tracking-spool")}
     spawn("tracking", [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{s.tracking_port}", "--workers", "2",
                        "--worker-class", "gthread", "--threads", "8", "--keep-alive", "30",
                        "--certfile", str(cert), "--keyfile", str(key), "--access-logfile", "-",

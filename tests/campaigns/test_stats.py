@@ -1,8 +1,9 @@
 """Campaign stats rollups: incremental runs equal a from-scratch count, late commits are counted exactly once,
 retention prunes only what was rolled up, and the read API states its rates' denominators.
 
-Events are written the way the product writes them: opens and clicks through the Redis stream and its drainer,
-SES notifications through campaigns.ses_events.record_notification, unsubscribes with the tracking service's query.
+Events are written the way the product writes them: opens and clicks through the tracking service's spool and its
+drainer, SES notifications through campaigns.ses_events.record_notification, unsubscribes with the tracking
+service's query.
 """
 
 from __future__ import annotations
@@ -76,12 +77,19 @@ def make_campaign(db, key: str, started: datetime, sent: int) -> tuple[int, list
     return campaign_id, ids
 
 
-def track(redis_client, db, *events) -> None:
-    """Opens/clicks through the tracking service's Redis stream, then one drain into PostgreSQL."""
+@pytest.fixture
+def spool(tmp_path):
+    spool = events_buffer.Spool(tmp_path / "spool")
+    yield spool
+    spool.close()
+
+
+def track(spool, db, *events) -> None:
+    """Opens/clicks through the tracking service's spool, then drained into PostgreSQL."""
     for type_, campaign_id, recipient_id, at, extra in events:
-        events_buffer.buffer_event(redis_client, type=type_, campaign_id=campaign_id, recipient_id=recipient_id,
+        events_buffer.buffer_event(spool, type=type_, campaign_id=campaign_id, recipient_id=recipient_id,
                                    occurred=at.timestamp(), user_agent="Mozilla/5.0 (Macintosh) Mail", **extra)
-    events_buffer.drain_once(redis_client, db, consumer="test")
+    events_buffer.drain_once(spool.directory, db)
 
 
 def ses_event(conn, settings, kind: str, message_id: str, at: datetime, email: str = "x@example.org",
@@ -210,10 +218,10 @@ def two_campaigns(db):
     return a, b
 
 
-def test_incremental_rollups_equal_a_from_scratch_count(db, redis_client, settings, two_campaigns):
+def test_incremental_rollups_equal_a_from_scratch_count(db, spool, settings, two_campaigns):
     (a, ra), (b, rb) = two_campaigns
     machine = {"is_machine": True, "reasons": ["apple_proxy_ip"]}
-    track(redis_client, db,
+    track(spool, db,
           ("open", a, ra[0], T0 + timedelta(hours=2), {}),
           ("open", a, ra[0], T0 + timedelta(hours=2, minutes=5), machine),
           ("open", a, ra[1], T0 + timedelta(hours=1), machine),
@@ -238,7 +246,7 @@ def test_incremental_rollups_equal_a_from_scratch_count(db, redis_client, settin
     ses_event(db, settings, "Bounce", "msg-a-5", T0 + timedelta(hours=4), bounceType="Permanent")
     ses_event(db, settings, "Complaint", "msg-a-3", T0 + timedelta(hours=6), complaintFeedbackType="abuse")
     unsubscribe(db, a, ra[4])
-    track(redis_client, db,
+    track(spool, db,
           ("click", a, ra[2], T0 + timedelta(hours=7), {"link_id": 1}),
           ("click", a, ra[0], T0 + timedelta(hours=8), {"link_id": 0}),
           ("open", a, ra[0], T0 + timedelta(minutes=30), {}),
@@ -291,7 +299,7 @@ def test_an_event_committed_late_with_a_lower_id_is_counted_exactly_once(db, dsn
     assert_matches_scratch(db, a)
 
 
-def test_only_campaigns_that_changed_have_their_ledger_recounted(db, redis_client, settings, two_campaigns):
+def test_only_campaigns_that_changed_have_their_ledger_recounted(db, spool, settings, two_campaigns):
     (a, _), (b, _) = two_campaigns
     running = insert_campaign(db, "running")
     db.execute("UPDATE campaigns SET status = 'running', started_at = %s WHERE id = %s", [T0, running])
@@ -307,22 +315,22 @@ def test_only_campaigns_that_changed_have_their_ledger_recounted(db, redis_clien
     db.execute("UPDATE campaigns SET status = 'sent', updated_at = now() WHERE id = %s", [running])
     assert stats.refresh(db)["campaigns_recounted"] == 1  # its final state move
     assert stats.refresh(db)["campaigns_recounted"] == 0
-    track(redis_client, db, ("open", running, row, T0 + timedelta(hours=1), {}))
+    track(spool, db, ("open", running, row, T0 + timedelta(hours=1), {}))
     assert stats.refresh(db) == {"events": 1, "campaigns_recounted": 0, "first_run": False}  # opens move no row
     assert_matches_scratch(db, a, b, running)
 
 
-def test_retention_prunes_only_rolled_up_events_and_the_numbers_stay(db, redis_client, settings):
+def test_retention_prunes_only_rolled_up_events_and_the_numbers_stay(db, spool, settings):
     long_ago = datetime.now(UTC) - timedelta(days=500)
     campaign_id, ids = make_campaign(db, "old", long_ago, sent=2)
-    track(redis_client, db, ("open", campaign_id, ids[0], long_ago + timedelta(hours=1), {}))
+    track(spool, db, ("open", campaign_id, ids[0], long_ago + timedelta(hours=1), {}))
     backdate = "UPDATE email_events SET created_at = occurred_at WHERE created_at > now() - interval '1 day'"
     db.execute(backdate)
     assert stats.prune_events(db, 400) == 0  # nothing rolled up yet: nothing may go
 
     stats.refresh(db)
     before = rolled_up(db, campaign_id)
-    track(redis_client, db, ("open", campaign_id, ids[1], long_ago + timedelta(hours=2), {}))
+    track(spool, db, ("open", campaign_id, ids[1], long_ago + timedelta(hours=2), {}))
     db.execute(backdate)  # old, but not rolled up yet
     recent = datetime.now(UTC) - timedelta(days=1)
     ses_event(db, settings, "Delivery", "msg-old-0", recent)
@@ -337,16 +345,16 @@ def test_retention_prunes_only_rolled_up_events_and_the_numbers_stay(db, redis_c
     assert db.execute("SELECT type FROM email_events").fetchall() == [{"type": "delivery"}]
 
     # the first recipient opens again: its first open is remembered although its events are gone
-    track(redis_client, db, ("open", campaign_id, ids[0], datetime.now(UTC), {}))
+    track(spool, db, ("open", campaign_id, ids[0], datetime.now(UTC), {}))
     stats.refresh(db)
     numbers = stats.campaign_stats(db, campaign_id)
     assert (numbers["opens"], numbers["unique_opens"], numbers["delivered"]) == (3, 2, 1)
 
 
-def test_campaign_stats_states_every_rate_with_its_denominator(db, redis_client, settings):
+def test_campaign_stats_states_every_rate_with_its_denominator(db, spool, settings):
     campaign_id, ids = make_campaign(db, "rates", T0, sent=4)
     never = insert_campaign(db, "never-rolled-up")
-    track(redis_client, db,
+    track(spool, db,
           ("open", campaign_id, ids[0], T0 + timedelta(hours=1), {}),
           ("click", campaign_id, ids[1], T0 + timedelta(hours=1), {"link_id": 1}))
     ses_event(db, settings, "Bounce", "msg-rates-3", T0, bounceType="Permanent")
@@ -371,9 +379,9 @@ def test_campaign_stats_states_every_rate_with_its_denominator(db, redis_client,
         stats.campaign_stats(db, 999_999)
 
 
-def test_series_is_hourly_for_the_first_seven_days_then_daily(db, redis_client):
+def test_series_is_hourly_for_the_first_seven_days_then_daily(db, spool):
     campaign_id, ids = make_campaign(db, "series", T0, sent=1)
-    track(redis_client, db,
+    track(spool, db,
           ("open", campaign_id, ids[0], T0 + timedelta(hours=1, minutes=10), {}),
           ("open", campaign_id, ids[0], T0 + timedelta(days=7, hours=5), {}),   # same UTC day as hour 168: hourly
           ("open", campaign_id, ids[0], T0 + timedelta(days=9, hours=3), {}))
@@ -398,9 +406,9 @@ def test_refresh_refuses_a_connection_inside_a_transaction(db, dsn, settings, tw
     assert db.execute("SELECT count(*) AS n FROM campaign_stats").fetchone()["n"] == 0
 
 
-def test_analytics_doc_queries_run_against_the_rollups(db, redis_client, settings, two_campaigns):
+def test_analytics_doc_queries_run_against_the_rollups(db, spool, settings, two_campaigns):
     (a, ra), _ = two_campaigns
-    track(redis_client, db, ("open", a, ra[0], datetime.now(UTC) - timedelta(hours=1), {}),
+    track(spool, db, ("open", a, ra[0], datetime.now(UTC) - timedelta(hours=1), {}),
           ("click", a, ra[0], datetime.now(UTC) - timedelta(minutes=50), {"link_id": 0}))
     ses_event(db, settings, "Bounce", "msg-a-1", datetime.now(UTC) - timedelta(hours=2), bounceType="Permanent")
     db.execute("UPDATE campaigns SET finished_at = now() - interval '1 hour' WHERE id = %s", [a])

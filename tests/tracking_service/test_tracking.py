@@ -1,12 +1,15 @@
-"""The tracking endpoints against real PostgreSQL and Redis (db 1): pixel, click, one-click unsubscribe, drain."""
+"""The tracking endpoints against real PostgreSQL and a spool in a temporary folder: pixel, click, one-click
+unsubscribe, drain."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
 from campaigns.links import register_links
 from campaigns.tokens import TokenCodec
+from devstack.processes import poll
 from tests.helpers import add_contacts
 from tracking_service import create_app, events_buffer, tracking
 
@@ -15,9 +18,14 @@ HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML,
 
 
 @pytest.fixture
-def app(settings, redis_client):
+def spool_dir(tmp_path):
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def app(settings, spool_dir):
     tracking._link_cache.clear()
-    app = create_app({"TESTING": True, "TRACKING_DRAINER": False})
+    app = create_app({"TESTING": True, "TRACKING_DRAINER": False, "TRACKING_SPOOL_DIR": spool_dir})
     yield app
     tracking._link_cache.clear()
 
@@ -60,8 +68,13 @@ def _events(conn, type_: str | None = None):
     return conn.execute("SELECT * FROM email_events WHERE type = %s ORDER BY id", [type_]).fetchall()
 
 
-def _drain(redis_client, db) -> int:
-    return events_buffer.drain_once(redis_client, db, consumer="test")
+def _drain(spool_dir, db) -> int:
+    return events_buffer.drain_once(spool_dir, db)
+
+
+def _spooled(spool_dir) -> int:
+    """Bytes in the spool's segments: 0 when a request buffered nothing."""
+    return sum(path.stat().st_size for path in events_buffer.segments(spool_dir))
 
 
 def _state(conn) -> tuple:
@@ -86,12 +99,12 @@ def _assert_pixel(response):
     assert "Set-Cookie" not in response.headers
 
 
-def test_pixel_records_open_for_valid_token(client, codec, campaign, db, redis_client):
+def test_pixel_records_open_for_valid_token(client, codec, campaign, db, spool_dir):
     campaign_id, (ann, _) = campaign
     response = client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif", headers={"User-Agent": HUMAN_UA},
                           environ_base={"REMOTE_ADDR": "203.0.113.9"})
     _assert_pixel(response)
-    assert _drain(redis_client, db) == 1
+    assert _drain(spool_dir, db) == 1
     [event] = _events(db)
     assert (event["type"], event["campaign_id"], event["recipient_id"]) == ("open", campaign_id, ann)
     assert event["email"] == "Ann@Example.com"
@@ -107,31 +120,31 @@ def test_pixel_records_open_for_valid_token(client, codec, campaign, db, redis_c
     lambda t: "x' OR '1'='1",  # SQL metacharacters
     lambda t: "1;DROP TABLE email_events--",
 ])
-def test_pixel_returns_gif_but_records_nothing_for_bad_token(client, codec, campaign, db, redis_client, mutate):
+def test_pixel_returns_gif_but_records_nothing_for_bad_token(client, codec, campaign, db, spool_dir, mutate):
     campaign_id, (ann, _) = campaign
     before = _state(db)
     _assert_pixel(client.get(f"/o/{mutate(codec.open_token(campaign_id, ann))}.gif"))
-    assert redis_client.exists(events_buffer.STREAM) == 0
-    _drain(redis_client, db)
+    assert _spooled(spool_dir) == 0
+    _drain(spool_dir, db)
     assert _state(db) == before
 
 
-def test_pixel_rejects_click_token_of_same_ids(client, codec, campaign, db, redis_client):
+def test_pixel_rejects_click_token_of_same_ids(client, codec, campaign, db, spool_dir):
     campaign_id, (ann, _) = campaign
     _assert_pixel(client.get(f"/o/{codec.click_token(campaign_id, ann, 0)}.gif"))
-    assert redis_client.exists(events_buffer.STREAM) == 0
+    assert _spooled(spool_dir) == 0
 
 
 @pytest.mark.parametrize(("ip", "ua", "reason"), [
     ("17.58.100.1", HUMAN_UA, "apple_proxy_ip"),
     ("198.51.100.7", "Mozilla/5.0", "apple_proxy_user_agent"),
 ])
-def test_apple_privacy_proxy_open_is_flagged_machine_not_dropped(client, codec, campaign, db, redis_client, ip, ua,
+def test_apple_privacy_proxy_open_is_flagged_machine_not_dropped(client, codec, campaign, db, spool_dir, ip, ua,
                                                                  reason):
     campaign_id, (ann, _) = campaign
     client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif", headers={"User-Agent": ua},
                environ_base={"REMOTE_ADDR": ip})
-    _drain(redis_client, db)
+    _drain(spool_dir, db)
     [event] = _events(db)
     assert event["is_machine"] is True
     assert reason in event["payload"]["machine_reasons"]
@@ -140,12 +153,12 @@ def test_apple_privacy_proxy_open_is_flagged_machine_not_dropped(client, codec, 
 # ---- click redirect -------------------------------------------------------------------------------------------
 
 def test_click_redirects_to_exact_campaign_link_and_records_click_and_implied_open(client, codec, campaign, db,
-                                                                                    redis_client):
+                                                                                    spool_dir):
     campaign_id, (ann, _) = campaign
     response = client.get(f"/c/{codec.click_token(campaign_id, ann, 1)}", headers={"User-Agent": HUMAN_UA})
     assert response.status_code == 302
     assert response.headers["Location"] == LINKS[1]
-    assert _drain(redis_client, db) == 1
+    assert _drain(spool_dir, db) == 1
     [click] = _events(db, "click")
     assert (click["campaign_id"], click["recipient_id"], click["link_id"]) == (campaign_id, ann, 1)
     assert click["is_machine"] is False
@@ -154,22 +167,22 @@ def test_click_redirects_to_exact_campaign_link_and_records_click_and_implied_op
     assert opened["recipient_id"] == ann
 
 
-def test_click_after_recorded_open_adds_no_implied_open(client, codec, campaign, db, redis_client):
+def test_click_after_recorded_open_adds_no_implied_open(client, codec, campaign, db, spool_dir):
     campaign_id, (ann, _) = campaign
     client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif", headers={"User-Agent": HUMAN_UA})
     client.get(f"/c/{codec.click_token(campaign_id, ann, 0)}", headers={"User-Agent": HUMAN_UA})
     client.get(f"/c/{codec.click_token(campaign_id, ann, 1)}", headers={"User-Agent": HUMAN_UA})
-    _drain(redis_client, db)
+    _drain(spool_dir, db)
     assert [e["subtype"] for e in _events(db, "open")] == [None]
     assert len(_events(db, "click")) == 2
 
 
-def test_second_click_adds_no_second_implied_open(client, codec, campaign, db, redis_client):
+def test_second_click_adds_no_second_implied_open(client, codec, campaign, db, spool_dir):
     campaign_id, (ann, _) = campaign
     client.get(f"/c/{codec.click_token(campaign_id, ann, 0)}", headers={"User-Agent": HUMAN_UA})
-    _drain(redis_client, db)
+    _drain(spool_dir, db)
     client.get(f"/c/{codec.click_token(campaign_id, ann, 1)}", headers={"User-Agent": HUMAN_UA})
-    _drain(redis_client, db)
+    _drain(spool_dir, db)
     assert len(_events(db, "open")) == 1
 
 
@@ -178,12 +191,12 @@ def test_second_click_adds_no_second_implied_open(client, codec, campaign, db, r
     ("GET", "Mozilla/5.0 (compatible; Barracuda Sentinel)", "scanner_user_agent"),
     ("GET", "python-requests/2.32", "scanner_user_agent"),
 ])
-def test_scanner_clicks_are_flagged_machine(client, codec, campaign, db, redis_client, method, ua, reason):
+def test_scanner_clicks_are_flagged_machine(client, codec, campaign, db, spool_dir, method, ua, reason):
     campaign_id, (ann, _) = campaign
     response = client.open(f"/c/{codec.click_token(campaign_id, ann, 0)}", method=method, headers={"User-Agent": ua})
     assert response.status_code == 302
     assert response.headers["Location"] == LINKS[0]
-    _drain(redis_client, db)
+    _drain(spool_dir, db)
     [click] = _events(db, "click")
     assert click["is_machine"] is True
     assert reason in click["payload"]["machine_reasons"]
@@ -191,26 +204,26 @@ def test_scanner_clicks_are_flagged_machine(client, codec, campaign, db, redis_c
     assert implied["is_machine"] is True
 
 
-def test_click_within_seconds_of_send_is_flagged_machine(client, codec, db, redis_client):
+def test_click_within_seconds_of_send_is_flagged_machine(client, codec, db, spool_dir):
     campaign_id, (fresh,) = _campaign(db, "fresh", LINKS, ["fresh@example.com"], sent_seconds_ago=2)
     client.get(f"/c/{codec.click_token(campaign_id, fresh, 0)}", headers={"User-Agent": HUMAN_UA})
-    _drain(redis_client, db)
+    _drain(spool_dir, db)
     [click] = _events(db, "click")
     assert click["is_machine"] is True
     assert "within_seconds_of_send" in click["payload"]["machine_reasons"]
 
 
 def test_click_token_for_link_of_another_campaign_is_404_without_redirect(client, codec, campaign, db,
-                                                                          redis_client):
+                                                                          spool_dir):
     other_id, (carl,) = _campaign(db, "other", ["https://other.example.net/"], ["carl@example.com"])
     # link 1 exists only in the first campaign; the other campaign has link 0 only
     response = client.get(f"/c/{codec.click_token(other_id, carl, 1)}")
     assert response.status_code == 404
     assert "Location" not in response.headers
-    assert redis_client.exists(events_buffer.STREAM) == 0
+    assert _spooled(spool_dir) == 0
 
 
-def test_click_for_unknown_campaign_is_404(client, codec, db, redis_client):
+def test_click_for_unknown_campaign_is_404(client, codec, db, spool_dir):
     response = client.get(f"/c/{codec.click_token(987654, 1, 0)}")
     assert response.status_code == 404
     assert "Location" not in response.headers
@@ -219,7 +232,7 @@ def test_click_for_unknown_campaign_is_404(client, codec, db, redis_client):
 @pytest.mark.parametrize("bad", [
     "tampered", "truncated", "x' OR '1'='1", "%27%3B--", "1%20UNION%20SELECT%201", "open-token",
 ])
-def test_bad_click_tokens_are_404_and_change_nothing(client, codec, campaign, db, redis_client, bad):
+def test_bad_click_tokens_are_404_and_change_nothing(client, codec, campaign, db, spool_dir, bad):
     campaign_id, (ann, _) = campaign
     good = codec.click_token(campaign_id, ann, 0)
     token = {"tampered": good[:-1] + ("A" if good[-1] != "A" else "B"), "truncated": good[:-5],
@@ -228,7 +241,7 @@ def test_bad_click_tokens_are_404_and_change_nothing(client, codec, campaign, db
     response = client.get(f"/c/{token}")
     assert response.status_code == 404
     assert "Location" not in response.headers
-    assert redis_client.exists(events_buffer.STREAM) == 0
+    assert _spooled(spool_dir) == 0
     assert _state(db) == before
 
 
@@ -335,86 +348,113 @@ def test_bad_unsubscribe_tokens_show_error_page_and_change_nothing(client, codec
     assert _state(db) == before
 
 
-# ---- drain: durability and idempotency ------------------------------------------------------------------------
+# ---- drain: durability and idempotency (more in test_spool.py) ------------------------------------------------
 
-def test_buffered_events_appear_in_postgres_after_drain_once(client, codec, campaign, db, redis_client):
+def test_buffered_events_appear_in_postgres_after_drain_once(client, codec, campaign, db, spool_dir):
     campaign_id, recipients = campaign
     for recipient_id in recipients:
         for _ in range(3):
             client.get(f"/o/{codec.open_token(campaign_id, recipient_id)}.gif", headers={"User-Agent": HUMAN_UA})
     assert _events(db) == []
-    assert events_buffer.drain_once(redis_client, db, batch=4, consumer="test") == 4
-    assert events_buffer.drain_once(redis_client, db, batch=4, consumer="test") == 2
-    assert events_buffer.drain_once(redis_client, db, batch=4, consumer="test") == 0
+    assert events_buffer.drain_once(spool_dir, db, batch=4) == 4
+    assert events_buffer.drain_once(spool_dir, db, batch=4) == 2
+    assert events_buffer.drain_once(spool_dir, db, batch=4) == 0
     assert len(_events(db, "open")) == 6
-    assert events_buffer.backlog(redis_client) == 0
+    assert events_buffer.backlog(spool_dir, db) == 0
 
 
-def test_crash_between_read_and_ack_loses_nothing_and_duplicates_nothing(client, codec, campaign, db, redis_client):
+def test_events_survive_a_database_outage_and_are_stored_once_it_is_back(client, codec, campaign, db, spool_dir,
+                                                                        monkeypatch):
     campaign_id, (ann, bob) = campaign
-    for recipient_id in (ann, bob):
-        client.get(f"/o/{codec.open_token(campaign_id, recipient_id)}.gif", headers={"User-Agent": HUMAN_UA})
-    client.get(f"/c/{codec.click_token(campaign_id, bob, 0)}", headers={"User-Agent": HUMAN_UA})
-    # a worker reads the batch, inserts it, then dies before XACK
-    events_buffer.ensure_group(redis_client)
-    read = redis_client.xreadgroup(events_buffer.GROUP, "dead-worker", {events_buffer.STREAM: ">"}, count=100)
-    entries = read[0][1]
-    assert len(entries) == 3
-    parsed = [events_buffer._parse(entry_id, fields) for entry_id, fields in entries]
-    events_buffer._store(db, redis_client, parsed)
-    assert len(_events(db)) == 3
-    # another worker that claims nothing yet sees no new entries: they are pending for the dead one
-    assert events_buffer.drain_once(redis_client, db, consumer="alive", claim_idle_ms=None) == 0
-    # once idle long enough (0 ms here) the live worker claims and drains them; idempotent by stream id
-    assert events_buffer.drain_once(redis_client, db, consumer="alive", claim_idle_ms=0) == 3
-    events = _events(db)
-    assert sorted((e["type"], e["recipient_id"]) for e in events) == [("click", bob), ("open", ann), ("open", bob)]
-    assert redis_client.xpending(events_buffer.STREAM, events_buffer.GROUP)["pending"] == 0
-    assert events_buffer.backlog(redis_client) == 0
-
-
-def test_crash_before_insert_loses_nothing(client, codec, campaign, db, redis_client):
-    campaign_id, (ann, _) = campaign
     client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif", headers={"User-Agent": HUMAN_UA})
-    events_buffer.ensure_group(redis_client)
-    redis_client.xreadgroup(events_buffer.GROUP, "dead-worker", {events_buffer.STREAM: ">"}, count=100)
+    monkeypatch.setattr(events_buffer, "_insert", _failing_insert)
+    with pytest.raises(psycopg.OperationalError):
+        events_buffer.drain_once(spool_dir, db)
+    # PostgreSQL "down": the request path does not touch it, so opens and clicks are still taken and answered
+    response = client.get(f"/c/{codec.click_token(campaign_id, bob, 0)}", headers={"User-Agent": HUMAN_UA})
+    assert response.status_code == 302
     assert _events(db) == []
-    assert events_buffer.drain_once(redis_client, db, consumer="alive", claim_idle_ms=0) == 1
-    assert len(_events(db)) == 1
+    monkeypatch.undo()
+    assert _drain(spool_dir, db) == 2
+    assert sorted((e["type"], e["subtype"] or "", e["recipient_id"]) for e in _events(db)) == [
+        ("click", "", bob), ("open", "", ann), ("open", "implied_by_click", bob)]
+    assert events_buffer.backlog(spool_dir, db) == 0
 
 
-def test_events_of_deleted_campaign_are_settled_not_stuck(client, codec, campaign, db, redis_client):
+def _failing_insert(conn, events):
+    raise psycopg.OperationalError("connection to server lost")
+
+
+def test_events_of_deleted_campaign_are_settled_not_stuck(client, codec, campaign, db, spool_dir):
     campaign_id, (ann, _) = campaign
     client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif")
     db.execute("DELETE FROM campaigns WHERE id = %s", [campaign_id])
-    assert _drain(redis_client, db) == 1
+    assert _drain(spool_dir, db) == 1
     assert _events(db) == []
-    assert events_buffer.backlog(redis_client) == 0
+    assert events_buffer.backlog(spool_dir, db) == 0
 
 
-def test_drain_command_empties_the_stream(client, codec, campaign, db, redis_client, capsys):
+def test_pixel_and_click_still_answer_when_the_spool_refuses_the_write(client, codec, campaign, db, spool_dir,
+                                                                     monkeypatch, caplog):
+    campaign_id, (ann, _) = campaign
+
+    def disk_full(self, line):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(events_buffer.Spool, "append", disk_full)
+    _assert_pixel(client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif"))
+    response = client.get(f"/c/{codec.click_token(campaign_id, ann, 0)}")
+    assert response.status_code == 302
+    assert response.headers["Location"] == LINKS[0]
+    assert "not recorded: the spool refused it" in caplog.text
+
+
+def test_drain_command_empties_the_spool(client, codec, campaign, db, spool_dir, capsys):
     from tracking_service import drain
 
     campaign_id, (ann, _) = campaign
     client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif")
-    assert drain.main([]) == 0
-    assert "drained 1 entries" in capsys.readouterr().out
+    assert drain.main(["--spool-dir", str(spool_dir)]) == 0
+    assert "drained 1 events; 0 bytes left" in capsys.readouterr().out
     assert len(_events(db)) == 1
 
 
-def test_drainer_thread_started_lazily_per_worker(settings, db, redis_client, codec):
+def test_drainer_thread_started_lazily_per_worker(settings, db, spool_dir, codec):
     campaign_id, (ann,) = _campaign(db, "thread", LINKS, ["t@example.com"])
-    app = create_app({"TESTING": True, "TRACKING_DRAINER": True})
+    app = create_app({"TESTING": True, "TRACKING_DRAINER": True, "TRACKING_SPOOL_DIR": spool_dir})
     try:
         app.test_client().get(f"/o/{codec.open_token(campaign_id, ann)}.gif")
         drainer = app.extensions["tracking_drainer"]
         assert drainer.is_alive()
-        import time
-
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not _events(db):
-            time.sleep(0.1)
+        poll(lambda: _events(db), what="the open drained by the worker's thread", timeout=10, interval=0.05)
         assert len(_events(db)) == 1
     finally:
         app.extensions["tracking_drainer"].stop()
         app.extensions["tracking_drainer"].join(5)
+
+
+# ---- health ---------------------------------------------------------------------------------------------------
+
+def test_healthz_is_200_when_postgres_answers_and_the_spool_is_writable(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "checks": {"postgres": "ok", "spool": "ok"}}
+
+
+def test_healthz_is_503_naming_postgres_when_it_does_not_answer(client, monkeypatch):
+    from tracking_service import health
+
+    monkeypatch.setattr(health.db, "postgres_dsn", lambda: "postgresql://nobody@127.0.0.1:1/none")
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["postgres"].startswith("error: ")
+    assert response.get_json()["checks"]["spool"] == "ok"
+
+
+def test_healthz_is_503_naming_the_spool_when_its_folder_is_gone(client, spool_dir):
+    import shutil
+
+    shutil.rmtree(spool_dir)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["checks"] == {"postgres": "ok", "spool": "error: missing or not writable"}

@@ -12,16 +12,16 @@ SELECT url FROM campaign_links WHERE campaign_id = %(campaign_id)s AND link_id =
 
 -- name: insert-buffered-events
 -- One statement per drained batch (arrays in, unnest out) instead of one INSERT per event.
--- Idempotency: sns_message_id (UNIQUE) holds 'stream:' plus the Redis stream entry id, so an entry delivered
--- twice (crash between COMMIT and XACK, or claimed from a dead consumer) is inserted once.
+-- Idempotency: sns_message_id (UNIQUE) holds the event's spool key, 'spool:<segment>:<byte offset>', so a line can
+-- never be inserted twice, whatever a drainer did before it crashed (the segment offset already makes it so).
 -- The joins drop events whose campaign or ledger row no longer exists instead of failing the whole batch on a
 -- foreign key, and give the address and sent_at: a click within scanner_seconds of sending is a machine click.
 WITH batch AS (
     SELECT *
-      FROM unnest(%(stream_ids)s::text[], %(types)s::text[], %(campaign_ids)s::bigint[],
+      FROM unnest(%(event_keys)s::text[], %(types)s::text[], %(campaign_ids)s::bigint[],
                   %(recipient_ids)s::bigint[], %(link_ids)s::integer[], %(ips)s::inet[], %(user_agents)s::text[],
                   %(machine)s::boolean[], %(reasons)s::text[], %(methods)s::text[], %(occurred)s::float8[])
-           AS u(stream_id, type, campaign_id, recipient_id, link_id, ip, user_agent, is_machine, reasons, method,
+           AS u(event_key, type, campaign_id, recipient_id, link_id, ip, user_agent, is_machine, reasons, method,
                 occurred_epoch)
 ), resolved AS (
     SELECT b.*, r.email, to_timestamp(b.occurred_epoch) AS occurred_at,
@@ -34,8 +34,8 @@ WITH batch AS (
     INSERT INTO email_events (campaign_id, recipient_id, email, type, subtype, link_id, ip, user_agent, is_machine,
                               sns_message_id, payload, occurred_at)
     SELECT campaign_id, recipient_id, email, type, NULL, link_id, ip, user_agent, is_machine OR fast_click,
-           'stream:' || stream_id,
-           jsonb_build_object('stream_id', stream_id, 'method', method,
+           event_key,
+           jsonb_build_object('spool_key', event_key, 'method', method,
                               'machine_reasons', to_jsonb(array_remove(
                                   string_to_array(reasons, ',') || CASE WHEN fast_click THEN 'within_seconds_of_send' END,
                                   NULL))),
@@ -87,3 +87,26 @@ INSERT INTO email_events (campaign_id, recipient_id, email, type, subtype, ip, u
 VALUES (%(campaign_id)s, %(recipient_id)s, %(email)s, 'unsubscribe', %(subtype)s, %(ip)s, %(user_agent)s,
         'unsubscribe:' || %(campaign_id)s::text || ':' || %(recipient_id)s::text, %(payload)s)
 ON CONFLICT (sns_message_id) DO NOTHING
+
+-- name: spool-register-segment
+INSERT INTO tracking_spool_segments (segment) VALUES (%(segment)s) ON CONFLICT (segment) DO NOTHING
+
+-- name: spool-lock-segment
+-- The segment's drain position, locked for this transaction; no row when another drainer holds it (skip it).
+SELECT drained_bytes, finished_at FROM tracking_spool_segments WHERE segment = %(segment)s FOR UPDATE SKIP LOCKED
+
+-- name: spool-advance
+-- Commits with the events it covers: the next drainer starts exactly where this one stopped.
+UPDATE tracking_spool_segments
+   SET drained_bytes = %(drained_bytes)s, drained_events = drained_events + %(events)s,
+       rejected_lines = rejected_lines + %(rejected)s, updated_at = now(),
+       finished_at = CASE WHEN %(finished)s THEN now() END
+ WHERE segment = %(segment)s
+
+-- name: spool-reject
+INSERT INTO tracking_spool_rejects (segment, byte_offset, line, error)
+VALUES (%(segment)s, %(byte_offset)s, %(line)s, %(error)s)
+ON CONFLICT (segment, byte_offset) DO NOTHING
+
+-- name: spool-drained-bytes
+SELECT segment, drained_bytes FROM tracking_spool_segments WHERE segment = ANY(%(segments)s::text[])

@@ -1,0 +1,47 @@
+"""Tracking spool: how far each spool segment of the tracking service has been drained, and the lines refused.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-29
+"""
+
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute(
+        """
+        -- One row per spool segment file (tracking_service.events_buffer). drained_bytes advances in the same
+        -- transaction as the INSERT of the events it covers, so a drainer crash can neither lose nor repeat one.
+        -- The row outlives its file: a re-listed file that was already drained reads nothing.
+        CREATE TABLE tracking_spool_segments (
+            segment         text PRIMARY KEY,
+            drained_bytes   bigint NOT NULL DEFAULT 0 CHECK (drained_bytes >= 0),
+            drained_events  bigint NOT NULL DEFAULT 0,
+            rejected_lines  bigint NOT NULL DEFAULT 0,
+            created_at      timestamptz NOT NULL DEFAULT now(),
+            updated_at      timestamptz NOT NULL DEFAULT now(),
+            finished_at     timestamptz  -- the writer was gone and every byte was drained: the file is deleted
+        );
+
+        -- A spool line PostgreSQL refused or that could not be parsed: kept with the reason, never silently dropped.
+        CREATE TABLE tracking_spool_rejects (
+            id          bigserial PRIMARY KEY,
+            segment     text NOT NULL,
+            byte_offset bigint NOT NULL,
+            line        text NOT NULL,
+            error       text NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (segment, byte_offset)
+        );
+        """
+    )
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE tracking_spool_rejects; DROP TABLE tracking_spool_segments;")
