@@ -485,9 +485,21 @@ def test_tracking_service_and_airflow_read_the_same_settings():
     shared = ("AIRFLOW_CONN_", "TRACKING_", "SES_", "SNS_")
     worker, tracking = environment(services()["airflow-worker"]), environment(services()["tracking"])
     worker_settings = {k: v for k, v in worker.items() if k.startswith(shared)}
-    tracking_settings = {k: v for k, v in tracking.items() if k.startswith(shared)}
+    tracking_only = {"TRACKING_SPOOL_DIR"}  # where the tracking service spools events: nothing for Airflow
+    tracking_settings = {k: v for k, v in tracking.items() if k.startswith(shared) and k not in tracking_only}
     assert worker_settings == tracking_settings
     assert {"AIRFLOW_CONN_CAMPAIGN_DB", "AIRFLOW_CONN_REDIS_DEFAULT", "TRACKING_SECRET_KEYS"} <= set(tracking)
+
+
+def test_tracking_spool_is_a_named_volume_owned_by_the_container_user():
+    tracking = services()["tracking"]
+    spool_dir = environment(tracking)["TRACKING_SPOOL_DIR"]
+    mounts = {interpolate(v).split(":")[1]: interpolate(v).split(":")[0] for v in tracking["volumes"]}
+    assert mounts.get(spool_dir) in compose()["volumes"], "the spool must outlive the container"
+    # a fresh named volume takes the owner and mode of the image's mount point: airflow:0, group-writable
+    dockerfile = (DOCKER_DIR / "Dockerfile").read_text()
+    for step in ("mkdir -p", "chown airflow:0", "chmod 2770"):
+        assert re.search(rf"{step} [^\n]*{re.escape(spool_dir)}", dockerfile), f"Dockerfile: {step} {spool_dir}"
 
 
 def test_postgres_init_creates_the_campaign_database_the_connection_uses():
