@@ -105,7 +105,7 @@ def test_campaign_end_to_end_through_the_rest_api(stack, api, stack_db, tls):
             [ledger[opener]["id"]]).fetchall()
         return {r["type"]: r["n"] for r in rows} == {"open": 1, "click": 1}
 
-    poll(tracked, what="the open and the click in email_events (drained from the stream)", timeout=60, interval=0.5)
+    poll(tracked, what="the open and the click in email_events (drained from the spool)", timeout=60, interval=0.5)
     assert stack_db.execute("SELECT reason FROM suppressions WHERE email = %s",
                             [unsubscriber]).fetchone() == {"reason": "unsubscribe"}
 
