@@ -9,7 +9,7 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from campaigns.config import Settings
+from campaigns.config import ConfigError, Settings
 from tracking_service import events_buffer
 
 
@@ -23,20 +23,22 @@ def create_app(test_config: dict | None = None) -> Flask:
         # `python -m tracking_service.drain --follow` does it
         TRACKING_DRAINER=os.environ.get("TRACKING_DRAINER", "1").lower() not in ("0", "false", "no"),
         # how many reverse proxies in front append to X-Forwarded-For (0: trust the socket address only)
-        TRUSTED_PROXY_HOPS=int(os.environ.get("TRACKING_TRUSTED_PROXY_HOPS", "0")),
+        TRUSTED_PROXY_HOPS=_number("TRACKING_TRUSTED_PROXY_HOPS", int, 0),
         # where opens and clicks are spooled until the drainer stores them (local disk; keep it across restarts)
         TRACKING_SPOOL_DIR=os.environ.get("TRACKING_SPOOL_DIR", "tracking-spool"),
-        TRACKING_SPOOL_SEGMENT_BYTES=int(os.environ.get("TRACKING_SPOOL_SEGMENT_BYTES",
-                                                        str(events_buffer.DEFAULT_SEGMENT_BYTES))),
-        TRACKING_SPOOL_FSYNC_SECONDS=float(os.environ.get("TRACKING_SPOOL_FSYNC_SECONDS",
-                                                          str(events_buffer.DEFAULT_FSYNC_SECONDS))),
+        TRACKING_SPOOL_SEGMENT_BYTES=_number("TRACKING_SPOOL_SEGMENT_BYTES", int, events_buffer.DEFAULT_SEGMENT_BYTES),
+        TRACKING_SPOOL_FSYNC_SECONDS=_number("TRACKING_SPOOL_FSYNC_SECONDS", float,
+                                             events_buffer.DEFAULT_FSYNC_SECONDS),
     )
     if test_config:
         app.config.update(test_config)
     spool_dir = Path(app.config["TRACKING_SPOOL_DIR"]).resolve()
-    spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} cannot be created: {exc.strerror}") from exc
     if not os.access(spool_dir, os.W_OK | os.X_OK):
-        raise RuntimeError(f"TRACKING_SPOOL_DIR {spool_dir} is not writable by this user")
+        raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} is not writable by this user")
     app.config["TRACKING_SPOOL_DIR"] = spool_dir
     app.extensions["tracking_spool"] = events_buffer.Spool(
         spool_dir, segment_bytes=app.config["TRACKING_SPOOL_SEGMENT_BYTES"],
@@ -54,6 +56,16 @@ def create_app(test_config: dict | None = None) -> Flask:
     if app.config["TRACKING_DRAINER"]:
         _start_drainer_lazily(app)
     return app
+
+
+def _number(name: str, kind: type[int] | type[float], default: int | float) -> int | float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {raw!r}") from None
 
 
 def _start_drainer_lazily(app: Flask) -> None:

@@ -39,6 +39,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,12 @@ class Spool:
         self._size = 0
         self._dirty = False
         self.segment: Path | None = None
+        # a fork while another thread held the lock would leave the child's copy locked forever
+        this = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (spool := this()) is not None and spool._new_lock())
+
+    def _new_lock(self) -> None:
+        self._lock = threading.Lock()
 
     def append(self, line: bytes) -> None:
         """Write one complete line; returns once the kernel has it (it then survives a crash of this process)."""
@@ -130,8 +137,11 @@ class Spool:
 
     def _rotate(self) -> None:
         if self._pid != os.getpid():
-            # a forked child inherited the parent's descriptor and lock: leave both alone, start its own segment
-            self._fd, self._pid = None, os.getpid()
+            # a forked child inherited the parent's descriptor, which shares the parent's lock: drop the child's
+            # reference (the parent's segment stays the parent's) and start a segment of its own
+            inherited, self._fd, self._pid = self._fd, None, os.getpid()
+            if inherited is not None:
+                os.close(inherited)
             threading.Thread(target=self._flush_loop, name="tracking-spool-flush", daemon=True).start()
         self._close_current()
         self.directory.mkdir(parents=True, exist_ok=True)

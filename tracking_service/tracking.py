@@ -182,7 +182,15 @@ def click(token: str):
     payload = _decode(CLICK, token)
     if payload is None or payload.link_id is None:
         return _not_found_page("This link is not valid. It may have been copied incompletely.")
-    url = _link_target(payload.campaign_id, payload.link_id)
+    try:
+        url = _link_target(payload.campaign_id, payload.link_id)
+    except psycopg.OperationalError:
+        # a link this worker has not cached yet, with the database down: no target to send the reader to
+        log.exception("click of campaign %s: link %s not resolvable, database unavailable", payload.campaign_id,
+                      payload.link_id)
+        page = render_template("error.html", title="Try again",
+                               message="This link cannot be opened right now. Please try again in a minute.")
+        return page, 503, {"Cache-Control": "no-store", "Retry-After": "60"}
     if url is None:
         return _not_found_page("This link does not exist (any more).")
     ua, method = _user_agent(), request.method

@@ -611,7 +611,8 @@ def check_tracking(settings: Settings, get: Callable[..., tuple[int, str]] = htt
                      "start the tracking service and make TRACKING_BASE_URL its public address")
     if status != 200:
         return Check(name, FAIL, f"{url} answered {status}: {body[:300]}",
-                     "/healthz names what failed (PostgreSQL or Redis): see the tracking service's log")
+                     "/healthz names what failed (PostgreSQL, or the spool folder TRACKING_SPOOL_DIR): see the "
+                     "tracking service's log")
     if local:
         return Check(name, LOCAL, f"{url} answers 200; a loopback address is not reachable by SNS and its "
                                   "self-signed certificate is not checked")

@@ -343,7 +343,8 @@ def tracking_server(tmp_path_factory):
     from tracking_service import create_app
 
     cert, key = self_signed_certificate(StackSettings(state_dir=tmp_path_factory.mktemp("tls")))
-    server = make_server("127.0.0.1", 0, create_app({"TRACKING_DRAINER": False}), threaded=True,
+    app = create_app({"TRACKING_DRAINER": False, "TRACKING_SPOOL_DIR": tmp_path_factory.mktemp("spool")})
+    server = make_server("127.0.0.1", 0, app, threaded=True,
                          ssl_context=(str(cert), str(key)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -358,12 +359,13 @@ def test_local_tracking_service_answering_healthz_is_not_checkable_locally(base_
     assert "answers 200" in check.detail
 
 
-def test_tracking_service_whose_redis_is_down_fails_with_where_to_look(base_settings, tracking_server, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_REDIS_DEFAULT", "redis://127.0.0.1:1")
+def test_tracking_service_whose_database_is_down_fails_with_where_to_look(base_settings, tracking_server,
+                                                                        monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_CAMPAIGN_DB", "postgresql://nobody@127.0.0.1:1/none")
     check = doctor.check_tracking(replace(base_settings, tracking_base_url=tracking_server))
     assert check.status == FAIL
     assert "answered 503" in check.detail
-    assert '"redis"' in check.detail
+    assert '"postgres":"error: ' in check.detail.replace(" ", "").replace('error:', 'error: ')
     assert "tracking service's log" in check.fix
 
 

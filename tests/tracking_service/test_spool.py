@@ -98,6 +98,27 @@ def test_rotation_makes_new_segments_and_every_line_is_stored_once(spool_dir, le
     spool.close()
 
 
+def test_a_forked_worker_writes_its_own_segment_and_leaves_the_parents_alone(spool_dir, ledger, db):
+    campaign_id, (first, second, *_) = ledger
+    spool = events_buffer.Spool(spool_dir, fsync_seconds=0)
+    spool.append(_open(campaign_id, first))
+    [parents] = events_buffer.segments(spool_dir)
+    pid = os.fork()  # what gunicorn does with --preload
+    if pid == 0:
+        try:
+            spool.append(_open(campaign_id, second))
+        finally:
+            os._exit(0 if len(events_buffer.segments(spool_dir)) == 2 else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    while events_buffer.drain_once(spool_dir, db):
+        pass
+    assert _opens(db) == [first, second]
+    assert events_buffer.segments(spool_dir) == [parents]  # the child's is sealed and gone; the parent's is live
+    spool.append(_open(campaign_id, first))  # and still the parent's
+    assert events_buffer.segments(spool_dir) == [parents]
+    spool.close()
+
+
 _WRITER = """
 import os, sys
 from tracking_service import events_buffer

@@ -3,10 +3,13 @@ unsubscribe, drain."""
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from campaigns.config import ConfigError
 from campaigns.links import register_links
 from campaigns.tokens import TokenCodec
 from devstack.processes import poll
@@ -431,6 +434,40 @@ def test_drainer_thread_started_lazily_per_worker(settings, db, spool_dir, codec
     finally:
         app.extensions["tracking_drainer"].stop()
         app.extensions["tracking_drainer"].join(5)
+
+
+def test_click_on_an_uncached_link_while_the_database_is_down_is_503_not_a_redirect(client, codec, campaign,
+                                                                                    monkeypatch, spool_dir):
+    campaign_id, (ann, _) = campaign
+    monkeypatch.setattr(tracking, "get_db", _failing_db)
+    response = client.get(f"/c/{codec.click_token(campaign_id, ann, 0)}")
+    assert response.status_code == 503
+    assert "Location" not in response.headers
+    assert response.headers["Retry-After"] == "60"
+    assert _spooled(spool_dir) == 0
+
+
+def _failing_db():
+    raise psycopg.OperationalError("connection refused")
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("TRACKING_SPOOL_SEGMENT_BYTES", "16MB", "TRACKING_SPOOL_SEGMENT_BYTES must be a whole number, got '16MB'"),
+    ("TRACKING_SPOOL_FSYNC_SECONDS", "often", "TRACKING_SPOOL_FSYNC_SECONDS must be a number, got 'often'"),
+    ("TRACKING_TRUSTED_PROXY_HOPS", "1.5", "TRACKING_TRUSTED_PROXY_HOPS must be a whole number, got '1.5'"),
+])
+def test_bad_numeric_settings_stop_the_service_naming_the_variable(settings, spool_dir, monkeypatch, name, value,
+                                                                   message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        create_app({"TESTING": True, "TRACKING_DRAINER": False, "TRACKING_SPOOL_DIR": spool_dir})
+
+
+def test_a_spool_dir_that_cannot_be_created_stops_the_service_naming_it(settings, tmp_path):
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"TRACKING_SPOOL_DIR .*a-file/spool cannot be created"):
+        create_app({"TESTING": True, "TRACKING_DRAINER": False, "TRACKING_SPOOL_DIR": in_the_way / "spool"})
 
 
 # ---- health ---------------------------------------------------------------------------------------------------
