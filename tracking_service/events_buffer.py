@@ -1,9 +1,9 @@
 """Open and click events, appended to a spool on local disk and drained in bulk into PostgreSQL (email_events).
 
 Why a spool: an INSERT per request ran at about 0.3x a hello-world route, and a Redis XADD per request (even
-grouped) still cost a network round trip: on this kind of host one round trip is more CPU than the rest of the
-request. Appending a line to a file is one write(2) into the page cache. It also takes every network dependency
-off the request path: opens and clicks keep being recorded while PostgreSQL or Redis are down.
+grouped) still cost a network round trip: on this kind of host one round trip is more client CPU than Flask's
+whole handling of a request. Appending a line to a file is one write(2) into the page cache. It also takes every
+network dependency off the request path: opens and clicks keep being recorded while PostgreSQL or Redis are down.
 
 Files, in the spool directory (TRACKING_SPOOL_DIR):
 
