@@ -65,6 +65,16 @@ def redis_client():
 
 
 @pytest.fixture
+def spool(tmp_path):
+    """A tracking-service spool writer in a temporary folder (events_buffer.drain_once(spool.directory, db))."""
+    from tracking_service import events_buffer
+
+    spool = events_buffer.Spool(tmp_path / "spool")
+    yield spool
+    spool.close()
+
+
+@pytest.fixture
 def settings():
     get_settings.cache_clear()
     yield get_settings()

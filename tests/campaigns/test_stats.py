@@ -77,13 +77,6 @@ def make_campaign(db, key: str, started: datetime, sent: int) -> tuple[int, list
     return campaign_id, ids
 
 
-@pytest.fixture
-def spool(tmp_path):
-    spool = events_buffer.Spool(tmp_path / "spool")
-    yield spool
-    spool.close()
-
-
 def track(spool, db, *events) -> None:
     """Opens/clicks through the tracking service's spool, then drained into PostgreSQL."""
     for type_, campaign_id, recipient_id, at, extra in events:

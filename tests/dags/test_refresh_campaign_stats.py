@@ -25,12 +25,12 @@ def test_runs_every_five_minutes_one_at_a_time_without_catchup(stats_dag):
     assert [t.task_id for t in stats_dag.topological_sort()] == ["roll_up_stats", "prune_old_events"]
 
 
-def test_a_run_rolls_up_events_then_prunes_old_rolled_up_ones(stats_dag, db, redis_client, settings):
+def test_a_run_rolls_up_events_then_prunes_old_rolled_up_ones(stats_dag, db, spool, settings):
     now = datetime.now(UTC)
     campaign_id, ids = make_campaign(db, "dag", now - timedelta(days=450), sent=3)
-    track(redis_client, db, ("open", campaign_id, ids[0], now - timedelta(days=449), {}))
+    track(spool, db, ("open", campaign_id, ids[0], now - timedelta(days=449), {}))
     db.execute("UPDATE email_events SET created_at = occurred_at")  # an event from 449 days ago
-    track(redis_client, db, ("click", campaign_id, ids[1], now - timedelta(hours=1), {"link_id": 0}))
+    track(spool, db, ("click", campaign_id, ids[1], now - timedelta(hours=1), {"link_id": 0}))
 
     dag_run = stats_dag.test()
 
