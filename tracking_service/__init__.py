@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 from flask import Flask
@@ -39,6 +38,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} cannot be created: {exc.strerror}") from exc
     if not os.access(spool_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} is not writable by this user")
+    try:
+        events_buffer.check_locking(spool_dir)
+    except OSError as exc:
+        raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} must be on local disk: {exc.strerror or exc}") from exc
     app.config["TRACKING_SPOOL_DIR"] = spool_dir
     app.extensions["tracking_spool"] = events_buffer.Spool(
         spool_dir, segment_bytes=app.config["TRACKING_SPOOL_SEGMENT_BYTES"],
@@ -54,7 +57,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(webhooks.bp)
     app.teardown_appcontext(tracking.close_db)
     if app.config["TRACKING_DRAINER"]:
-        _start_drainer_lazily(app)
+        _start_drainer(app)
     return app
 
 
@@ -68,25 +71,27 @@ def _number(name: str, kind: type[int] | type[float], default: int | float) -> i
         raise ConfigError(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {raw!r}") from None
 
 
-def _start_drainer_lazily(app: Flask) -> None:
-    """Start the drainer thread on a worker's first request: threads do not survive gunicorn's fork (--preload)."""
+# The drainer's connection must not hang on a half-open socket (it would hold its segment's row lock meanwhile).
+DRAINER_CONNECT_OPTIONS = {
+    "autocommit": True, "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+    "keepalives_count": 3, "options": "-c statement_timeout=60s -c idle_in_transaction_session_timeout=60s",
+}
+
+
+def _start_drainer(app: Flask) -> None:
+    """A drainer thread in this process now, and in every process forked from it (threads do not survive a fork:
+    gunicorn --preload creates the app in the master, then forks the workers)."""
     from campaigns import db
 
     settings = app.config["SETTINGS"]
-    lock = threading.Lock()
-    started: dict[str, int] = {}
 
-    @app.before_request
-    def _ensure_drainer() -> None:
-        if started.get("pid") == os.getpid():
-            return
-        with lock:
-            if started.get("pid") == os.getpid():
-                return
-            drainer = events_buffer.Drainer(
-                app.config["TRACKING_SPOOL_DIR"],
-                lambda: db.connect(db.resolve_postgres_dsn(settings.db_conn_id), autocommit=True),
-            )
-            drainer.start()
-            app.extensions["tracking_drainer"] = drainer
-            started["pid"] = os.getpid()
+    def start() -> None:
+        drainer = events_buffer.Drainer(
+            app.config["TRACKING_SPOOL_DIR"],
+            lambda: db.connect(db.resolve_postgres_dsn(settings.db_conn_id), **DRAINER_CONNECT_OPTIONS),
+        )
+        drainer.start()
+        app.extensions["tracking_drainer"] = drainer
+
+    start()
+    os.register_at_fork(after_in_child=start)

@@ -15,7 +15,14 @@ import time
 
 from campaigns import db
 from campaigns.config import get_settings
-from tracking_service import events_buffer
+from tracking_service import DRAINER_CONNECT_OPTIONS, events_buffer
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,14 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tracking_service.drain", description=__doc__)
     parser.add_argument("--spool-dir", default=os.environ.get("TRACKING_SPOOL_DIR", "tracking-spool"),
                         help="the spool directory (default: TRACKING_SPOOL_DIR, else ./tracking-spool)")
-    parser.add_argument("--batch", type=int, default=1000, help="lines per INSERT (default 1000)")
+    parser.add_argument("--batch", type=_positive, default=1000, help="lines per INSERT (default 1000)")
     parser.add_argument("--follow", action="store_true", help="keep draining until interrupted")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = get_settings()
     drainer = events_buffer.SpoolDrainer(args.spool_dir, args.batch)
     total = 0
-    with db.connect(db.resolve_postgres_dsn(settings.db_conn_id), autocommit=True) as conn:
+    with db.connect(db.resolve_postgres_dsn(settings.db_conn_id), **DRAINER_CONNECT_OPTIONS) as conn:
         try:
             while True:
                 settled, more = drainer.drain_once(conn)

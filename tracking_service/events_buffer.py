@@ -31,6 +31,7 @@ dropped silently.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -55,6 +56,8 @@ SCANNER_SECONDS = 10.0  # a click this soon after the send is a link scanner, no
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 DEFAULT_FSYNC_SECONDS = 1.0
 _MAX_UA = 512
+PRUNE_EVERY_SECONDS = 3600.0
+FINISHED_ROWS_KEEP_DAYS = 7  # rows of deleted segments: kept a while for the operator, then pruned
 _MAX_LINE = 16 * 1024  # far above any line buffer_event writes (a 512-character agent escaped is ~3 KB)
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
 
@@ -91,7 +94,7 @@ def buffer_event(spool: Spool, **event) -> None:
 
 
 class Spool:
-    """This process's writer of spool segments; thread-safe, and safe across gunicorn's fork (opens lazily per pid).
+    """This process's writer of spool segments; thread-safe, and safe across fork (each process writes its own).
 
     One write(2) per event, under a lock so that rotation never closes the descriptor under a writing thread.
     """
@@ -107,16 +110,25 @@ class Spool:
         self.fsync_seconds = fsync_seconds
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._flushing_fd: int | None = None
         self._pid = 0
         self._size = 0
         self._dirty = False
+        self._closed = threading.Event()
         self.segment: Path | None = None
-        # a fork while another thread held the lock would leave the child's copy locked forever
         this = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (spool := this()) is not None and spool._new_lock())
+        os.register_at_fork(after_in_child=lambda: (spool := this()) is not None and spool._after_fork())
 
-    def _new_lock(self) -> None:
+    def _after_fork(self) -> None:
+        # The child shares the parent's open segment (and its flock): keeping a descriptor of it would keep the
+        # parent's segment looking live after the parent moved on. A lock held by another thread at fork time
+        # would stay held in the child forever: start with a new one.
         self._lock = threading.Lock()
+        for fd in (self._fd, self._flushing_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._flushing_fd = None
+        self._dirty = False
 
     def append(self, line: bytes) -> None:
         """Write one complete line; returns once the kernel has it (it then survives a crash of this process)."""
@@ -137,12 +149,10 @@ class Spool:
 
     def _rotate(self) -> None:
         if self._pid != os.getpid():
-            # a forked child inherited the parent's descriptor, which shares the parent's lock: drop the child's
-            # reference (the parent's segment stays the parent's) and start a segment of its own
-            inherited, self._fd, self._pid = self._fd, None, os.getpid()
-            if inherited is not None:
-                os.close(inherited)
-            threading.Thread(target=self._flush_loop, name="tracking-spool-flush", daemon=True).start()
+            self._pid = os.getpid()
+            self._closed.clear()
+            if self.fsync_seconds > 0:
+                threading.Thread(target=self._flush_loop, name="tracking-spool-flush", daemon=True).start()
         self._close_current()
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{_HOST}.{os.getpid()}.{time.time_ns()}{SEGMENT_SUFFIX}"
@@ -168,28 +178,56 @@ class Spool:
 
     def _flush_loop(self) -> None:
         pid = os.getpid()
-        while self._pid == pid and self.fsync_seconds > 0:
-            time.sleep(self.fsync_seconds)
-            self.flush()
+        while self._pid == pid and not self._closed.wait(self.fsync_seconds):
+            try:
+                self.flush()
+            except Exception:  # the thread must outlive a failed sync: the next interval tries again
+                log.exception("tracking spool: flushing %s failed", self.segment)
 
     def flush(self) -> None:
         """fdatasync what was appended since the last flush (the flusher thread calls this every interval)."""
         with self._lock:
             if not self._dirty or self._fd is None or self._pid != os.getpid():
                 return
-            fd, self._dirty = os.dup(self._fd), False  # sync a duplicate outside the lock: appends go on meanwhile
+            # sync a duplicate outside the lock, so appends go on meanwhile
+            fd = self._flushing_fd = os.dup(self._fd)
+            self._dirty = False
         try:
             os.fdatasync(fd)
-        except OSError:
-            log.exception("tracking spool: fdatasync of %s failed", self.segment)
         finally:
-            os.close(fd)
+            with self._lock:
+                if self._flushing_fd == fd:
+                    self._flushing_fd = None
+                    os.close(fd)
 
     def close(self) -> None:
-        """Seal the active segment (it is drained and deleted like any other)."""
+        """Seal the active segment (it is drained and deleted like any other) and stop the flusher."""
+        self._closed.set()
         with self._lock:
             if self._pid == os.getpid():
                 self._close_current()
+
+
+def check_locking(directory: str | os.PathLike) -> None:
+    """Refuse a file system whose flock(2) is not per open file (NFS, some FUSE/SMB mounts emulate it with POSIX
+    locks, which never conflict within one process): there a drainer would take a live segment for a sealed one."""
+    directory = Path(directory)
+    probe = directory / f".lock-probe.{os.getpid()}.{time.time_ns()}"
+    first = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        second = os.open(probe, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(second, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            raise OSError(errno.ENOLCK, "flock(2) locks here are not per open file (a network file system?)")
+        finally:
+            os.close(second)
+    finally:
+        os.close(first)
+        probe.unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -228,7 +266,7 @@ def _parse(key: str, line: bytes) -> BufferedEvent | None:
             link_id=None if link_id is None else int(link_id), ip=ip or None, user_agent=ua or None,
             is_machine=machine == 1, reasons=str(reasons), method=str(method or "GET"), occurred=float(occurred),
         )
-    except (TypeError, ValueError):  # not JSON, wrong arity or types
+    except (TypeError, ValueError, RecursionError, OverflowError):  # not JSON, wrong arity or types, absurd nesting
         return None
 
 
@@ -256,22 +294,21 @@ def _insert(conn: psycopg.Connection, events: list[BufferedEvent]) -> int:
     return inserted
 
 
-def _store(conn: psycopg.Connection, events: list[BufferedEvent]) -> list[tuple[BufferedEvent, str]]:
-    """Insert `events` inside the caller's transaction; returns the events PostgreSQL refused, with the reason."""
+def _store(conn: psycopg.Connection, events: list[BufferedEvent]) -> tuple[int, list[tuple[BufferedEvent, str]]]:
+    """Insert `events` inside the caller's transaction: (events inserted, [(event PostgreSQL refused, why)])."""
     try:
         with conn.transaction():  # a savepoint: a refusal undoes only this statement
-            _insert(conn, events)
-        return []
+            return _insert(conn, events), []
     except (psycopg.DataError, psycopg.IntegrityError):
         pass
-    refused = []  # one bad event poisons a multi-row statement: retry singly so only it is set aside
+    inserted, refused = 0, []  # one bad event poisons a multi-row statement: retry singly so only it is set aside
     for event in events:
         try:
             with conn.transaction():
-                _insert(conn, [event])
+                inserted += _insert(conn, [event])
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             refused.append((event, str(exc)[:500]))
-    return refused
+    return inserted, refused
 
 
 def _complete_lines(data: bytes, base: int, batch: int) -> tuple[list[tuple[int, bytes]], int]:
@@ -294,32 +331,52 @@ class _Round:
     settled: int  # lines stored or rejected
     drained: int  # the segment's drain position afterwards
     finished: bool  # sealed and drained to its end: delete the file
-    skipped: bool = False  # another drainer held the segment
+    more: bool  # another batch is waiting right now
+    skipped: bool = False  # another drainer held the segment (or its row is gone)
 
 
 class SpoolDrainer:
     """Moves spool lines into email_events, one transaction per segment and batch (see the module docstring).
 
     Remembers where each segment stood after its own commits, so an idle segment costs a stat(2), not a query.
+    Needs an autocommit connection: it commits once per segment and batch, and deletes files only after a commit.
     """
 
     def __init__(self, directory: str | os.PathLike, batch: int = 1000) -> None:
+        if batch < 1:
+            raise ValueError(f"the drain batch must be at least 1 line, got {batch}")
         self.directory = Path(directory)
         self.batch = batch
         self._known: dict[str, int] = {}
+        self._pruned_at = 0.0
 
     def drain_once(self, conn: psycopg.Connection) -> tuple[int, bool]:
-        """One batch from every segment: (lines settled, whether some segment has more right away)."""
+        """One batch from every segment: (lines settled, whether some segment has more right away).
+
+        A segment that fails for its own reasons (say a file the drainer may not read) is logged and skipped, so it
+        cannot hold up the others; a database that does not answer ends the round (the caller reconnects).
+        """
+        if not conn.autocommit:
+            raise ValueError("drain needs an autocommit connection: it commits per segment and batch itself")
         settled, more = 0, False
         present = set()
         for path in segments(self.directory):
             present.add(path.name)
-            n, has_more = self._drain_segment(conn, path)
+            try:
+                n, has_more = self._drain_segment(conn, path)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except Exception:
+                log.exception("tracking spool segment %s could not be drained this round; the others go on", path)
+                continue
             settled += n
             more |= has_more
         for gone in self._known.keys() - present:
             del self._known[gone]
         _remove_abandoned_temporaries(self.directory)
+        if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
+            conn.execute(queries.load("tracking")["spool-prune-finished"], {"days": FINISHED_ROWS_KEEP_DAYS})
+            self._pruned_at = time.monotonic()
         return settled, more
 
     def _drain_segment(self, conn: psycopg.Connection, path: Path) -> tuple[int, bool]:
@@ -336,12 +393,14 @@ class SpoolDrainer:
         finally:
             os.close(fd)
         if done.skipped:
+            # held by another drainer, or its row is gone (pruned): forget it, so the next round registers it again
+            self._known.pop(path.name, None)
             return 0, False
         self._known[path.name] = done.drained
         if done.finished:
             path.unlink(missing_ok=True)
             self._known.pop(path.name, None)
-        return done.settled, done.drained < size
+        return done.settled, done.more
 
     def _drain_batch(self, conn: psycopg.Connection, fd: int, segment: str, size: int, sealed: bool) -> _Round:
         sql = queries.load("tracking")
@@ -350,8 +409,13 @@ class SpoolDrainer:
         with conn.transaction():
             row = conn.execute(sql["spool-lock-segment"], {"segment": segment}).fetchone()
             if row is None:
-                return _Round(0, 0, False, skipped=True)
+                return _Round(0, 0, finished=False, more=False, skipped=True)
             offset = row["drained_bytes"] if isinstance(row, dict) else row[0]
+            if size < offset:
+                # the file lost bytes that were already stored: only a machine crash before the data reached the disk
+                # does that, and only to bytes written in the last TRACKING_SPOOL_FSYNC_SECONDS
+                log.warning("tracking spool segment %s is %d bytes, shorter than the %d already stored", segment,
+                            size, offset)
             want = min(size - offset, max(2 * _MAX_LINE, self.batch * 600))
             data = os.pread(fd, want, offset) if want > 0 else b""
             lines, used = _complete_lines(data, offset, self.batch)
@@ -368,21 +432,31 @@ class SpoolDrainer:
                 else:
                     events.append(event)
                     line_at[event.key] = (line_offset, line)
-            refused = _store(conn, events) if events else []
+            inserted, refused = _store(conn, events) if events else (0, [])
+            if len(events) - len(refused) > inserted:
+                # their campaign or ledger row was deleted meanwhile (its events went with it): nothing to attach to
+                log.info("tracking spool segment %s: %d events skipped, their campaign or recipient no longer exists",
+                         segment, len(events) - len(refused) - inserted)
             rejects.extend((*line_at[event.key], error) for event, error in refused)
             for line_offset, line, error in rejects:
                 log.error("tracking spool line %s:%d refused, kept in tracking_spool_rejects: %s", segment,
                           line_offset, error)
                 conn.execute(sql["spool-reject"], {"segment": segment, "byte_offset": line_offset,
-                                                   "line": line.decode("utf-8", "replace"), "error": error})
+                                                   "line": _printable(line), "error": error})
             drained = offset + used
             finished = sealed and drained >= size
-            conn.execute(sql["spool-advance"], {"segment": segment, "drained_bytes": drained,
-                                                "events": len(events) - len(refused), "rejected": len(rejects),
-                                                "finished": finished})
-        if not conn.autocommit:
-            conn.commit()  # conn.transaction() inside a caller's open transaction is only a savepoint
-        return _Round(len(lines) + (0 if lines else len(rejects)), drained, finished)
+            if used or finished:
+                conn.execute(sql["spool-advance"], {"segment": segment, "drained_bytes": drained,
+                                                    "events": inserted, "rejected": len(rejects),
+                                                    "finished": finished})
+        # more right away: the batch limit cut the lines, or a sealed segment still has bytes (a torn tail)
+        more = len(lines) == self.batch or (sealed and not finished)
+        return _Round(len(lines) + (0 if lines else len(rejects)), drained, finished=finished, more=more)
+
+
+def _printable(line: bytes) -> str:
+    """The line as text PostgreSQL accepts (no NUL), every byte that is not UTF-8 kept as an escape."""
+    return line.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
 
 
 def _remove_abandoned_temporaries(directory: Path, older_than: float = 60.0) -> None:

@@ -53,11 +53,13 @@ def recipients(db):
     return campaign_id, ids
 
 
-@pytest.fixture
-def service(tmp_path, settings):
-    """gunicorn with 2 workers x 4 threads, drainers off (the test drains after the crash); its own session."""
+@pytest.fixture(params=["drainer threads", "no drainer"])
+def service(request, tmp_path, settings):
+    """gunicorn with 2 workers x 4 threads in its own session; its drainer threads race the requests and the kill,
+    or are off (then everything is drained after the crash)."""
     port, spool_dir = _free_port(), tmp_path / "spool"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'include'}", "TRACKING_DRAINER": "0",
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'include'}",
+           "TRACKING_DRAINER": "1" if request.param == "drainer threads" else "0",
            "TRACKING_SPOOL_DIR": str(spool_dir)}
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -119,6 +120,45 @@ def test_a_forked_worker_writes_its_own_segment_and_leaves_the_parents_alone(spo
     spool.close()
 
 
+def test_a_forked_child_that_never_writes_does_not_keep_the_parents_segment_live(spool_dir, ledger):
+    campaign_id, (first, *_) = ledger
+    spool = events_buffer.Spool(spool_dir, fsync_seconds=0)
+    spool.append(_open(campaign_id, first))
+    [parents] = events_buffer.segments(spool_dir)
+    done_r, done_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a child that never appends: it says it runs (fork hooks done), then waits for the parent
+        os.close(done_w)
+        os.write(ready_w, b"r")
+        os.read(done_r, 1)
+        os._exit(0)
+    os.close(ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        spool.close()  # the parent moves on: its segment must be sealed although the child still lives
+        fd = os.open(parents, os.O_RDONLY)
+        try:
+            assert events_buffer._is_sealed(fd)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(done_w)
+        os.waitpid(pid, 0)
+        for fd in (done_r, ready_r):
+            os.close(fd)
+
+
+def test_a_file_system_without_per_file_flock_is_refused_at_start(spool_dir, settings, monkeypatch):
+    from campaigns.config import ConfigError
+    from tracking_service import create_app
+
+    # NFS and some FUSE mounts emulate flock(2) with POSIX locks, which never conflict within one process
+    monkeypatch.setattr(events_buffer.fcntl, "flock", events_buffer.fcntl.lockf)
+    with pytest.raises(ConfigError, match=r"TRACKING_SPOOL_DIR .* must be on local disk: .*not per open file"):
+        create_app({"TESTING": True, "TRACKING_DRAINER": False, "TRACKING_SPOOL_DIR": spool_dir})
+
+
 _WRITER = """
 import os, sys
 from tracking_service import events_buffer
@@ -173,32 +213,145 @@ def test_a_drainer_crash_before_commit_stores_nothing_and_the_next_round_stores_
     spool.close()
 
 
-def test_concurrent_drainers_share_segments_and_store_each_line_once(spool_dir, ledger, db, dsn):
+def test_concurrent_drainers_and_rotating_writers_store_each_line_exactly_once(spool_dir, ledger, db, dsn):
     campaign_id, ids = ledger
-    spools = [events_buffer.Spool(spool_dir, segment_bytes=400) for _ in range(3)]
-    for i, recipient_id in enumerate(ids * 4):
-        spools[i % 3].append(_open(campaign_id, recipient_id))
-    for spool in spools:
-        spool.close()
+    per_writer = [ids * 4, ids * 4, ids * 4]  # 3 writers x 200 events, a new segment every few lines
+    total = sum(map(len, per_writer))
+    writing = threading.Event()
+    writing.set()
+    settled: list[int] = []
     errors: list[BaseException] = []
+    deadline = time.monotonic() + 60
+
+    def write(recipients: list[int]) -> None:
+        spool = events_buffer.Spool(spool_dir, segment_bytes=400)
+        try:
+            for recipient_id in recipients:
+                spool.append(_open(campaign_id, recipient_id))
+        finally:
+            spool.close()
 
     def drain() -> None:
         try:
             with campaign_db.connect(dsn, autocommit=True) as conn:
-                drainer = events_buffer.SpoolDrainer(spool_dir, batch=3)
-                while drainer.drain_once(conn)[0] or events_buffer.segments(spool_dir):
-                    pass
+                drainer, mine = events_buffer.SpoolDrainer(spool_dir, batch=3), 0
+                while time.monotonic() < deadline:
+                    n, _ = drainer.drain_once(conn)
+                    mine += n
+                    if not n and not writing.is_set() and not events_buffer.segments(spool_dir):
+                        break
+                settled.append(mine)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=drain) for _ in range(4)]
-    for thread in threads:
+    drainers = [threading.Thread(target=drain, daemon=True) for _ in range(4)]
+    writers = [threading.Thread(target=write, args=(r,), daemon=True) for r in per_writer]
+    for thread in drainers + writers:
         thread.start()
-    for thread in threads:
+    for thread in writers:
+        thread.join(60)
+    writing.clear()
+    for thread in drainers:
         thread.join(60)
     assert errors == []
-    assert _opens(db) == sorted(ids * 4)
+    assert sum(settled) == total, "a line was drained twice (or never)"
+    assert _opens(db) == sorted(ids * 12)
+    stored = db.execute("SELECT sum(drained_events) AS n, count(*) AS segments FROM tracking_spool_segments").fetchone()
+    assert stored["n"] == total
+    assert stored["segments"] > 3  # the writers really rotated while the drainers ran
     assert events_buffer.segments(spool_dir) == []
+
+
+def test_a_nul_filled_tail_is_rejected_and_does_not_hold_up_other_segments(spool_dir, ledger, db):
+    campaign_id, (first, second, *_) = ledger
+    damaged = events_buffer.Spool(spool_dir)
+    damaged.append(_open(campaign_id, first))
+    damaged.close()
+    [segment] = events_buffer.segments(spool_dir)
+    with open(segment, "ab") as tail:  # what a machine crash can leave of unsynced blocks on ext4/XFS
+        tail.write(b"\0" * 300 + b"\n")
+    healthy = events_buffer.Spool(spool_dir)
+    healthy.append(_open(campaign_id, second))
+    healthy.close()
+    while events_buffer.drain_once(spool_dir, db):
+        pass
+    assert _opens(db) == [first, second]
+    [reject] = db.execute("SELECT line, error FROM tracking_spool_rejects").fetchall()
+    assert reject["line"] == "\\x00" * 300
+    assert reject["error"] == "malformed spool line"
+    assert events_buffer.segments(spool_dir) == []
+
+
+def test_a_segment_that_cannot_be_read_is_skipped_and_the_others_are_drained(spool_dir, ledger, db, monkeypatch,
+                                                                           caplog):
+    campaign_id, (first, second, *_) = ledger
+    for recipient_id in (first, second):
+        spool = events_buffer.Spool(spool_dir)
+        spool.append(_open(campaign_id, recipient_id))
+        spool.close()
+    unreadable, _ = events_buffer.segments(spool_dir)
+    real_open = os.open
+
+    def deny(path, flags, *args):
+        if Path(path) == unreadable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", deny)
+    events_buffer.drain_once(spool_dir, db)
+    assert _opens(db) == [second]
+    assert f"tracking spool segment {unreadable} could not be drained" in caplog.text
+    assert events_buffer.segments(spool_dir) == [unreadable]
+
+
+def test_a_live_segment_ending_in_a_partial_line_does_not_make_the_drainer_spin(spool_dir, ledger, db):
+    campaign_id, (first, *_) = ledger
+    spool = events_buffer.Spool(spool_dir)
+    spool.append(_open(campaign_id, first))
+    os.write(spool._fd, b'["open",1,')  # a writer caught in the middle of a line
+    drainer = events_buffer.SpoolDrainer(spool_dir)
+    assert drainer.drain_once(db) == (1, False)
+    assert drainer.drain_once(db) == (0, False)  # nothing to do right away: the drainer thread waits
+    spool.close()
+
+
+def test_a_pruned_segment_row_is_registered_again(spool_dir, ledger, db):
+    campaign_id, (first, second, *_) = ledger
+    spool = events_buffer.Spool(spool_dir)
+    spool.append(_open(campaign_id, first))
+    drainer = events_buffer.SpoolDrainer(spool_dir)
+    assert drainer.drain_once(db)[0] == 1
+    db.execute("DELETE FROM tracking_spool_segments")
+    spool.append(_open(campaign_id, second))
+    assert drainer.drain_once(db)[0] == 0  # the row is gone: skipped this round, forgotten
+    assert drainer.drain_once(db)[0] == 2  # registered again, read from the start
+    assert _opens(db) == [first, second]  # the re-read first line is not stored twice (its key is unique)
+    spool.close()
+
+
+def test_drain_refuses_a_connection_that_is_not_autocommit(spool_dir, dsn):
+    with campaign_db.connect(dsn) as conn, pytest.raises(ValueError, match="autocommit"):
+        events_buffer.drain_once(spool_dir, conn)
+
+
+def test_two_drainers_racing_on_one_recipients_clicks_record_one_implied_open(ledger, dsn, db):
+    campaign_id, (first, *_) = ledger
+
+    def click(key: str) -> events_buffer.BufferedEvent:
+        return events_buffer._parse(key, events_buffer.encode_event(
+            type="click", campaign_id=campaign_id, recipient_id=first, link_id=0))
+
+    with campaign_db.connect(dsn, autocommit=True) as a, campaign_db.connect(dsn, autocommit=True) as b:
+        with a.transaction():
+            events_buffer._store(a, [click("spool:a:0")])
+            # b stores the same recipient's other click while a has not committed: neither sees the other's open
+            racer = threading.Thread(target=lambda: events_buffer._store(b, [click("spool:b:0")]), daemon=True)
+            racer.start()
+            racer.join(1)
+        racer.join(30)
+    implied = db.execute("SELECT count(*) AS n FROM email_events WHERE subtype = 'implied_by_click'").fetchone()
+    clicks = db.execute("SELECT count(*) AS n FROM email_events WHERE type = 'click'").fetchone()
+    assert (clicks["n"], implied["n"]) == (2, 1)
 
 
 def test_torn_and_malformed_lines_are_kept_as_rejects_not_dropped_and_do_not_block(spool_dir, ledger, db):
@@ -260,7 +413,7 @@ def test_fsync_every_event_when_the_interval_is_zero(spool_dir, ledger, monkeypa
     spool = events_buffer.Spool(spool_dir, fsync_seconds=0)
     for recipient_id in ids[:3]:
         spool.append(_open(campaign_id, recipient_id))
-    assert len(synced) == 3
+    assert synced.count(spool._fd) == 3  # (other spools' flushers in this process may sync their own files)
     spool.close()
 
 

@@ -59,7 +59,9 @@ SELECT DISTINCT ON (c.recipient_id)
  WHERE c.sns_message_id = ANY(%(click_ids)s::text[])
    AND NOT EXISTS (SELECT 1 FROM email_events o WHERE o.recipient_id = c.recipient_id AND o.type = 'open')
  ORDER BY c.recipient_id, c.occurred_at
-ON CONFLICT (sns_message_id) DO NOTHING
+-- no conflict target: besides a repeated key, email_events_one_implied_open (one per ledger row) may conflict, when
+-- two drainers store clicks of the same recipient at the same time and neither sees the other's open yet
+ON CONFLICT DO NOTHING
 
 -- name: unsubscribe-recipient
 -- The ledger row a verified unsubscribe token names; the token's campaign must match (defence in depth).
@@ -110,3 +112,7 @@ ON CONFLICT (segment, byte_offset) DO NOTHING
 
 -- name: spool-drained-bytes
 SELECT segment, drained_bytes FROM tracking_spool_segments WHERE segment = ANY(%(segments)s::text[])
+
+-- name: spool-prune-finished
+-- Rows of segments whose files were drained and deleted; a re-listed name would read nothing anyway.
+DELETE FROM tracking_spool_segments WHERE finished_at < now() - make_interval(days => %(days)s)

@@ -39,9 +39,18 @@ def upgrade() -> None:
             created_at  timestamptz NOT NULL DEFAULT now(),
             UNIQUE (segment, byte_offset)
         );
+
+        -- One implied open per ledger row, whatever drainers race: two drainers storing clicks of one recipient at
+        -- the same time do not see each other's uncommitted open. Older duplicates are removed first.
+        DELETE FROM email_events e USING email_events k
+         WHERE e.subtype = 'implied_by_click' AND k.subtype = 'implied_by_click'
+           AND e.recipient_id = k.recipient_id AND e.id > k.id;
+        CREATE UNIQUE INDEX email_events_one_implied_open ON email_events (recipient_id)
+         WHERE subtype = 'implied_by_click';
         """
     )
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE tracking_spool_rejects; DROP TABLE tracking_spool_segments;")
+    op.execute("DROP INDEX IF EXISTS email_events_one_implied_open; DROP TABLE tracking_spool_rejects; "
+               "DROP TABLE tracking_spool_segments;")
