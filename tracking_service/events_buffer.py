@@ -460,18 +460,28 @@ def _printable(line: bytes) -> str:
 
 
 def _remove_abandoned_temporaries(directory: Path, older_than: float = 60.0) -> None:
-    """A writer killed between creating a segment and renaming it into place leaves an empty `.<name>.new`."""
+    """A writer killed between creating a segment and renaming it into place leaves an empty `.<name>.new` (and a
+    start killed mid-probe a `.lock-probe.*`): remove those that are old and that nobody holds locked."""
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return
     for entry in entries:
-        if entry.name.startswith(".") and entry.name.endswith(f"{SEGMENT_SUFFIX}.new"):
-            try:
-                if time.time() - entry.stat().st_mtime > older_than:
-                    os.unlink(entry.path)
-            except FileNotFoundError:
+        if not (entry.name.endswith(f"{SEGMENT_SUFFIX}.new") or entry.name.startswith(".lock-probe.")):
+            continue
+        try:
+            if time.time() - entry.stat().st_mtime <= older_than:
                 continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a writer still creating it holds it: leave it alone
+            os.unlink(entry.path)
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        finally:
+            os.close(fd)
 
 
 def drain_once(directory: str | os.PathLike, conn: psycopg.Connection, batch: int = 1000) -> int:

@@ -417,6 +417,22 @@ def test_fsync_every_event_when_the_interval_is_zero(spool_dir, ledger, monkeypa
     spool.close()
 
 
+def test_old_unlocked_temporaries_are_removed_but_a_held_or_recent_one_is_kept(spool_dir, db):
+    spool_dir.mkdir()
+    abandoned, held, recent = (spool_dir / f".vm.{n}.1.events.new" for n in (1, 2, 3))
+    for path in (abandoned, held, recent):
+        path.write_bytes(b"")
+    for path in (abandoned, held):
+        os.utime(path, (time.time() - 120, time.time() - 120))
+    holder = os.open(held, os.O_RDONLY)
+    try:
+        events_buffer.fcntl.flock(holder, events_buffer.fcntl.LOCK_EX)  # a writer between create and rename
+        events_buffer.drain_once(spool_dir, db)
+    finally:
+        os.close(holder)
+    assert sorted(p.name for p in spool_dir.iterdir()) == sorted([held.name, recent.name])
+
+
 def test_bad_spool_settings_are_refused_with_their_names(spool_dir):
     with pytest.raises(ValueError, match="TRACKING_SPOOL_SEGMENT_BYTES"):
         events_buffer.Spool(spool_dir, segment_bytes=0)
