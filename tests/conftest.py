@@ -64,6 +64,12 @@ def redis_client():
     client.close()
 
 
+@pytest.fixture(autouse=True)
+def _tracking_spool_dir(tmp_path, monkeypatch):
+    """Every tracking app a test builds spools into the test's own folder, never into the working directory."""
+    monkeypatch.setenv("TRACKING_SPOOL_DIR", str(tmp_path / "tracking-spool"))
+
+
 @pytest.fixture
 def spool(tmp_path):
     """A tracking-service spool writer in a temporary folder (events_buffer.drain_once(spool.directory, db))."""

@@ -488,7 +488,7 @@ def test_tracking_service_and_airflow_read_the_same_settings():
     tracking_only = {"TRACKING_SPOOL_DIR"}  # where the tracking service spools events: nothing for Airflow
     tracking_settings = {k: v for k, v in tracking.items() if k.startswith(shared) and k not in tracking_only}
     assert worker_settings == tracking_settings
-    assert {"AIRFLOW_CONN_CAMPAIGN_DB", "AIRFLOW_CONN_REDIS_DEFAULT", "TRACKING_SECRET_KEYS"} <= set(tracking)
+    assert {"AIRFLOW_CONN_CAMPAIGN_DB", "TRACKING_SECRET_KEYS", "TRACKING_SPOOL_DIR"} <= set(tracking)
 
 
 def test_tracking_spool_is_a_named_volume_owned_by_the_container_user():

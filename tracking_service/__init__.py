@@ -15,19 +15,19 @@ from tracking_service import events_buffer
 def create_app(test_config: dict | None = None) -> Flask:
     """App factory (gunicorn: `tracking_service:create_app()`); `test_config` overrides settings in tests."""
     app = Flask(__name__)
+    settings = Settings.from_env()
     app.config.from_mapping(
-        SETTINGS=Settings.from_env(),
+        SETTINGS=settings,
         MAX_CONTENT_LENGTH=256 * 1024,
-        # each worker drains buffered opens/clicks into PostgreSQL in a thread; off in tests and when a dedicated
+        # each worker drains spooled opens/clicks into PostgreSQL in a thread; off in tests and when a dedicated
         # `python -m tracking_service.drain --follow` does it
-        TRACKING_DRAINER=os.environ.get("TRACKING_DRAINER", "1").lower() not in ("0", "false", "no"),
+        TRACKING_DRAINER=settings.tracking_drainer,
         # how many reverse proxies in front append to X-Forwarded-For (0: trust the socket address only)
-        TRUSTED_PROXY_HOPS=_number("TRACKING_TRUSTED_PROXY_HOPS", int, 0),
+        TRUSTED_PROXY_HOPS=settings.tracking_trusted_proxy_hops,
         # where opens and clicks are spooled until the drainer stores them (local disk; keep it across restarts)
-        TRACKING_SPOOL_DIR=os.environ.get("TRACKING_SPOOL_DIR", "tracking-spool"),
-        TRACKING_SPOOL_SEGMENT_BYTES=_number("TRACKING_SPOOL_SEGMENT_BYTES", int, events_buffer.DEFAULT_SEGMENT_BYTES),
-        TRACKING_SPOOL_FSYNC_SECONDS=_number("TRACKING_SPOOL_FSYNC_SECONDS", float,
-                                             events_buffer.DEFAULT_FSYNC_SECONDS),
+        TRACKING_SPOOL_DIR=settings.tracking_spool_dir,
+        TRACKING_SPOOL_SEGMENT_BYTES=settings.tracking_spool_segment_bytes,
+        TRACKING_SPOOL_FSYNC_SECONDS=settings.tracking_spool_fsync_seconds,
     )
     if test_config:
         app.config.update(test_config)
@@ -36,12 +36,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} cannot be created: {exc.strerror}") from exc
-    if not os.access(spool_dir, os.W_OK | os.X_OK):
-        raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} is not writable by this user")
-    try:
-        events_buffer.check_locking(spool_dir)
-    except OSError as exc:
-        raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} must be on local disk: {exc.strerror or exc}") from exc
+    check_spool_dir(spool_dir)
     app.config["TRACKING_SPOOL_DIR"] = spool_dir
     app.extensions["tracking_spool"] = events_buffer.Spool(
         spool_dir, segment_bytes=app.config["TRACKING_SPOOL_SEGMENT_BYTES"],
@@ -61,14 +56,16 @@ def create_app(test_config: dict | None = None) -> Flask:
     return app
 
 
-def _number(name: str, kind: type[int] | type[float], default: int | float) -> int | float:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
+def check_spool_dir(spool_dir: Path) -> None:
+    """ConfigError unless `spool_dir` is a folder this user can write, on a file system with per-file flock."""
+    if not spool_dir.is_dir():
+        raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} does not exist or is not a folder")
+    if not os.access(spool_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} is not writable by this user")
     try:
-        return kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {raw!r}") from None
+        events_buffer.check_locking(spool_dir)
+    except OSError as exc:
+        raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} must be on local disk: {exc.strerror or exc}") from exc
 
 
 # The drainer's connection must not hang on a half-open socket (it would hold its segment's row lock meanwhile).

@@ -8,14 +8,15 @@ on the host (or volume) that holds TRACKING_SPOOL_DIR.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import os
+import signal
 import sys
-import time
+from pathlib import Path
 
 from campaigns import db
-from campaigns.config import get_settings
-from tracking_service import DRAINER_CONNECT_OPTIONS, events_buffer
+from campaigns.config import ConfigError, get_settings
+from tracking_service import DRAINER_CONNECT_OPTIONS, check_spool_dir, events_buffer
 
 
 def _positive(text: str) -> int:
@@ -26,30 +27,42 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Drain until the spool is empty (default) or forever with --follow; prints how many lines it settled."""
+    """Drain until the spool is caught up (default) or until stopped with --follow; says how many lines it settled."""
     parser = argparse.ArgumentParser(prog="python -m tracking_service.drain", description=__doc__)
-    parser.add_argument("--spool-dir", default=os.environ.get("TRACKING_SPOOL_DIR", "tracking-spool"),
-                        help="the spool directory (default: TRACKING_SPOOL_DIR, else ./tracking-spool)")
+    parser.add_argument("--spool-dir", help="the spool directory (default: TRACKING_SPOOL_DIR, else ./tracking-spool)")
     parser.add_argument("--batch", type=_positive, default=1000, help="lines per INSERT (default 1000)")
-    parser.add_argument("--follow", action="store_true", help="keep draining until interrupted")
+    parser.add_argument("--follow", action="store_true",
+                        help="keep draining until SIGTERM or Ctrl-C, reconnecting after database outages")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = get_settings()
-    drainer = events_buffer.SpoolDrainer(args.spool_dir, args.batch)
-    total = 0
-    with db.connect(db.resolve_postgres_dsn(settings.db_conn_id), **DRAINER_CONNECT_OPTIONS) as conn:
-        try:
+    spool_dir = Path(args.spool_dir or settings.tracking_spool_dir).resolve()
+    try:
+        check_spool_dir(spool_dir)  # a mistyped path would otherwise "drain" nothing and say all is well
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    dsn = db.resolve_postgres_dsn(settings.db_conn_id)
+    if args.follow:
+        # the web workers' drainer loop: reconnects with backoff, so an outage is waited out, not fatal
+        drainer = events_buffer.Drainer(spool_dir, lambda: db.connect(dsn, **DRAINER_CONNECT_OPTIONS),
+                                        batch=args.batch)
+        signal.signal(signal.SIGTERM, lambda *_: drainer.stop())
+        with contextlib.suppress(KeyboardInterrupt):
+            drainer.run()
+        settled = drainer.settled
+    else:
+        spool = events_buffer.SpoolDrainer(spool_dir, args.batch)
+        settled = 0
+        with db.connect(dsn, **DRAINER_CONNECT_OPTIONS) as conn:
             while True:
-                settled, more = drainer.drain_once(conn)
-                total += settled
-                if not more and not args.follow:
-                    break
+                n, more = spool.drain_once(conn)
+                settled += n
                 if not more:
-                    time.sleep(0.2)
-        except KeyboardInterrupt:
-            pass
-        left = events_buffer.backlog(args.spool_dir, conn)
-    print(f"drained {total} events; {left} bytes left in {args.spool_dir}")
+                    break
+    with db.connect(dsn, **DRAINER_CONNECT_OPTIONS) as conn:
+        left = events_buffer.backlog(spool_dir, conn)
+    print(f"settled {settled} lines; {left} bytes left in {spool_dir}")
     return 0
 
 

@@ -434,9 +434,10 @@ class SpoolDrainer:
                     line_at[event.key] = (line_offset, line)
             inserted, refused = _store(conn, events) if events else (0, [])
             if len(events) - len(refused) > inserted:
-                # their campaign or ledger row was deleted meanwhile (its events went with it): nothing to attach to
-                log.info("tracking spool segment %s: %d events skipped, their campaign or recipient no longer exists",
-                         segment, len(events) - len(refused) - inserted)
+                # their campaign or ledger row was deleted meanwhile (its events went with it): nothing to attach to;
+                # or, after a lost segment row, lines stored before and read again (their keys are taken)
+                log.warning("tracking spool segment %s: %d events not inserted: their campaign or recipient no "
+                            "longer exists, or they were stored before", segment, len(events) - len(refused) - inserted)
             rejects.extend((*line_at[event.key], error) for event, error in refused)
             for line_offset, line, error in rejects:
                 log.error("tracking spool line %s:%d refused, kept in tracking_spool_rejects: %s", segment,
@@ -518,6 +519,7 @@ class Drainer(threading.Thread):
         # when every segment is caught up, wait a little so the next batch is bigger: fewer transactions
         self.linger = linger
         self._stopping = threading.Event()
+        self.settled = 0  # lines stored or rejected by this drainer
 
     def stop(self) -> None:
         """Ask the thread to finish its current round and exit."""
@@ -530,7 +532,8 @@ class Drainer(threading.Thread):
             try:
                 if conn is None or conn.closed:
                     conn = self._connect()
-                _, more = self._drainer.drain_once(conn)
+                settled, more = self._drainer.drain_once(conn)
+                self.settled += settled
                 failures = 0
                 if not more:
                     self._stopping.wait(self.linger)

@@ -105,6 +105,12 @@ class Settings:
     reputation_max_complaint_rate: float = 0.001  # complaints / sample (0.001 = 0.1 %)
     reputation_check_seconds: float = 5.0  # how often a send task counts its campaign's events
     suppressions_export_dir: str | None = None  # None: <AIRFLOW_HOME>/exports
+    # Tracking service (tracking_service): the local-disk spool of opens and clicks, its drainers, proxies in front.
+    tracking_spool_dir: str = "tracking-spool"  # relative paths are relative to the working directory
+    tracking_spool_segment_bytes: int = 16 * 1024 * 1024
+    tracking_spool_fsync_seconds: float = 1.0  # 0: fdatasync after every event
+    tracking_drainer: bool = True  # a drainer thread in every web worker
+    tracking_trusted_proxy_hops: int = 0  # reverse proxies that append to X-Forwarded-For
     aws_conn_id: str = "aws_default"
     db_conn_id: str = "campaign_db"
     redis_conn_id: str = "redis_default"
@@ -150,6 +156,12 @@ class Settings:
             reputation_max_complaint_rate=_number(env, "REPUTATION_MAX_COMPLAINT_RATE", 0.001),
             reputation_check_seconds=_number(env, "REPUTATION_CHECK_SECONDS", 5.0, minimum=0.1),
             suppressions_export_dir=_lookup(env, "SUPPRESSIONS_EXPORT_DIR"),
+            tracking_spool_dir=_lookup(env, "TRACKING_SPOOL_DIR") or cls.tracking_spool_dir,
+            tracking_spool_segment_bytes=_number(env, "TRACKING_SPOOL_SEGMENT_BYTES", cls.tracking_spool_segment_bytes,
+                                                 minimum=1, integer=True),
+            tracking_spool_fsync_seconds=_number(env, "TRACKING_SPOOL_FSYNC_SECONDS", 1.0, minimum=0),
+            tracking_drainer=(_lookup(env, "TRACKING_DRAINER") or "1").lower() not in ("0", "false", "no", "off"),
+            tracking_trusted_proxy_hops=_number(env, "TRACKING_TRUSTED_PROXY_HOPS", 0, minimum=0, integer=True),
         )
         settings.validate()
         return settings

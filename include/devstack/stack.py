@@ -200,10 +200,15 @@ def local_ses_messages(s: StackSettings, timeout: float = 600) -> list[dict]:
         return json.load(response)["ses"]["RawMessage"]
 
 
+def tracking_env(s: StackSettings) -> dict[str, str]:
+    """Settings of the tracking service alone: opens and clicks wait in .local for the drainer threads, kept across
+    restarts like the databases (`make clean` deletes them)."""
+    return {"TRACKING_SPOOL_DIR": str(s.state_dir / "tracking-spool")}
+
+
 def start_tracking(s: StackSettings) -> None:
     cert, key = self_signed_certificate(s)
-    # opens and clicks wait here for the drainer threads; kept across restarts like the databases
-    env = {**os.environ, **app_env(s), "TRACKING_SPOOL_DIR": str(s.state_dir / "tracking-spool")}
+    env = {**os.environ, **app_env(s), **tracking_env(s)}
     spawn("tracking", [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{s.tracking_port}", "--workers", "2",
                        "--worker-class", "gthread", "--threads", "8", "--keep-alive", "30",
                        "--certfile", str(cert), "--keyfile", str(key), "--access-logfile", "-",
@@ -249,6 +254,7 @@ def write_env_file(s: StackSettings) -> Path:
     """`.local/stack.env`: the environment of the stack's Airflow, for `source`-ing in a shell (CLI, scripts)."""
     env = airflow_env(s)
     wanted = {k: v for k, v in env.items() if k.startswith(("AIRFLOW", "TRACKING_", "SES_", "SNS_"))}
+    wanted.update(tracking_env(s))  # so that `python -m tracking_service.drain` finds the stack's spool
     path = s.state_dir / "stack.env"
     path.write_text("".join(f"export {k}='{v}'\n" for k, v in sorted(wanted.items())))
     path.chmod(0o600)

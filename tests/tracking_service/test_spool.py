@@ -17,6 +17,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from campaigns import db as campaign_db
+from devstack.processes import poll
 from tracking_service import events_buffer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +26,22 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def spool_dir(tmp_path):
     return tmp_path / "spool"
+
+
+@pytest.fixture(autouse=True)
+def _close_spools(monkeypatch):
+    """Every Spool a test makes is closed afterwards, failed test or not (its flusher thread and flock go)."""
+    made: list[events_buffer.Spool] = []
+    real_init = events_buffer.Spool.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(events_buffer.Spool, "__init__", init)
+    yield
+    for spool in made:
+        spool.close()
 
 
 @pytest.fixture
@@ -262,23 +279,19 @@ def test_concurrent_drainers_and_rotating_writers_store_each_line_exactly_once(s
     assert events_buffer.segments(spool_dir) == []
 
 
-def test_a_nul_filled_tail_is_rejected_and_does_not_hold_up_other_segments(spool_dir, ledger, db):
-    campaign_id, (first, second, *_) = ledger
-    damaged = events_buffer.Spool(spool_dir)
-    damaged.append(_open(campaign_id, first))
-    damaged.close()
-    [segment] = events_buffer.segments(spool_dir)
-    with open(segment, "ab") as tail:  # what a machine crash can leave of unsynced blocks on ext4/XFS
-        tail.write(b"\0" * 300 + b"\n")
+def test_a_nul_filled_segment_is_rejected_and_does_not_hold_up_the_next_one(spool_dir, ledger, db):
+    campaign_id, (first, *_) = ledger
+    spool_dir.mkdir()
+    # what a machine crash can leave of a segment whose blocks were allocated but never written (ext4, XFS)
+    (spool_dir / "vm.1.1.events").write_bytes(b"\0" * 300)
     healthy = events_buffer.Spool(spool_dir)
-    healthy.append(_open(campaign_id, second))
+    healthy.append(_open(campaign_id, first))
     healthy.close()
-    while events_buffer.drain_once(spool_dir, db):
-        pass
-    assert _opens(db) == [first, second]
+    events_buffer.drain_once(spool_dir, db)  # one round: the damaged segment comes first and must not stop it
+    assert _opens(db) == [first]
     [reject] = db.execute("SELECT line, error FROM tracking_spool_rejects").fetchall()
-    assert reject["line"] == "\\x00" * 300
-    assert reject["error"] == "malformed spool line"
+    assert reject["line"] == "\\x00" * 300  # kept, escaped: PostgreSQL text cannot hold NUL
+    assert reject["error"] == "incomplete or oversized spool line"
     assert events_buffer.segments(spool_dir) == []
 
 
@@ -341,14 +354,27 @@ def test_two_drainers_racing_on_one_recipients_clicks_record_one_implied_open(le
         return events_buffer._parse(key, events_buffer.encode_event(
             type="click", campaign_id=campaign_id, recipient_id=first, link_id=0))
 
+    outcome: list[object] = []
+
+    def store_as_b(conn) -> None:
+        try:
+            outcome.append(events_buffer._store(conn, [click("spool:b:0")]))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome.append(exc)
+
     with campaign_db.connect(dsn, autocommit=True) as a, campaign_db.connect(dsn, autocommit=True) as b:
+        b_pid = b.info.backend_pid
         with a.transaction():
             events_buffer._store(a, [click("spool:a:0")])
             # b stores the same recipient's other click while a has not committed: neither sees the other's open
-            racer = threading.Thread(target=lambda: events_buffer._store(b, [click("spool:b:0")]), daemon=True)
+            racer = threading.Thread(target=store_as_b, args=(b,), daemon=True)
             racer.start()
-            racer.join(1)
+            poll(lambda: db.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                                    [b_pid]).fetchone(), what="b waiting on a's uncommitted rows", timeout=30,
+                 interval=0.02)
         racer.join(30)
+    assert not racer.is_alive()
+    assert outcome == [(1, [])]
     implied = db.execute("SELECT count(*) AS n FROM email_events WHERE subtype = 'implied_by_click'").fetchone()
     clicks = db.execute("SELECT count(*) AS n FROM email_events WHERE type = 'click'").fetchone()
     assert (clicks["n"], implied["n"]) == (2, 1)

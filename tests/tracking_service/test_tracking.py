@@ -3,7 +3,9 @@ unsubscribe, drain."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -30,6 +32,7 @@ def app(settings, spool_dir):
     tracking._link_cache.clear()
     app = create_app({"TESTING": True, "TRACKING_DRAINER": False, "TRACKING_SPOOL_DIR": spool_dir})
     yield app
+    app.extensions["tracking_spool"].close()
     tracking._link_cache.clear()
 
 
@@ -366,21 +369,25 @@ def test_buffered_events_appear_in_postgres_after_drain_once(client, codec, camp
     assert events_buffer.backlog(spool_dir, db) == 0
 
 
-def test_events_survive_a_database_outage_and_are_stored_once_it_is_back(client, codec, campaign, db, spool_dir,
-                                                                        monkeypatch):
+def test_opens_and_cached_clicks_are_taken_during_a_database_outage_and_stored_once_it_is_back(
+        client, codec, campaign, db, spool_dir, monkeypatch):
     campaign_id, (ann, bob) = campaign
-    client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif", headers={"User-Agent": HUMAN_UA})
+    client.get(f"/c/{codec.click_token(campaign_id, ann, 0)}", headers={"User-Agent": HUMAN_UA})  # caches link 0
+    assert _drain(spool_dir, db) == 1
+    # PostgreSQL "down" for the request path and for the drainer alike
+    monkeypatch.setattr(tracking, "get_db", _failing_db)
     monkeypatch.setattr(events_buffer, "_insert", _failing_insert)
+    before = _spooled(spool_dir)
+    _assert_pixel(client.get(f"/o/{codec.open_token(campaign_id, bob)}.gif", headers={"User-Agent": HUMAN_UA}))
+    response = client.get(f"/c/{codec.click_token(campaign_id, bob, 0)}", headers={"User-Agent": HUMAN_UA})
+    assert (response.status_code, response.headers["Location"]) == (302, LINKS[0])
+    assert _spooled(spool_dir) > before
     with pytest.raises(psycopg.OperationalError):
         events_buffer.drain_once(spool_dir, db)
-    # PostgreSQL "down": the request path does not touch it, so opens and clicks are still taken and answered
-    response = client.get(f"/c/{codec.click_token(campaign_id, bob, 0)}", headers={"User-Agent": HUMAN_UA})
-    assert response.status_code == 302
-    assert _events(db) == []
     monkeypatch.undo()
     assert _drain(spool_dir, db) == 2
-    assert sorted((e["type"], e["subtype"] or "", e["recipient_id"]) for e in _events(db)) == [
-        ("click", "", bob), ("open", "", ann), ("open", "implied_by_click", bob)]
+    assert sorted((e["type"], e["subtype"] or "", e["recipient_id"]) for e in _events(db) if e["recipient_id"] == bob) \
+        == [("click", "", bob), ("open", "", bob)]
     assert events_buffer.backlog(spool_dir, db) == 0
 
 
@@ -409,7 +416,23 @@ def test_pixel_and_click_still_answer_when_the_spool_refuses_the_write(client, c
     response = client.get(f"/c/{codec.click_token(campaign_id, ann, 0)}")
     assert response.status_code == 302
     assert response.headers["Location"] == LINKS[0]
-    assert "not recorded: the spool refused it" in caplog.text
+    assert f"open of campaign {campaign_id} recipient {ann} not recorded: the spool refused it" in caplog.text
+    assert f"click of campaign {campaign_id} recipient {ann} not recorded: the spool refused it" in caplog.text
+
+
+def test_a_short_write_ends_the_segment_and_its_torn_line_is_kept_as_a_reject(client, codec, campaign, db, spool_dir,
+                                                                            monkeypatch):
+    campaign_id, (ann, bob) = campaign
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))  # the disk filled up mid-line
+    _assert_pixel(client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif"))
+    monkeypatch.undo()
+    _assert_pixel(client.get(f"/o/{codec.open_token(campaign_id, bob)}.gif"))  # a new segment, not glued on
+    while _drain(spool_dir, db):
+        pass
+    assert [e["recipient_id"] for e in _events(db)] == [bob]
+    [reject] = db.execute("SELECT line, error FROM tracking_spool_rejects").fetchall()
+    assert (len(reject["line"]), reject["error"]) == (10, "incomplete or oversized spool line")
 
 
 def test_drain_command_empties_the_spool(client, codec, campaign, db, spool_dir, capsys):
@@ -418,22 +441,60 @@ def test_drain_command_empties_the_spool(client, codec, campaign, db, spool_dir,
     campaign_id, (ann, _) = campaign
     client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif")
     assert drain.main(["--spool-dir", str(spool_dir)]) == 0
-    assert "drained 1 events; 0 bytes left" in capsys.readouterr().out
+    assert f"settled 1 lines; 0 bytes left in {spool_dir}" in capsys.readouterr().out
     assert len(_events(db)) == 1
 
 
-def test_drainer_thread_started_lazily_per_worker(settings, db, spool_dir, codec):
+def test_drainer_thread_runs_from_app_creation_and_stores_what_the_worker_spools(settings, db, spool_dir, codec):
     campaign_id, (ann,) = _campaign(db, "thread", LINKS, ["t@example.com"])
     app = create_app({"TESTING": True, "TRACKING_DRAINER": True, "TRACKING_SPOOL_DIR": spool_dir})
+    drainer = app.extensions["tracking_drainer"]
     try:
+        assert drainer.is_alive()  # before any request: a restarted worker drains what it left at once
         app.test_client().get(f"/o/{codec.open_token(campaign_id, ann)}.gif")
-        drainer = app.extensions["tracking_drainer"]
-        assert drainer.is_alive()
         poll(lambda: _events(db), what="the open drained by the worker's thread", timeout=10, interval=0.05)
         assert len(_events(db)) == 1
     finally:
-        app.extensions["tracking_drainer"].stop()
-        app.extensions["tracking_drainer"].join(5)
+        drainer.stop()
+        drainer.join(5)
+        app.extensions["tracking_spool"].close()
+
+
+def test_drain_command_refuses_a_spool_dir_that_does_not_exist(tmp_path, capsys):
+    from tracking_service import drain
+
+    assert drain.main(["--spool-dir", str(tmp_path / "typo")]) == 2
+    assert f"error: TRACKING_SPOOL_DIR {tmp_path / 'typo'} does not exist or is not a folder" in capsys.readouterr().err
+
+
+def test_drain_follow_stores_lines_as_they_come_and_stops_on_sigterm(settings, db, spool_dir):
+    import signal
+    import subprocess
+    import sys
+
+    campaign_id, (ann, bob) = _campaign(db, "follow", LINKS, ["f1@example.com", "f2@example.com"])
+    spool_dir.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'include'}"}
+    follower = subprocess.Popen([sys.executable, "-m", "tracking_service.drain", "--follow", "--spool-dir",
+                                 str(spool_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        writer = events_buffer.Spool(spool_dir)
+        try:
+            for recipient_id in (ann, bob):
+                writer.append(events_buffer.encode_event(type="open", campaign_id=campaign_id,
+                                                         recipient_id=recipient_id))
+                poll(lambda rid=recipient_id: [e for e in _events(db) if e["recipient_id"] == rid],
+                     what="the line stored by drain --follow", timeout=20, interval=0.05)
+        finally:
+            writer.close()
+        follower.send_signal(signal.SIGTERM)
+        out, _ = follower.communicate(timeout=20)
+    finally:
+        follower.kill()
+        follower.wait(10)
+    assert follower.returncode == 0
+    assert f"settled 2 lines; 0 bytes left in {spool_dir}" in out
 
 
 def test_click_on_an_uncached_link_while_the_database_is_down_is_503_not_a_redirect(client, codec, campaign,
@@ -468,6 +529,23 @@ def test_a_spool_dir_that_cannot_be_created_stops_the_service_naming_it(settings
     in_the_way.write_text("not a folder")
     with pytest.raises(ConfigError, match=r"TRACKING_SPOOL_DIR .*a-file/spool cannot be created"):
         create_app({"TESTING": True, "TRACKING_DRAINER": False, "TRACKING_SPOOL_DIR": in_the_way / "spool"})
+
+
+def test_livez_stays_200_while_postgres_is_down_because_opens_and_clicks_still_work(client, monkeypatch):
+    from tracking_service import health
+
+    monkeypatch.setattr(health.db, "postgres_dsn", lambda: "postgresql://nobody@127.0.0.1:1/none")
+    assert client.get("/healthz").status_code == 503
+    response = client.get("/livez")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "checks": {"spool": "ok"}}
+
+
+def test_livez_is_503_when_the_spool_is_gone(client, spool_dir):
+    import shutil
+
+    shutil.rmtree(spool_dir)
+    assert client.get("/livez").status_code == 503
 
 
 # ---- health ---------------------------------------------------------------------------------------------------

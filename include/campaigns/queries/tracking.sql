@@ -91,11 +91,13 @@ VALUES (%(campaign_id)s, %(recipient_id)s, %(email)s, 'unsubscribe', %(subtype)s
 ON CONFLICT (sns_message_id) DO NOTHING
 
 -- name: spool-register-segment
+-- A segment is known from the first time a drainer sees it, so that spool-lock-segment has a row to lock; racing
+-- drainers both registering it is harmless.
 INSERT INTO tracking_spool_segments (segment) VALUES (%(segment)s) ON CONFLICT (segment) DO NOTHING
 
 -- name: spool-lock-segment
 -- The segment's drain position, locked for this transaction; no row when another drainer holds it (skip it).
-SELECT drained_bytes, finished_at FROM tracking_spool_segments WHERE segment = %(segment)s FOR UPDATE SKIP LOCKED
+SELECT drained_bytes FROM tracking_spool_segments WHERE segment = %(segment)s FOR UPDATE SKIP LOCKED
 
 -- name: spool-advance
 -- Commits with the events it covers: the next drainer starts exactly where this one stopped.
@@ -106,11 +108,13 @@ UPDATE tracking_spool_segments
  WHERE segment = %(segment)s
 
 -- name: spool-reject
+-- Keyed by position, so a line rejected again after a drainer crash is kept once.
 INSERT INTO tracking_spool_rejects (segment, byte_offset, line, error)
 VALUES (%(segment)s, %(byte_offset)s, %(line)s, %(error)s)
 ON CONFLICT (segment, byte_offset) DO NOTHING
 
 -- name: spool-drained-bytes
+-- Where each listed segment stands; a segment without a row has not been drained at all (the backlog is its size).
 SELECT segment, drained_bytes FROM tracking_spool_segments WHERE segment = ANY(%(segments)s::text[])
 
 -- name: spool-prune-finished

@@ -41,7 +41,8 @@ def upgrade() -> None:
         );
 
         -- One implied open per ledger row, whatever drainers race: two drainers storing clicks of one recipient at
-        -- the same time do not see each other's uncommitted open. Older duplicates are removed first.
+        -- the same time do not see each other's uncommitted open. Existing duplicates are removed first, keeping the
+        -- earliest.
         DELETE FROM email_events e USING email_events k
          WHERE e.subtype = 'implied_by_click' AND k.subtype = 'implied_by_click'
            AND e.recipient_id = k.recipient_id AND e.id > k.id;
