@@ -6,6 +6,7 @@ end) holds a campaign with ledger rows and links; the event spool is a temporary
 number of requests over `--connections` keep-alive connections from an asyncio client, then waits until the
 drainers have stored the whole spool and counts the stored events: they must equal the 2xx/3xx responses. The
 CPU table at the end says where the time went, per request, by process (the client shares the same cores).
+Throughput counts successful responses only; any failed request (4xx/5xx, reset) fails the run.
 
     .venv/bin/python benchmarks/tracking_load.py                      # 3 rounds x 20000 requests per scenario
     .venv/bin/python benchmarks/tracking_load.py --requests 3000 --rounds 1   # smoke run
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -75,20 +78,41 @@ def _prepare_database(admin_dsn: str, dsn: str, recipients: int) -> tuple[int, l
     return campaign_id, ids
 
 
-def _start_gunicorn(app: str, port: int, args: argparse.Namespace, env: dict[str, str], chdir: Path):
+def _start_gunicorn(app: str, port: int, ready_path: str, args: argparse.Namespace, env: dict[str, str],
+                    chdir: Path, procs: list[subprocess.Popen]) -> None:
+    """Start gunicorn in its own session (added to `procs` at once, so it is stopped whatever happens next) and
+    return when a worker answers `ready_path` (a bound port alone only says the master is up)."""
     cmd = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers",
            str(args.workers), "--worker-class", args.worker_class, "--threads", str(args.threads),
            "--keep-alive", "30", "--backlog", "2048", "--log-level", "warning", "--chdir", str(chdir), app]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"gunicorn for {app} did not start")
+            conn.request("GET", ready_path)
+            if conn.getresponse().status == 200:
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.2)
+    raise RuntimeError(f"gunicorn for {app} did not answer {ready_path} within 30 s")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group, SIGKILL what is still there after 10 s."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 async def _connection(port: int, requests: list[bytes], counter: list[int], total: int, out: dict) -> None:
@@ -146,8 +170,9 @@ async def _load(port: int, paths: list[str], total: int, connections: int) -> di
 
 
 def _summary(out: dict) -> dict:
+    """Throughput counts successful responses only; a round with any failure fails the benchmark (see main)."""
     lat = sorted(out["latencies"])
-    return {"rps": len(lat) / out["seconds"], "p50": lat[len(lat) // 2] * 1000,
+    return {"rps": out["ok"] / out["seconds"], "p50": lat[len(lat) // 2] * 1000,
             "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, "ok": out["ok"], "bad": out["bad"],
             "errors": out["errors"]}
 
@@ -226,30 +251,30 @@ def main() -> int:
     from devstack.settings import SETTINGS
 
     admin_dsn, dsn = SETTINGS.pg_dsn("postgres"), SETTINGS.pg_dsn(BENCH_DB)
-    campaign_id, recipient_ids = _prepare_database(admin_dsn, dsn, args.recipients)
     spool_dir = Path(tempfile.mkdtemp(prefix="tracking-spool-"))
-    codec = TokenCodec([SECRET])
-    pixel_paths = [f"/o/{codec.open_token(campaign_id, r)}.gif" for r in recipient_ids]
-    click_paths = [f"/c/{codec.click_token(campaign_id, r, r % 5)}" for r in recipient_ids]
-
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'include'}", "TRACKING_SECRET_KEYS": SECRET,
-           "AIRFLOW_CONN_CAMPAIGN_DB": json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
-                                                   "port": SETTINGS.pg_port, "login": SETTINGS.pg_user,
-                                                   "password": SETTINGS.pg_password, "schema": BENCH_DB}),
-           "TRACKING_SPOOL_DIR": str(spool_dir)}
-    tracking_port, hello_port = _free_port(), _free_port()
-    tracking_env = {**env, "TRACKING_DRAINER": "0"} if args.drainer == "process" else env
-    procs = [_start_gunicorn("tracking_service:create_app()", tracking_port, args, tracking_env, ROOT),
-             _start_gunicorn("tracking_load:hello_app()", hello_port, args, env, ROOT / "benchmarks")]
-    if args.drainer == "process":
-        procs.append(subprocess.Popen([sys.executable, "-m", "tracking_service.drain", "--follow"], env=tracking_env,
-                                      cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL))
-    sessions = {procs[0].pid: "tracking app", procs[1].pid: "hello app"}
-    if args.drainer == "process":
-        sessions[procs[2].pid] = "drainer process"
+    procs: list[subprocess.Popen] = []
     results: dict[str, list[dict]] = {"hello": [], "pixel": [], "click": []}
     cpu: dict[str, list[dict[str, float]]] = {name: [] for name in results}
     try:
+        campaign_id, recipient_ids = _prepare_database(admin_dsn, dsn, args.recipients)
+        codec = TokenCodec([SECRET])
+        pixel_paths = [f"/o/{codec.open_token(campaign_id, r)}.gif" for r in recipient_ids]
+        click_paths = [f"/c/{codec.click_token(campaign_id, r, r % 5)}" for r in recipient_ids]
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'include'}", "TRACKING_SECRET_KEYS": SECRET,
+               "AIRFLOW_CONN_CAMPAIGN_DB": json.dumps({"conn_type": "postgres", "host": "127.0.0.1",
+                                                       "port": SETTINGS.pg_port, "login": SETTINGS.pg_user,
+                                                       "password": SETTINGS.pg_password, "schema": BENCH_DB}),
+               "TRACKING_SPOOL_DIR": str(spool_dir)}
+        tracking_port, hello_port = _free_port(), _free_port()
+        tracking_env = {**env, "TRACKING_DRAINER": "0"} if args.drainer == "process" else env
+        _start_gunicorn("tracking_service:create_app()", tracking_port, "/livez", args, tracking_env, ROOT, procs)
+        _start_gunicorn("tracking_load:hello_app()", hello_port, "/hello", args, env, ROOT / "benchmarks", procs)
+        sessions = {procs[0].pid: "tracking app", procs[1].pid: "hello app"}
+        if args.drainer == "process":
+            procs.append(subprocess.Popen([sys.executable, "-m", "tracking_service.drain", "--follow"],
+                                          env=tracking_env, cwd=ROOT, start_new_session=True,
+                                          stdout=subprocess.DEVNULL))
+            sessions[procs[2].pid] = "drainer process"
         # warm-up: imports, connections, the link cache of every worker
         for port, paths in ((hello_port, ["/hello"]), (tracking_port, pixel_paths), (tracking_port, click_paths)):
             asyncio.run(_load(port, paths, 2000, args.connections))
@@ -261,20 +286,17 @@ def main() -> int:
                 before = _count(dsn, type_) if type_ else 0
                 cpu_before = _cpu_seconds()
                 summary = _summary(asyncio.run(_load(port, paths, args.requests, args.connections)))
-                if type_:
-                    summary["drain_s"] = _wait_drained(dsn, spool_dir)
+                summary["drain_s"] = _wait_drained(dsn, spool_dir) if type_ else 0.0
                 cpu[name].append(_cpu_by_part(cpu_before, _cpu_seconds(), sessions))
                 if type_:
                     summary["stored"] = _count(dsn, type_) - before
                 results[name].append(summary)
                 print(f"round {round_no} {name:5}: {summary['rps']:8.0f} req/s  p50 {summary['p50']:5.1f} ms  "
-                      f"p99 {summary['p99']:5.1f} ms  ok {summary['ok']}  stored {summary.get('stored', '-')}",
+                      f"p99 {summary['p99']:5.1f} ms  ok {summary['ok']}  failed {summary['bad'] + summary['errors']}"
+                      f"  stored {summary.get('stored', '-')}  drained {summary['drain_s']:.2f} s after the load",
                       flush=True)
     finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            proc.wait(10)
+        _stop(procs)
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
         shutil.rmtree(spool_dir, ignore_errors=True)
@@ -283,17 +305,20 @@ def main() -> int:
            for name, rows in results.items()}
     print(f"\ngunicorn -w {args.workers} -k {args.worker_class} --threads {args.threads}, {args.connections} "
           f"connections, {args.requests} requests x {args.rounds} rounds (medians), drainer: {args.drainer}")
-    print(f"{'scenario':10} {'req/s':>9} {'x hello':>8} {'p50 ms':>8} {'p99 ms':>8} {'2xx/3xx':>9} {'stored':>9}  ok?")
+    print(f"{'scenario':10} {'req/s':>9} {'x hello':>8} {'p50 ms':>8} {'p99 ms':>8} {'2xx/3xx':>9} {'failed':>7} "
+          f"{'stored':>9} {'drain s':>8}  ok?")
     all_ok = True
     for name, rows in results.items():
         m = med[name]
         ratio = m["rps"] / med["hello"]["rps"]
         ok_total = sum(r["ok"] for r in rows)
+        failed = sum(r["bad"] + r["errors"] for r in rows)
         stored = sum(r.get("stored", 0) for r in rows) if name != "hello" else None
-        good = m["p99"] <= 50 and (name == "hello" or (ratio >= 0.5 and stored == ok_total))
+        drain_s = statistics.median(r["drain_s"] for r in rows)
+        good = m["p99"] <= 50 and failed == 0 and (name == "hello" or (ratio >= 0.5 and stored == ok_total))
         all_ok &= good
-        print(f"{name:10} {m['rps']:9.0f} {ratio:8.2f} {m['p50']:8.1f} {m['p99']:8.1f} {ok_total:9d} "
-              f"{'-' if stored is None else stored:>9}  {'yes' if good else 'NO'}")
+        print(f"{name:10} {m['rps']:9.0f} {ratio:8.2f} {m['p50']:8.1f} {m['p99']:8.1f} {ok_total:9d} {failed:7d} "
+              f"{'-' if stored is None else stored:>9} {drain_s:8.2f}  {'yes' if good else 'NO'}")
     # where the CPU went: per request, load through drain, median over rounds (the 2 cores are shared by all)
     part_names = sorted({part for rounds in cpu.values() for r in rounds for part in r})
     print("\nCPU per request, microseconds (median of rounds; the load generator runs on the same cores)")
