@@ -59,6 +59,8 @@ _MAX_UA = 512
 PRUNE_EVERY_SECONDS = 3600.0
 FINISHED_ROWS_KEEP_DAYS = 7  # rows of deleted segments: kept a while for the operator, then pruned
 _MAX_LINE = 16 * 1024  # far above any line buffer_event writes (a 512-character agent escaped is ~3 KB)
+# one encoder: json.dumps(..., separators=...) builds a new JSONEncoder on every call
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
 
 
@@ -83,9 +85,9 @@ def encode_event(*, type: str, campaign_id: int, recipient_id: int, link_id: int
                  ip: str | None = None, user_agent: str | None = None, is_machine: bool = False,
                  reasons: Iterable[str] = (), method: str = "GET", occurred: float | None = None) -> bytes:
     """One spool line: a compact JSON array (ASCII only, so never a raw newline inside) and a newline."""
-    return json.dumps([type, campaign_id, recipient_id, link_id, ip or "", (user_agent or "")[:_MAX_UA],
-                       1 if is_machine else 0, ",".join(reasons), method,
-                       time.time() if occurred is None else occurred], separators=(",", ":")).encode() + b"\n"
+    return _ENCODER.encode([type, campaign_id, recipient_id, link_id, ip or "", (user_agent or "")[:_MAX_UA],
+                            1 if is_machine else 0, ",".join(reasons), method,
+                            time.time() if occurred is None else occurred]).encode() + b"\n"
 
 
 def buffer_event(spool: Spool, **event) -> None:
