@@ -288,12 +288,8 @@ def _insert(conn: psycopg.Connection, events: list[BufferedEvent]) -> int:
         "occurred": [e.occurred for e in events],
         "scanner_seconds": SCANNER_SECONDS,
     }
-    row = conn.execute(sql["insert-buffered-events"], params).fetchone()
-    inserted = row["n"] if isinstance(row, dict) else row[0]
-    click_keys = [e.key for e in events if e.type == "click"]
-    if click_keys:
-        conn.execute(sql["insert-implied-opens"], {"click_ids": click_keys})
-    return inserted
+    row = conn.execute(sql["insert-buffered-events"], params).fetchone()  # and the implied opens of clicks
+    return row["n"] if isinstance(row, dict) else row[0]
 
 
 def _store(conn: psycopg.Connection, events: list[BufferedEvent]) -> tuple[int, list[tuple[BufferedEvent, str]]]:

@@ -16,6 +16,12 @@ SELECT url FROM campaign_links WHERE campaign_id = %(campaign_id)s AND link_id =
 -- never be inserted twice, whatever a drainer did before it crashed (the segment offset already makes it so).
 -- The joins drop events whose campaign or ledger row no longer exists instead of failing the whole batch on a
 -- foreign key, and give the address and sent_at: a click within scanner_seconds of sending is a machine click.
+-- A click proves the message was opened: the same statement records one open (subtype implied_by_click) for a
+-- clicking recipient with no open yet, in the table or in this batch (a statement does not see its own inserts),
+-- copied from the recipient's first new click (machine flag included). Its conflict clause has no target: besides
+-- a repeated key, email_events_one_implied_open (one per ledger row) may conflict when two drainers store clicks of
+-- the same recipient at once and neither sees the other's open yet. Returns the number of events inserted (the
+-- implied opens not counted).
 WITH batch AS (
     SELECT *
       FROM unnest(%(event_keys)s::text[], %(types)s::text[], %(campaign_ids)s::bigint[],
@@ -42,26 +48,21 @@ WITH batch AS (
            occurred_at
       FROM resolved
     ON CONFLICT (sns_message_id) DO NOTHING
-    RETURNING 1
+    RETURNING id, campaign_id, recipient_id, email, type, ip, user_agent, is_machine, sns_message_id, occurred_at
+), implied AS (
+    INSERT INTO email_events (campaign_id, recipient_id, email, type, subtype, link_id, ip, user_agent, is_machine,
+                              sns_message_id, payload, occurred_at)
+    SELECT DISTINCT ON (c.recipient_id)
+           c.campaign_id, c.recipient_id, c.email, 'open', 'implied_by_click', NULL, c.ip, c.user_agent,
+           c.is_machine, c.sns_message_id || ':implied', jsonb_build_object('click_event_id', c.id), c.occurred_at
+      FROM inserted c
+     WHERE c.type = 'click'
+       AND NOT EXISTS (SELECT 1 FROM resolved o WHERE o.recipient_id = c.recipient_id AND o.type = 'open')
+       AND NOT EXISTS (SELECT 1 FROM email_events o WHERE o.recipient_id = c.recipient_id AND o.type = 'open')
+     ORDER BY c.recipient_id, c.occurred_at
+    ON CONFLICT DO NOTHING
 )
 SELECT count(*) AS n FROM inserted
-
--- name: insert-implied-opens
--- A click proves the message was opened: record one open (subtype implied_by_click) for a clicking recipient that
--- has no open yet, copied from the recipient's first click of this batch (machine flag included). Runs after
--- insert-buffered-events in the same transaction, so opens of the same batch count as recorded.
-INSERT INTO email_events (campaign_id, recipient_id, email, type, subtype, link_id, ip, user_agent, is_machine,
-                          sns_message_id, payload, occurred_at)
-SELECT DISTINCT ON (c.recipient_id)
-       c.campaign_id, c.recipient_id, c.email, 'open', 'implied_by_click', NULL, c.ip, c.user_agent, c.is_machine,
-       c.sns_message_id || ':implied', jsonb_build_object('click_event_id', c.id), c.occurred_at
-  FROM email_events c
- WHERE c.sns_message_id = ANY(%(click_ids)s::text[])
-   AND NOT EXISTS (SELECT 1 FROM email_events o WHERE o.recipient_id = c.recipient_id AND o.type = 'open')
- ORDER BY c.recipient_id, c.occurred_at
--- no conflict target: besides a repeated key, email_events_one_implied_open (one per ledger row) may conflict, when
--- two drainers store clicks of the same recipient at the same time and neither sees the other's open yet
-ON CONFLICT DO NOTHING
 
 -- name: unsubscribe-recipient
 -- The ledger row a verified unsubscribe token names; the token's campaign must match (defence in depth).
