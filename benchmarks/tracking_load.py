@@ -239,7 +239,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--recipients", type=int, default=5000)
     parser.add_argument("--drainer", choices=("thread", "process"), default="thread",

@@ -210,7 +210,7 @@ def start_tracking(s: StackSettings) -> None:
     cert, key = self_signed_certificate(s)
     env = {**os.environ, **app_env(s), **tracking_env(s)}
     spawn("tracking", [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{s.tracking_port}", "--workers", "2",
-                       "--worker-class", "gthread", "--threads", "8", "--keep-alive", "30",
+                       "--worker-class", "gthread", "--threads", "4", "--keep-alive", "30",
                        "--certfile", str(cert), "--keyfile", str(key), "--access-logfile", "-",
                        "tracking_service:create_app()"],
           run_dir=s.run_dir, log_dir=s.log_dir, env=env, cwd=s.root)
