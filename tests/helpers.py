@@ -65,3 +65,16 @@ def insert_campaign(conn, key="c1"):
     return conn.execute(
         "INSERT INTO campaigns (key, name, subject, from_email, html, audience)"
         " VALUES (%s, 'n', 's', 'news@example.com', '<p>x</p>', '{}') RETURNING id", [key]).fetchone()["id"]
+
+
+def sent_ledger(conn, key: str, count: int) -> tuple[int, list[int]]:
+    """A running campaign with `count` ledger rows sent an hour ago: (campaign id, [recipient ids])."""
+    campaign_id = conn.execute(
+        "INSERT INTO campaigns (key, name, subject, from_email, html, audience, status)"
+        " VALUES (%s, %s, 'Hi', 'news@example.com', '<p>x</p>', '{\"lists\": []}', 'running') RETURNING id",
+        [key, key]).fetchone()["id"]
+    ids = [r["id"] for r in conn.execute(
+        """INSERT INTO campaign_recipients (campaign_id, email, status, ses_message_id, sent_at)
+           SELECT %s, 'r' || g || '@example.com', 'sent', 'ses-' || g, now() - interval '1 hour'
+             FROM generate_series(1, %s) g RETURNING id""", [campaign_id, count]).fetchall()]
+    return campaign_id, ids

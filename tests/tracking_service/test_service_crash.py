@@ -13,10 +13,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from psycopg.types.json import Jsonb
 
 from campaigns.tokens import TokenCodec
 from devstack.processes import poll
+from tests.helpers import sent_ledger
 from tracking_service import events_buffer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,15 +42,7 @@ def _healthy(port: int) -> bool:
 
 @pytest.fixture
 def recipients(db):
-    campaign_id = db.execute(
-        """INSERT INTO campaigns (key, name, subject, from_email, html, audience, status)
-           VALUES ('crash', 'crash', 'Hi', 'news@example.com', '<p>x</p>', %s, 'running') RETURNING id""",
-        [Jsonb({"lists": []})]).fetchone()["id"]
-    ids = [r["id"] for r in db.execute(
-        """INSERT INTO campaign_recipients (campaign_id, email, status, ses_message_id, sent_at)
-           SELECT %s, 'r' || g || '@example.com', 'sent', 'ses-' || g, now() - interval '1 hour'
-             FROM generate_series(1, %s) g RETURNING id""", [campaign_id, RECIPIENTS]).fetchall()]
-    return campaign_id, ids
+    return sent_ledger(db, "crash", RECIPIENTS)
 
 
 @pytest.fixture(params=["drainer threads", "no drainer"])

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.types.json import Jsonb
 
 from campaigns import db as campaign_db
 from devstack.processes import poll
+from tests.helpers import sent_ledger
 from tracking_service import events_buffer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,16 +47,7 @@ def _close_spools(monkeypatch):
 @pytest.fixture
 def ledger(db):
     """A campaign with 50 sent ledger rows: (campaign id, [recipient ids])."""
-    campaign_id = db.execute(
-        """INSERT INTO campaigns (key, name, subject, from_email, html, audience, status)
-           VALUES ('spool', 'spool', 'Hi', 'news@example.com', '<p>x</p>', %s, 'running') RETURNING id""",
-        [Jsonb({"lists": []})]).fetchone()["id"]
-    ids = [r["id"] for r in db.execute(
-        """INSERT INTO campaign_recipients (campaign_id, email, status, ses_message_id, sent_at)
-           SELECT %s, 'r' || g || '@example.com', 'sent', 'ses-' || g, now() - interval '1 hour'
-             FROM generate_series(1, 50) g
-           RETURNING id""", [campaign_id]).fetchall()]
-    return campaign_id, ids
+    return sent_ledger(db, "spool", 50)
 
 
 def _open(campaign_id: int, recipient_id: int) -> bytes:
