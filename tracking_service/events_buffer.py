@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from campaigns import queries
 
@@ -272,6 +273,12 @@ def _parse(key: str, line: bytes) -> BufferedEvent | None:
         return None
 
 
+def _rows(conn: psycopg.Connection, query: str, params: dict) -> list[tuple]:
+    """The result as tuples, whatever row factory the caller's connection has."""
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        return cursor.execute(query, params).fetchall()
+
+
 def _insert(conn: psycopg.Connection, events: list[BufferedEvent]) -> int:
     sql = queries.load("tracking")
     params = {
@@ -288,8 +295,7 @@ def _insert(conn: psycopg.Connection, events: list[BufferedEvent]) -> int:
         "occurred": [e.occurred for e in events],
         "scanner_seconds": SCANNER_SECONDS,
     }
-    row = conn.execute(sql["insert-buffered-events"], params).fetchone()  # and the implied opens of clicks
-    return row["n"] if isinstance(row, dict) else row[0]
+    return _rows(conn, sql["insert-buffered-events"], params)[0][0]  # the implied opens of clicks too
 
 
 def _store(conn: psycopg.Connection, events: list[BufferedEvent]) -> tuple[int, list[tuple[BufferedEvent, str]]]:
@@ -405,10 +411,10 @@ class SpoolDrainer:
         if segment not in self._known:
             conn.execute(sql["spool-register-segment"], {"segment": segment})
         with conn.transaction():
-            row = conn.execute(sql["spool-lock-segment"], {"segment": segment}).fetchone()
-            if row is None:
+            rows = _rows(conn, sql["spool-lock-segment"], {"segment": segment})
+            if not rows:
                 return _Round(0, 0, finished=False, more=False, skipped=True)
-            offset = row["drained_bytes"] if isinstance(row, dict) else row[0]
+            [(offset,)] = rows
             if size < offset:
                 # the file lost bytes that were already stored: only a machine crash before the data reached the disk
                 # does that, and only to bytes written in the last TRACKING_SPOOL_FSYNC_SECONDS
@@ -493,10 +499,7 @@ def backlog(directory: str | os.PathLike, conn: psycopg.Connection) -> int:
     paths = segments(directory)
     if not paths:
         return 0
-    rows = conn.execute(queries.load("tracking")["spool-drained-bytes"],
-                        {"segments": [p.name for p in paths]}).fetchall()
-    drained = {(r["segment"] if isinstance(r, dict) else r[0]): (r["drained_bytes"] if isinstance(r, dict) else r[1])
-               for r in rows}
+    drained = dict(_rows(conn, queries.load("tracking")["spool-drained-bytes"], {"segments": [p.name for p in paths]}))
     total = 0
     for path in paths:
         try:
