@@ -4,10 +4,10 @@
 
 A scratch database on the project's PostgreSQL (created and dropped here) gets one campaign with `--recipients`
 ledger rows, 5 tracked links and `--events` email_events over 10 days (opens, clicks, deliveries, bounces,
-complaints, unsubscribes; a share of them machine events), plus 200 small campaigns for the list page. One stats
-rollup (campaigns.stats.refresh, as the refresh_campaign_stats DAG runs it) counts them. Then the view's own app
-(plugins/campaigns_view, with Airflow's real authorization and a JWT from the simple auth manager) serves the
-campaign page, the list page and the CSV `--requests` times each; printed: the app's Server-Timing figure
+complaints, unsubscribes; a share of them machine events), plus 200 small campaigns for the list page. One
+stats rollup (campaigns.lifecycle.stats.refresh, as the refresh_campaign_stats DAG runs it) counts them. Then the
+view's own app (plugins/campaigns_view, with Airflow's real authorization and a JWT from the simple auth manager)
+serves the campaign page, the list page and the CSV `--requests` times each; printed: the app's Server-Timing figure
 (routing, auth, queries, template and SVG rendering) and the client round trip, median / p95 / max.
 """
 
@@ -28,7 +28,8 @@ sys.path.append(str(SETTINGS.root / "plugins"))
 
 import psycopg
 
-from campaigns import db, stats
+from campaigns import db
+from campaigns.lifecycle import stats
 from devstack.services import scratch_database
 
 TARGET_MS = 300.0

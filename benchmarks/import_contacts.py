@@ -7,7 +7,7 @@ project's (`campaigns_bench`, migrated once, then cloned as a template for every
 from an empty schema) and drops them afterwards. The CSV has ~1% invalid addresses and ~1% duplicates.
 
 Figures are rows of the file per second of wall time, median of `--runs` runs:
-- bulk, first import:  campaigns.contacts.import_csv into a fresh database
+- bulk, first import:  campaigns.audience.contacts.import_csv into a fresh database
 - bulk, re-import:     the same file again into that database (nothing changes)
 - baseline:            the same parsing and validation, then executemany of one INSERT ... ON CONFLICT per row into
                        contacts and one per row into list_members (psycopg 3 pipelines executemany), on
@@ -34,7 +34,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from campaigns.contacts import ImportReport, import_csv, parse_contacts
+from campaigns.audience.contacts import ImportReport, import_csv, parse_contacts
 from campaigns.db import connect
 from campaigns.schema import upgrade
 from devstack.settings import SETTINGS

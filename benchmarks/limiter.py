@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import redis
 
-from campaigns.ratelimit import RateLimiter, default_thread_count, limiter_key, penalty_key
+from campaigns.sending.ratelimit import RateLimiter, default_thread_count, limiter_key, penalty_key
 
 START_LEAD_SECONDS = 0.5  # after every process is ready, so none starts late
 

@@ -24,8 +24,8 @@ from email.message import EmailMessage
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from campaigns.compose import CampaignContent, Composer
-from campaigns.tokens import TokenCodec
+from campaigns.feedback.tokens import TokenCodec
+from campaigns.sending.compose import CampaignContent, Composer
 
 SUBJECT = "{{ first_name }}, your {{ country }} picks for this week"
 LINKS = [

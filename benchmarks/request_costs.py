@@ -75,7 +75,7 @@ def main() -> int:
     import redis
     from tracking_load import hello_app
 
-    from campaigns.tokens import TokenCodec
+    from campaigns.feedback.tokens import TokenCodec
     from devstack.settings import SETTINGS
     from tracking_service import create_app, events_buffer
 

@@ -25,12 +25,13 @@ from pathlib import Path
 import boto3
 import redis
 
-from campaigns import db, pipeline
+from campaigns import db
 from campaigns.config import get_settings
-from campaigns.ledger import SendTask
-from campaigns.ratelimit import RateLimiter, default_thread_count
-from campaigns.sender import SendBatch
-from campaigns.ses import SesTransport, client_config
+from campaigns.lifecycle import pipeline
+from campaigns.sending.ledger import SendTask
+from campaigns.sending.ratelimit import RateLimiter, default_thread_count
+from campaigns.sending.sender import SendBatch
+from campaigns.sending.ses import SesTransport, client_config
 from devstack.services import scratch_database
 from devstack.settings import SETTINGS
 

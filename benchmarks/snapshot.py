@@ -16,8 +16,9 @@ import uuid
 
 import psycopg
 
-from campaigns import db, ledger
-from campaigns.audience import Audience
+from campaigns import db
+from campaigns.audience.filters import Audience
+from campaigns.sending import ledger
 from devstack.services import scratch_database
 from devstack.settings import SETTINGS
 

@@ -59,7 +59,7 @@ def _free_port() -> int:
 
 def _prepare_database(admin_dsn: str, dsn: str, recipients: int) -> tuple[int, list[int]]:
     from campaigns import schema
-    from campaigns.links import register_links
+    from campaigns.feedback.links import register_links
 
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")  # fixed name, not input
@@ -247,7 +247,7 @@ def main() -> int:
                              "tracking_service.drain --follow` process beside them (TRACKING_DRAINER=0)")
     args = parser.parse_args()
 
-    from campaigns.tokens import TokenCodec
+    from campaigns.feedback.tokens import TokenCodec
     from devstack.settings import SETTINGS
 
     admin_dsn, dsn = SETTINGS.pg_dsn("postgres"), SETTINGS.pg_dsn(BENCH_DB)

@@ -46,9 +46,10 @@ PARAMS = {
 def campaign_control():
     @task(multiple_outputs=True)
     def apply_action() -> dict:
-        from campaigns import control, db
+        from campaigns import db
         from campaigns.config import get_settings
         from campaigns.errors import CampaignError
+        from campaigns.lifecycle import control
 
         context = get_current_context()
         params, ti = context["params"], context["ti"]

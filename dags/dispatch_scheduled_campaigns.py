@@ -37,7 +37,7 @@ def dispatch_scheduled_campaigns():
     def find_due_campaigns() -> list[dict]:
         from campaigns.config import get_settings
         from campaigns.db import campaign_db
-        from campaigns.scheduling import dispatch_due
+        from campaigns.lifecycle.scheduling import dispatch_due
 
         context = get_current_context()
         # A manual run has no data interval: it judges by when it was triggered.

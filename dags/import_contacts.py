@@ -52,11 +52,11 @@ log = logging.getLogger("campaigns.dags.import_contacts")
 def import_contacts():
     @task
     def import_csv(params: dict | None = None) -> dict:
-        """Stream the file into campaigns.contacts.import_csv; log every problem row, return the report."""
+        """Stream the file into campaigns.audience.contacts.import_csv; log every problem row, return the report."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from campaigns.contacts import import_csv as run_import
-        from campaigns.contacts import open_csv
+        from campaigns.audience.contacts import import_csv as run_import
+        from campaigns.audience.contacts import open_csv
         from campaigns.db import campaign_db
 
         path, list_name = params["path"], params["list"]

@@ -54,7 +54,7 @@ def manage_suppressions():
 
         from campaigns import db
         from campaigns.config import get_settings
-        from campaigns.suppressions import Request, SuppressionRequestError, manage
+        from campaigns.feedback.suppressions import Request, SuppressionRequestError, manage
 
         context = get_current_context()
         params = context["params"]

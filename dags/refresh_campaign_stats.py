@@ -40,7 +40,7 @@ def refresh_campaign_stats():
     def roll_up_stats() -> dict:
         from campaigns.config import get_settings
         from campaigns.db import campaign_db
-        from campaigns.stats import refresh
+        from campaigns.lifecycle.stats import refresh
 
         with campaign_db(get_settings().db_conn_id) as conn:
             return refresh(conn)
@@ -49,7 +49,7 @@ def refresh_campaign_stats():
     def prune_old_events(_rolled_up: dict) -> int:
         from campaigns.config import get_settings
         from campaigns.db import campaign_db
-        from campaigns.stats import prune_events
+        from campaigns.lifecycle.stats import prune_events
 
         settings = get_settings()
         with campaign_db(settings.db_conn_id) as conn:

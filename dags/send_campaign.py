@@ -28,7 +28,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from campaigns.definitions import CAMPAIGN_JSON_SCHEMA
+from campaigns.lifecycle.definitions import CAMPAIGN_JSON_SCHEMA
 
 PARAMS = {
     "campaign_id": Param(None, type=["null", "integer"], minimum=1,
@@ -61,7 +61,7 @@ def send_campaign():
     @task.short_circuit(retries=0)
     def resolve_campaign() -> int | None:
         from campaigns.errors import CampaignError
-        from campaigns.pipeline import resolve_campaign as resolve
+        from campaigns.lifecycle.pipeline import resolve_campaign as resolve
 
         context = get_current_context()
         try:
@@ -73,8 +73,8 @@ def send_campaign():
     def preflight(campaign_id: int) -> dict:
         from campaigns.config import get_settings
         from campaigns.errors import CampaignError
-        from campaigns.pipeline import run_preflight
-        from campaigns.ses import ses_client_from_airflow
+        from campaigns.lifecycle.pipeline import run_preflight
+        from campaigns.sending.ses import ses_client_from_airflow
 
         try:
             return run_preflight(campaign_id, dict(get_current_context()["params"]),
@@ -84,22 +84,22 @@ def send_campaign():
 
     @task
     def snapshot_recipients(campaign_id: int, _preflight: dict) -> dict:
-        from campaigns.pipeline import snapshot_recipients as snapshot
+        from campaigns.lifecycle.pipeline import snapshot_recipients as snapshot
 
         return snapshot(campaign_id, dict(get_current_context()["params"]))
 
     @task
     def plan_batches(campaign_id: int, _snapshot: dict) -> list[dict]:
-        from campaigns.pipeline import plan_batches as plan
-        from campaigns.runtime import sending_rate
+        from campaigns.lifecycle.pipeline import plan_batches as plan
+        from campaigns.sending.resources import sending_rate
 
         context = get_current_context()
         return plan(campaign_id, dict(context["params"]), context["run_id"], sending_rate())
 
     @task(pool="ses", map_index_template="{{ batch_label }}", retries=3, retry_delay=timedelta(seconds=5))
     def send_batch(descriptor: dict) -> dict:
-        from campaigns.pipeline import send_batch as send
-        from campaigns.runtime import send_resources
+        from campaigns.lifecycle.pipeline import send_batch as send
+        from campaigns.sending.resources import send_resources
 
         context = get_current_context()
         context["batch_label"] = descriptor["label"]
@@ -109,7 +109,7 @@ def send_campaign():
 
     @task(trigger_rule="all_done", retries=1)
     def finalize(campaign_id: int | None, _sent) -> dict:
-        from campaigns.pipeline import finalize as settle
+        from campaigns.lifecycle.pipeline import finalize as settle
 
         if campaign_id is None:  # resolve_campaign failed: there is no campaign to settle
             raise AirflowSkipException("no campaign was resolved")

@@ -54,9 +54,9 @@ def send_test_email():
         from campaigns import db
         from campaigns.config import get_settings
         from campaigns.errors import CampaignError
-        from campaigns.runtime import send_resources
-        from campaigns.ses import SesTransport
-        from campaigns.testsend import TestSendRequest, send_test
+        from campaigns.lifecycle.testsend import TestSendRequest, send_test
+        from campaigns.sending.resources import send_resources
+        from campaigns.sending.ses import SesTransport
 
         context = get_current_context()
         settings = get_settings()

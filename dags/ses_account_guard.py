@@ -38,8 +38,8 @@ def ses_account_guard():
         from airflow.sdk.exceptions import AirflowFailException
 
         from campaigns import db
-        from campaigns.reputation import guard_account
-        from campaigns.runtime import account_ses_client
+        from campaigns.lifecycle.reputation import guard_account
+        from campaigns.sending.resources import account_ses_client
 
         with db.campaign_db(autocommit=True) as conn:
             result = guard_account(conn, account_ses_client(), run_id=get_current_context()["run_id"])

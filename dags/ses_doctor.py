@@ -44,7 +44,7 @@ def ses_doctor():
         from airflow.sdk.exceptions import AirflowFailException
 
         from campaigns.config import get_settings
-        from campaigns.doctor import AwsClients, run_checks
+        from campaigns.doctor.checks import AwsClients, run_checks
 
         settings = get_settings()
         report = run_checks(settings, AwsClients.from_airflow(settings.aws_conn_id),

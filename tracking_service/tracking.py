@@ -22,8 +22,9 @@ import psycopg
 from flask import Blueprint, Response, current_app, g, render_template, request
 from psycopg.types.json import Jsonb
 
-from campaigns import db, links, queries
-from campaigns.tokens import CLICK, OPEN, UNSUBSCRIBE, InvalidToken, TokenCodec
+from campaigns import db, queries
+from campaigns.feedback import links
+from campaigns.feedback.tokens import CLICK, OPEN, UNSUBSCRIBE, InvalidToken, TokenCodec
 from tracking_service import events_buffer
 
 log = logging.getLogger(__name__)

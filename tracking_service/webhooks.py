@@ -14,8 +14,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from campaigns import db
 from campaigns.config import Settings
-from campaigns.ses_events import record_notification
-from campaigns.sns import (
+from campaigns.feedback.ses_events import record_notification
+from campaigns.feedback.sns import (
     NOTIFICATION,
     SUBSCRIPTION_CONFIRMATION,
     UNSUBSCRIBE_CONFIRMATION,

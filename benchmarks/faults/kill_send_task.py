@@ -20,7 +20,7 @@ import time
 import common
 import psutil
 
-from campaigns.ratelimit import default_thread_count
+from campaigns.sending.ratelimit import default_thread_count
 from devstack import stack as devstack
 from tests.e2e.helpers import post_ses_event
 

@@ -99,7 +99,7 @@ class Settings:
     soft_bounce_days: int = 30
     events_retention_days: int = 400  # email_events older than this are pruned once rolled up; 0 keeps them
     schedule_hold_after_hours: float = 6.0  # a scheduled campaign found later than this is held, not sent
-    # Reputation guard (campaigns.reputation): pause a sending campaign whose rates exceed these.
+    # Reputation guard (campaigns.lifecycle.reputation): pause a sending campaign whose rates exceed these.
     reputation_min_sample: int = 200  # delivered-or-bounced messages before the rates are judged
     reputation_max_bounce_rate: float = 0.05  # hard bounces / sample, as a fraction (0.05 = 5 %)
     reputation_max_complaint_rate: float = 0.001  # complaints / sample (0.001 = 0.1 %)

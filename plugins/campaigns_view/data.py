@@ -1,4 +1,4 @@
-"""What the Campaigns view reads: the stats rollups (campaigns.stats), the campaign row and its action log.
+"""What the Campaigns view reads: the stats rollups (campaigns.lifecycle.stats), the campaign row and its action log.
 
 Nothing here scans the ledger or email_events: a campaign page costs a handful of primary-key reads whatever the
 campaign's size (benchmarks/analytics_view.py). The rollups lag the raw events by up to one
@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 
 from campaigns import states
+from campaigns.lifecycle.stats import COUNTS, RATES, CampaignNotFound, campaign_series, campaign_stats
 from campaigns.queries import parse
-from campaigns.stats import COUNTS, RATES, CampaignNotFound, campaign_series, campaign_stats
 
 Q = parse((Path(__file__).parent / "queries" / "view.sql").read_text(encoding="utf-8"), area="view")
 

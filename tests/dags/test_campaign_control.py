@@ -11,8 +11,8 @@ from collections import Counter
 import pytest
 
 from campaigns import states
-from tests.campaigns.test_control import actions, campaign, counts, parse_dag, prepared_campaign, run_send_dag
-from tests.campaigns.test_control import send_while as really_send_and
+from tests.campaigns.lifecycle.test_control import actions, campaign, counts, parse_dag, prepared_campaign, run_send_dag
+from tests.campaigns.lifecycle.test_control import send_while as really_send_and
 from tests.helpers import sent_messages
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from campaigns import definitions, scheduling
+from campaigns.lifecycle import definitions, scheduling
 from tests.helpers import add_contacts, inline_campaign, parse_dag, sent_messages
 
 NOW = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from campaigns.config import get_settings
-from campaigns.suppressions import Request, SuppressionRequestError
+from campaigns.feedback.suppressions import Request, SuppressionRequestError
 from tests.helpers import parse_dag
 
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from campaigns import stats
 from campaigns.db import connect
-from tests.campaigns.test_stats import assert_matches_scratch, make_campaign, ses_event, track
+from campaigns.lifecycle import stats
+from tests.campaigns.lifecycle.test_stats import assert_matches_scratch, make_campaign, ses_event, track
 from tests.helpers import parse_dag
 
 

@@ -7,10 +7,10 @@ import email.policy
 
 import pytest
 
-from campaigns import definitions
 from campaigns.config import get_settings
-from campaigns.testsend import TestSendRefused, TestSendRequest
-from campaigns.tokens import UNSUBSCRIBE, TokenCodec
+from campaigns.feedback.tokens import UNSUBSCRIBE, TokenCodec
+from campaigns.lifecycle import definitions
+from campaigns.lifecycle.testsend import TestSendRefused, TestSendRequest
 from tests.helpers import add_contacts, inline_campaign, parse_dag, sent_messages
 
 pytestmark = pytest.mark.usefixtures("fast_rate")  # no waiting on the limiter (tested on its own)
@@ -76,8 +76,8 @@ def test_contact_gets_own_data_others_get_sample_values_with_a_test_subject(test
 
 def test_links_are_not_tracked_and_the_unsubscribe_link_never_unsubscribes_the_tester(db, ses, campaign, settings,
                                                                                       redis_client):
-    from campaigns.ses import SesTransport
-    from campaigns.testsend import send_test
+    from campaigns.lifecycle.testsend import send_test
+    from campaigns.sending.ses import SesTransport
     from tracking_service import create_app
 
     report = send_test(db, TestSendRequest.parse({"campaign_id": campaign["id"], "recipients": ["ana@example.org"]}),
@@ -127,8 +127,8 @@ def test_test_sends_take_their_slots_from_the_shared_redis_limiter(test_email_da
 
 
 def test_a_suppressed_address_is_refused_with_its_reason_and_nothing_is_sent(test_email_dag, db, ses, campaign):
-    from campaigns.ses import SesTransport
-    from campaigns.testsend import send_test
+    from campaigns.lifecycle.testsend import send_test
+    from campaigns.sending.ses import SesTransport
 
     db.execute("INSERT INTO suppressions (email, reason, source) VALUES ('gone@example.net', 'complaint', 't')")
     request = TestSendRequest.parse({"campaign_id": campaign["id"], "recipients": ["ok@example.net",
@@ -145,8 +145,8 @@ def test_a_suppressed_address_is_refused_with_its_reason_and_nothing_is_sent(tes
 
 
 def test_a_template_that_does_not_render_for_a_recipient_sends_nothing(db, ses, campaign):
-    from campaigns.ses import SesTransport
-    from campaigns.testsend import send_test
+    from campaigns.lifecycle.testsend import send_test
+    from campaigns.sending.ses import SesTransport
 
     db.execute("UPDATE campaigns SET html = '<p>Hi from {{ city }}</p>' WHERE id = %s", [campaign["id"]])
     request = TestSendRequest.parse({"campaign_id": campaign["id"], "recipients": ["qa@example.net"],
@@ -160,8 +160,8 @@ def test_a_template_that_does_not_render_for_a_recipient_sends_nothing(db, ses, 
 
 
 def test_unknown_campaign_key_is_refused(db, ses):
-    from campaigns.ses import SesTransport
-    from campaigns.testsend import send_test
+    from campaigns.lifecycle.testsend import send_test
+    from campaigns.sending.ses import SesTransport
 
     with pytest.raises(TestSendRefused, match="campaign 'nope' does not exist"):
         send_test(db, TestSendRequest.parse({"campaign_key": "nope", "recipients": ["a@example.net"]}),

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from campaigns import runtime
+from campaigns.sending import resources as runtime
 from tests.helpers import insert_campaign, parse_dag
 
 

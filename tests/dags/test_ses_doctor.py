@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from campaigns.config import get_settings
-from tests.campaigns.test_doctor import tracking_server  # noqa: F401 - the real tracking service over https
+from tests.campaigns.doctor.test_doctor import tracking_server  # noqa: F401 - the real tracking service over https
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 

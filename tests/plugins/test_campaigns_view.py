@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from campaigns import stats
+from campaigns.lifecycle import stats
 from tests.helpers import insert_campaign
 
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)

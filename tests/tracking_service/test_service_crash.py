@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from campaigns.tokens import TokenCodec
+from campaigns.feedback.tokens import TokenCodec
 from devstack.processes import poll
 from tests.helpers import sent_ledger
 from tracking_service import events_buffer

@@ -12,8 +12,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from campaigns.config import ConfigError
-from campaigns.links import register_links
-from campaigns.tokens import TokenCodec
+from campaigns.feedback.links import register_links
+from campaigns.feedback.tokens import TokenCodec
 from devstack.processes import poll
 from tests.helpers import add_contacts
 from tracking_service import create_app, events_buffer, tracking

@@ -1,4 +1,4 @@
--- Contact import (campaigns.contacts.import_csv). All statements run in one transaction on one connection:
+-- Contact import (campaigns.audience.contacts.import_csv). All statements run in one transaction on one connection:
 -- the staging table is a TEMP table, visible only to that session.
 
 -- name: create-staging

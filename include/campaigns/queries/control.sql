@@ -1,5 +1,5 @@
--- campaign_control (pause, resume, cancel, release) and send_test_email: the queries of campaigns.control and
--- campaigns.testsend. Every action is one transaction that holds the campaign row locked.
+-- campaign_control (pause, resume, cancel, release) and send_test_email: the queries of campaigns.lifecycle.control and
+-- campaigns.lifecycle.testsend. Every action is one transaction that holds the campaign row locked.
 
 -- name: lock-campaign
 -- FOR UPDATE: two control runs for the same campaign (a double click in the UI) act one after the other, so the

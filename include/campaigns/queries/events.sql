@@ -1,4 +1,4 @@
--- SES events delivered by SNS (campaigns.ses_events): the event log, suppressions and settling the ledger.
+-- SES events delivered by SNS (campaigns.feedback.ses_events): the event log, suppressions and settling the ledger.
 -- Every query runs inside the one transaction record_notification opens per SNS message.
 
 -- name: recipient-by-message

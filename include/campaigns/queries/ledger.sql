@@ -5,7 +5,7 @@
 -- The audience as CTEs `members` and `classified`, shared by the snapshot and the preflight preview so both
 -- see exactly the same people. Contacts are unique by lower(email), so GROUP BY c.id dedupes addresses; a member
 -- of several target lists counts as subscribed if any membership is. Excluded members carry a skip_reason.
--- {filters} is built by campaigns.audience with bound parameters.
+-- {filters} is built by campaigns.audience.filters with bound parameters.
 members AS (
     SELECT c.id, c.email, c.first_name, c.last_name, c.attributes,
            bool_or(lm.status = 'subscribed') AS subscribed

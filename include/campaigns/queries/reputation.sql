@@ -1,4 +1,4 @@
--- The reputation guard (campaigns.reputation): a sending campaign's bounce and complaint rates, and the guarded
+-- The reputation guard (campaigns.lifecycle.reputation): a sending campaign's bounce and complaint rates, and the guarded
 -- pauses it and the SES account guard make.
 
 -- name: campaign-outcomes

@@ -1,4 +1,4 @@
--- Scheduled and recurring campaigns: the queries of campaigns.scheduling (dispatch_scheduled_campaigns and the
+-- Scheduled and recurring campaigns: the queries of campaigns.lifecycle.scheduling (dispatch_scheduled_campaigns and the
 -- scheduling checks of send_campaign's resolve step).
 -- A one-off scheduled campaign: status `scheduled`, send_at set, recurrence NULL.
 -- A recurring campaign (template): status `scheduled`, recurrence set, send_at = its next occurrence.

@@ -1,4 +1,4 @@
--- Campaign stats (campaigns.stats): roll email_events and the ledger up into the tables analysts query.
+-- Campaign stats (campaigns.lifecycle.stats): roll email_events and the ledger up into the tables analysts query.
 -- One rollup run is one REPEATABLE READ transaction: the events it counts, the per-recipient state it updates and
 -- the snapshot it stores as "counted up to here" commit together, so an event is counted exactly once.
 

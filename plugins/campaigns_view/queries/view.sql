@@ -1,5 +1,5 @@
 -- Reads for the Campaigns view in the Airflow UI. Every query reads the campaign row, the stats rollups
--- (campaign_stats, campaign_stats_series, campaign_link_stats through campaigns.stats) or the small
+-- (campaign_stats, campaign_stats_series, campaign_link_stats through campaigns.lifecycle.stats) or the small
 -- campaign_actions log: never the ledger or email_events, so a page costs the same for 100 or 10,000,000 rows.
 
 -- name: campaign-list

@@ -1,0 +1,170 @@
+"""Pause, resume, cancel and release a campaign (the `campaign_control` DAG): one guarded move, one audit row.
+
+| action  | allowed from                            | to        | what else happens                           |
+|---------|-----------------------------------------|-----------|---------------------------------------------|
+| cancel  | draft, scheduled, held, running, paused | cancelled | pending rows -> cancelled, same transaction |
+| pause   | running                                 | paused    | pending rows stay pending                   |
+| resume  | paused                                  | running   | names a new send_campaign run               |
+| release | held                                    | running   | the same                                    |
+
+How sending stops: every send task re-reads the campaign's status at most every 0.5 s (sender.CampaignWatch) and
+stops taking rows once it is not `running`; a send already past that check finishes (at most one limiter slot
+later). A cancel also turns the pending rows into `cancelled` at once, so no send task can claim another one.
+The run that was sending ends cleanly: its finalize sees `paused` or `cancelled` and leaves it so.
+
+Resume and release move the campaign to `running` here, inside the same locked transaction that writes the
+action row, and set `campaigns.run_id` to the send run they are about to start. That makes them exclusive: a
+second resume finds the campaign running and is refused, and send_campaign's resolve step accepts the campaign
+only for that run. The run id is derived from the action row, so a retried control run cannot start two sends.
+
+Every action writes one campaign_actions row (actor, run_id, old/new status, requested_at = the start of the
+transaction, the clock the "within 5 seconds" promises are measured from). A refused action writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from campaigns import states
+from campaigns.errors import CampaignDefinitionError, IllegalTransition
+from campaigns.queries import load
+from campaigns.sending import ledger
+
+log = logging.getLogger(__name__)
+Q = load("control")
+
+ACTOR = "campaign_control"
+SEND_DAG_ID = "send_campaign"
+CANCEL, PAUSE, RESUME, RELEASE = "cancel", "pause", "resume", "release"
+
+
+@dataclass(frozen=True)
+class Action:
+    """One control action: the states it may start from, the state it moves to, whether it starts a send run."""
+
+    name: str
+    allowed_from: frozenset[str]
+    to: str
+    starts_send_run: bool
+    done: str  # past tense, for status_reason: "paused by campaign_control (run ...)"
+    hint: str  # appended to the refusal: what the person probably wanted instead
+
+
+ACTIONS: dict[str, Action] = {
+    CANCEL: Action(CANCEL, frozenset({states.DRAFT, states.SCHEDULED, states.HELD, states.RUNNING, states.PAUSED}),
+                   states.CANCELLED, False, "cancelled", "a sent, failed or cancelled campaign is finished"),
+    PAUSE: Action(PAUSE, frozenset({states.RUNNING}), states.PAUSED, False, "paused",
+                  "only a running campaign can be paused (cancel a scheduled or held one instead)"),
+    RESUME: Action(RESUME, frozenset({states.PAUSED}), states.RUNNING, True, "resumed",
+                   "only a paused campaign can be resumed (a held one is released)"),
+    RELEASE: Action(RELEASE, frozenset({states.HELD}), states.RUNNING, True, "released",
+                    "only a held campaign can be released (a paused one is resumed)"),
+}
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What an action did; `trigger_run_id` names the send_campaign run to start (resume and release only)."""
+
+    action_id: int
+    campaign_id: int
+    action: str
+    old_status: str
+    new_status: str
+    requested_at: datetime
+    trigger_run_id: str | None
+    cancelled: int
+    repeated: bool  # a retried control task found its own earlier action and did nothing again
+
+    def as_xcom(self) -> dict[str, Any]:
+        """JSON-safe, for the DAG's XCom (the TriggerDagRunOperator reads trigger_run_id and send_conf)."""
+        return {
+            "action_id": self.action_id, "campaign_id": self.campaign_id, "action": self.action,
+            "old_status": self.old_status, "new_status": self.new_status,
+            "requested_at": self.requested_at.isoformat(), "trigger_run_id": self.trigger_run_id,
+            "send_conf": {"campaign_id": self.campaign_id} if self.trigger_run_id else None,
+            "cancelled": self.cancelled, "repeated": self.repeated,
+        }
+
+
+def trigger_run_id_for(action: str, campaign_id: int, action_id: int, requested_at: datetime) -> str:
+    """The send_campaign run id of a resume/release: derived from the action row, so it is the same on retry.
+
+    The request time is part of it because ids restart when a campaign database is recreated while Airflow's
+    run history stays: a reused id would make the trigger find an old run and start nothing.
+    """
+    stamp = requested_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{ACTOR}__{action}__campaign_{campaign_id}__action_{action_id}__{stamp}"
+
+
+def parse_request(campaign_id: Any, action: Any) -> tuple[int, Action]:
+    """Check a control request's two fields (the DAG's Params check them too; the REST API may not)."""
+    if isinstance(campaign_id, bool) or not isinstance(campaign_id, int) or campaign_id < 1:
+        raise CampaignDefinitionError(f"campaign_id must be a whole number of at least 1, got {campaign_id!r}")
+    if action not in ACTIONS:
+        raise CampaignDefinitionError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+    return campaign_id, ACTIONS[action]
+
+
+def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run_id: str | None = None,
+                 actor: str = ACTOR, run_is_active: Callable[[str], bool] | None = None) -> ActionResult:
+    """Apply one control action in one transaction; IllegalTransition (nothing changed) when it is not allowed.
+
+    `run_is_active(run_id)` says whether a send_campaign run is still queued or running; resume refuses while the
+    run that was paused is still winding down, because that run's finalize would otherwise settle the resumed
+    campaign as its own.
+    """
+    campaign_id, spec = parse_request(campaign_id, action)
+    with conn.transaction():
+        campaign = conn.execute(Q["lock-campaign"], {"campaign_id": campaign_id}).fetchone()
+        if campaign is None:
+            raise IllegalTransition(f"campaign {campaign_id} does not exist")
+        if run_id is not None:
+            earlier = conn.execute(Q["action-of-run"], {"campaign_id": campaign_id, "action": spec.name,
+                                                        "actor": actor, "run_id": run_id}).fetchone()
+            if earlier is not None:
+                log.info("campaign %s: %s was already applied by run %s (action %s); not applied again",
+                         campaign_id, spec.name, run_id, earlier["id"])
+                return _result(earlier, repeated=True)
+        old = campaign["status"]
+        name = f"campaign {campaign_id} ({campaign['key']!r})"
+        if old not in spec.allowed_from:
+            raise IllegalTransition(f"cannot {spec.name} {name}: it is {old}; {spec.hint}")
+        if spec.name == RESUME and campaign["run_id"] and run_is_active is not None \
+                and run_is_active(campaign["run_id"]):
+            raise IllegalTransition(
+                f"cannot resume {name} yet: its previous send run {campaign['run_id']} is still finishing "
+                "(its send tasks stop within seconds of a pause); try again once that run has ended")
+        reason = f"{spec.done} by {actor}" + (f" (run {run_id})" if run_id else "")
+        row = states.record_action(conn, campaign_id, action=spec.name, actor=actor, run_id=run_id, old_status=old,
+                                   new_status=spec.to, reason=reason)
+        states.move_campaign(conn, campaign_id, spec.to, expected=old,
+                             reason=None if spec.to == states.RUNNING else reason)
+        cancelled = ledger.cancel_pending(conn, campaign_id) if spec.name == CANCEL else 0
+        trigger_run_id = None
+        if spec.starts_send_run:
+            trigger_run_id = trigger_run_id_for(spec.name, campaign_id, row["id"], row["requested_at"])
+            conn.execute(Q["set-campaign-run"], {"campaign_id": campaign_id, "run_id": trigger_run_id})
+        detail = {"cancelled": cancelled, "trigger_run_id": trigger_run_id, "previous_run_id": campaign["run_id"]}
+        conn.execute(Q["set-action-detail"], {"id": row["id"], "detail": Jsonb(detail)})
+    log.info("%s: %s -> %s by %s%s", name, old, spec.to, spec.name,
+             f"; {cancelled} pending recipient(s) cancelled" if spec.name == CANCEL else
+             f"; send run {trigger_run_id}" if trigger_run_id else "")
+    return ActionResult(action_id=row["id"], campaign_id=campaign_id, action=spec.name, old_status=old,
+                        new_status=spec.to, requested_at=row["requested_at"], trigger_run_id=trigger_run_id,
+                        cancelled=cancelled, repeated=False)
+
+
+def _result(row: dict[str, Any], *, repeated: bool) -> ActionResult:
+    detail = row["detail"] or {}
+    return ActionResult(action_id=row["id"], campaign_id=row["campaign_id"], action=row["action"],
+                        old_status=row["old_status"], new_status=row["new_status"],
+                        requested_at=row["requested_at"], trigger_run_id=detail.get("trigger_run_id"),
+                        cancelled=detail.get("cancelled", 0), repeated=repeated)

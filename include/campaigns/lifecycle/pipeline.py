@@ -1,0 +1,235 @@
+"""The send_campaign pipeline, one function per DAG task. DAG files only wire these together.
+
+resolve_campaign -> preflight -> snapshot_recipients -> plan_batches -> send_batch.expand(...) -> finalize
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from campaigns import db, states
+from campaigns.config import Settings, get_settings
+from campaigns.errors import CampaignDefinitionError, IllegalTransition
+from campaigns.feedback.links import register_links
+from campaigns.lifecycle import definitions, scheduling
+from campaigns.sending import ledger, preflight
+from campaigns.sending.ledger import SendTask
+from campaigns.sending.sender import SendBatch
+from campaigns.states import Row
+
+log = logging.getLogger(__name__)
+STARTABLE = {states.DRAFT, states.SCHEDULED, states.HELD, states.PAUSED}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """A run's conf after defaults: conf > environment > default."""
+
+    batch_size: int
+    dry_run: bool
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, Any], settings: Settings) -> RunOptions:
+        batch_size = conf.get("batch_size")
+        if batch_size is None:
+            batch_size = settings.batch_size
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= 10_000:
+            raise CampaignDefinitionError(f"batch_size must be a whole number from 1 to 10000, got {batch_size!r}")
+        return cls(batch_size=batch_size, dry_run=bool(conf.get("dry_run", False)))
+
+
+def resolve_campaign(conf: dict[str, Any], run_id: str, *, now: datetime | None = None) -> int | None:
+    """Load the campaign by id, or create/update it from the inline definition by key.
+
+    Returns its id when this run sends it now, None when it must not be sent now: scheduled for later, a recurring
+    template, or (for a run the dispatcher started, conf `scheduled_for`) rescheduled, held or taken by another run.
+    """
+    settings = get_settings()
+    RunOptions.from_conf(conf, settings)  # rules across fields fail here, before anything is sent
+    has_id, has_inline = conf.get("campaign_id") is not None, conf.get("campaign") is not None
+    if has_id == has_inline:
+        raise CampaignDefinitionError(
+            "give exactly one of `campaign_id` (an existing campaign) or `campaign` (an inline definition); "
+            f"got {'both' if has_id else 'neither'}")
+    scheduled_for = conf.get("scheduled_for")
+    if scheduled_for is not None:
+        scheduled_for = scheduling.parse_send_at(scheduled_for, field="scheduled_for")
+    now = now or datetime.now(UTC)
+    with db.campaign_db() as conn:
+        timed = False
+        if has_inline:
+            definition = definitions.CampaignDefinition.parse(
+                conf["campaign"], default_from_email=settings.from_email,
+                default_from_name=settings.from_name, default_reply_to=settings.reply_to)
+            campaign = definitions.upsert_campaign(conn, definition, now=now)
+            timed = definition.send_at is not None or definition.recurrence is not None
+        else:
+            campaign = definitions.load_campaign(conn, conf["campaign_id"])
+        status = campaign["status"]
+        not_now = scheduling.skip_reason(conn, campaign, run_id=run_id, now=now, scheduled_for=scheduled_for,
+                                         timed_definition=timed,
+                                         hold_after=timedelta(hours=settings.schedule_hold_after_hours))
+        if not_now is not None:
+            log.info("campaign %s (%r) is %s; nothing is sent by this run: %s", campaign["id"], campaign["key"],
+                     status, not_now)
+            return None
+        if status == states.PAUSED and campaign["run_id"] == run_id:
+            # campaign_control resumed it for this run, then someone paused it before the run started
+            log.info("campaign %s (%r) was paused after this run was asked to send it; nothing is sent",
+                     campaign["id"], campaign["key"])
+            return None
+        if status == states.RUNNING and campaign["run_id"] not in (None, run_id):
+            raise IllegalTransition(f"campaign {campaign['key']!r} is already being sent by run {campaign['run_id']}")
+        if status != states.RUNNING and status not in STARTABLE:
+            raise IllegalTransition(f"campaign {campaign['key']!r} is {status}; it cannot be sent again "
+                                    "(use a new key for a new campaign)")
+        log.info("campaign %s (%r) is %s", campaign["id"], campaign["key"], status)
+        return campaign["id"]
+
+
+def composer_for(campaign: dict[str, Any], settings: Settings):
+    """The per-campaign message builder: templates compiled once, links and headers prepared once."""
+    from campaigns.feedback.tokens import TokenCodec
+    from campaigns.sending.compose import CampaignContent, Composer
+
+    options = campaign.get("settings") or {}
+    content = CampaignContent(
+        campaign_id=campaign["id"], subject=campaign["subject"], html=campaign["html"], text=campaign["text"],
+        from_email=campaign["from_email"], from_name=campaign["from_name"], reply_to=campaign["reply_to"],
+        auto_footer=options.get("auto_footer", True))
+    return Composer(content, tracking_base_url=settings.tracking_base_url,
+                    codec=TokenCodec(settings.tracking_secret_keys),
+                    track_opens=options.get("track_opens", True), track_clicks=options.get("track_clicks", True))
+
+
+def run_preflight(campaign_id: int, conf: dict[str, Any], ses_client) -> dict[str, Any]:
+    """Preflight the campaign; the report is stored on the campaign either way."""
+    from psycopg.types.json import Jsonb
+
+    from campaigns.errors import PreflightFailed
+
+    settings = get_settings()
+    with db.campaign_db(autocommit=True) as conn:
+        campaign = definitions.load_campaign(conn, campaign_id)
+        try:
+            report = preflight.run(conn, campaign, composer_factory=lambda c: composer_for(c, settings),
+                                   settings=settings, ses_client=ses_client)
+        except PreflightFailed as exc:
+            conn.execute("UPDATE campaigns SET preflight = %s, updated_at = now() WHERE id = %s",
+                         [Jsonb(exc.report), campaign_id])
+            raise
+        conn.execute("UPDATE campaigns SET preflight = %s, updated_at = now() WHERE id = %s",
+                     [Jsonb(report), campaign_id])
+    log.info("preflight passed: %s sendable, %s rendered", report["audience"]["sendable"],
+             report["audience"]["rendered"])
+    return report
+
+
+def snapshot_recipients(campaign_id: int, conf: dict[str, Any]) -> dict[str, Any]:
+    options = RunOptions.from_conf(conf, get_settings())
+    with db.campaign_db(autocommit=True) as conn:
+        campaign = definitions.load_campaign(conn, campaign_id)
+        from campaigns.audience.filters import Audience
+
+        summary = ledger.snapshot(conn, campaign_id, Audience.parse(campaign["audience"]), options.batch_size)
+    log.info("snapshot: %s recipients, %s pending, skipped by reason %s", summary["recipients"],
+             summary["pending"], summary["skipped_by_reason"])
+    return summary
+
+
+def plan_batches(campaign_id: int, conf: dict[str, Any], run_id: str, rate: float) -> list[dict[str, Any]]:
+    """Small descriptors for the mapped send tasks; marks the campaign running (unless this is a dry run)."""
+    settings = get_settings()
+    options = RunOptions.from_conf(conf, settings)
+    with db.campaign_db(autocommit=True) as conn:
+        campaign = definitions.load_campaign(conn, campaign_id)
+        page_size = (campaign["snapshot"] or {}).get("page_size", options.batch_size)
+        tasks = ledger.plan(conn, campaign_id, page_size=page_size, rate=rate,
+                            task_seconds=settings.max_send_task_seconds, parallel=settings.parallel_send_tasks)
+        log.info("plan: %d send task(s) over %s page(s) of %d", len(tasks),
+                 sum(t.last_page - t.first_page + 1 for t in tasks), page_size)
+        if options.dry_run:
+            log.info("dry run: nothing is sent; the campaign stays %s", campaign["status"])
+            return []
+        if campaign["status"] != states.RUNNING:
+            states.move_campaign(conn, campaign_id, states.RUNNING, expected=STARTABLE)
+        conn.execute("UPDATE campaigns SET run_id = %s WHERE id = %s", [run_id, campaign_id])
+    return [task.as_dict() for task in tasks]
+
+
+def send_batch(descriptor: dict[str, Any], *, attempt: str, ses_client, limiter, threads: int) -> dict[str, Any]:
+    """Send one mapped task's pages; pauses the campaign if SES stopped the account."""
+    from campaigns.sending.ses import SesTransport
+
+    settings = get_settings()
+    task = SendTask.from_dict(descriptor)
+    dsn = db.resolve_postgres_dsn(settings.db_conn_id)
+    with db.connect(dsn, autocommit=True) as conn:
+        campaign = definitions.load_campaign(conn, task.campaign_id)
+    if campaign["status"] != states.RUNNING:
+        log.info("%s: campaign is %s; nothing to send", task.label, campaign["status"])
+        return {"label": task.label, "skipped_because": campaign["status"]}
+    builder = composer_for(campaign, settings)
+    with db.connect(dsn, autocommit=True) as conn:
+        # Before any message carrying them leaves: the click endpoint redirects only to registered links.
+        register_links(conn, task.campaign_id, builder.links)
+    batch = SendBatch(
+        task, attempt=attempt, from_email=campaign["from_email"], builder=builder,
+        transport=SesTransport(ses_client, configuration_set=settings.configuration_set),
+        limiter=limiter, connect=lambda: db.connect(dsn, autocommit=True), threads=threads)
+    report = batch.run()
+    log.info("%s: %s", task.label, report.as_dict())
+    if report.account_stopped:
+        # Another task may have paused it first: then there is nothing to move.
+        with db.connect(dsn, autocommit=True) as conn, contextlib.suppress(IllegalTransition):
+            states.move_campaign(conn, task.campaign_id, states.PAUSED,
+                                 reason=f"SES stopped sending: {report.account_stopped}", expected=states.RUNNING)
+        log.error("%s: SES stopped sending (%s); campaign paused, resume it once the account is fixed",
+                  task.label, report.account_stopped)
+    elif report.error is not None:
+        raise report.error
+    return {"label": task.label, **report.as_dict()}
+
+
+def finalize(campaign_id: int, run_id: str | None = None) -> dict[str, Any]:
+    """Count the ledger, settle the campaign's final state, return the summary (also stored on the campaign).
+
+    Returns `incomplete` = the reason when recipients are still pending because send tasks failed. A campaign that
+    another run drives now (it was resumed while this run was ending) is counted but its state is left alone.
+    """
+    from psycopg.types.json import Jsonb
+
+    with db.campaign_db(autocommit=True) as conn:
+        campaign = definitions.load_campaign(conn, campaign_id)
+        summary = ledger.summarize(ledger.status_counts(conn, campaign_id))
+        open_rows = summary[Row.PENDING] + summary[Row.SENDING]
+        incomplete = None
+        foreign = run_id is not None and campaign["run_id"] not in (None, run_id)
+        if foreign:
+            log.info("campaign %s is driven by run %s now; this run leaves its state alone", campaign_id,
+                     campaign["run_id"])
+            summary.update(campaign_id=campaign_id, key=campaign["key"], status=campaign["status"],
+                           status_reason=campaign["status_reason"], incomplete=None)
+            return summary
+        if campaign["status"] == states.RUNNING:
+            if open_rows == 0:
+                states.move_campaign(conn, campaign_id, states.SENT, expected=states.RUNNING)
+            else:
+                incomplete = (f"{open_rows} recipient(s) still pending after the send tasks ended; "
+                              "resume the campaign to send them")
+                states.move_campaign(conn, campaign_id, states.PAUSED, reason=incomplete, expected=states.RUNNING)
+        elif campaign["status"] == states.CANCELLED:
+            summary[Row.CANCELLED] += ledger.cancel_pending(conn, campaign_id)
+            summary[Row.PENDING] = 0
+        final = definitions.load_campaign(conn, campaign_id)
+        summary.update(campaign_id=campaign_id, key=final["key"], status=final["status"],
+                       status_reason=final["status_reason"], incomplete=incomplete)
+        conn.execute("UPDATE campaigns SET summary = %s, updated_at = now() WHERE id = %s",
+                     [Jsonb(summary), campaign_id])
+    log.info("campaign %s (%r) is %s: %s", campaign_id, summary["key"], summary["status"],
+             {k: summary[k] for k in ("recipients", *Row.ALL)})
+    return summary

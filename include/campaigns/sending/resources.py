@@ -1,0 +1,62 @@
+"""Resources a send task needs inside Airflow, built through the providers' hooks from the configured connections.
+
+sesv2 client: Amazon provider's AwsBaseHook (`aws_default`); limiter: Redis provider's RedisHook (`redis_default`),
+one key per SES account and region so every worker of every campaign shares it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from campaigns import db
+from campaigns.config import get_settings
+from campaigns.sending.ratelimit import RateLimiter, RateSource, default_thread_count, limiter_key
+from campaigns.sending.ses import ses_client_from_airflow
+
+
+def sending_rate(ses_client: Any = None) -> float:
+    """The rate to send at now: SES_SENDING_RATE, or `auto` (GetAccount MaxSendRate x safety factor)."""
+    settings = get_settings()
+    client = ses_client or (lambda: ses_client_from_airflow(settings.aws_conn_id))
+    return RateSource.from_settings(settings, client).rate()
+
+
+def account_ses_client() -> Any:
+    """A sesv2 client for account reads (GetAccount) through `aws_default`, with botocore's usual retries.
+
+    Unlike the sending client (ses.client_config turns retries off so a timeout cannot send twice), a read may be
+    retried safely.
+    """
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=get_settings().aws_conn_id, client_type="sesv2").conn
+
+
+def _account_id(aws_conn_id: str) -> str:
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sts").account_id
+
+
+@contextmanager
+def send_resources(sibling_tasks: int = 1) -> Iterator[dict[str, Any]]:
+    """The SES client, the global limiter and the thread count for one send task.
+
+    `sibling_tasks`: how many send tasks of the campaign run side by side (its plan's task count, at most
+    SEND_TASK_PARALLELISM). They share the rate, so each needs threads for its share only: more threads than that
+    just wait on the limiter and cost CPU (context switches, GIL hand-offs) that the sending itself needs.
+    """
+    settings = get_settings()
+    rate = sending_rate()
+    share = rate / max(1, min(sibling_tasks, settings.parallel_send_tasks))
+    threads = settings.send_threads or default_thread_count(share)
+    client = ses_client_from_airflow(settings.aws_conn_id, max_connections=threads)
+    redis_client = db.resolve_redis(settings.redis_conn_id)  # REDIS_URL, else the Redis provider's hook
+    key = limiter_key(_account_id(settings.aws_conn_id), client.meta.region_name)
+    limiter = RateLimiter(redis_client, key, rate, burst=settings.rate_burst)
+    try:
+        yield {"ses_client": client, "limiter": limiter, "threads": threads}
+    finally:
+        redis_client.close()

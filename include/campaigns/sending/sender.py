@@ -1,0 +1,290 @@
+"""The send loop of one mapped send task: pending rows -> limiter slot -> claim -> compose -> SES -> ledger.
+
+A small thread pool lets one task reach hundreds of sends per second; every thread takes its slots from the same
+(global) limiter and has its own database connection. The campaign's state is re-read at most every
+`watch_interval` seconds, so a pause or cancel stops the task within about a second. At a slower cadence
+(REPUTATION_CHECK_SECONDS) the same watch counts the campaign's bounces and complaints and pauses it when a rate
+is over its threshold (campaigns.lifecycle.reputation).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psycopg
+
+from campaigns import states
+from campaigns.config import get_settings
+from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, SendError, Throttled
+from campaigns.lifecycle.reputation import ReputationGuard, Thresholds
+from campaigns.sending import ledger
+from campaigns.sending.ledger import SendTask
+from campaigns.sending.ratelimit import LimiterUnavailable
+from campaigns.states import Row
+
+log = logging.getLogger(__name__)
+MAX_THROTTLE_RETRIES = 20
+
+
+class Limiter(Protocol):
+    def acquire(self, stop: threading.Event | None = None) -> float: ...
+    def throttled(self, factor: float = 0.5, seconds: float = 30.0) -> None: ...
+
+
+class Transport(Protocol):
+    def send(self, *, raw: bytes, from_email: str, to: str, tags: dict[str, str]) -> str: ...
+
+
+class MessageBuilder(Protocol):
+    def compose(self, recipient_id: int, to_email: str, merge_data: dict[str, Any]) -> bytes: ...
+
+
+@dataclass
+class SendReport:
+    """What one send task did; `stop_reason` says why it stopped early, if it did."""
+
+    counts: Counter = field(default_factory=Counter)
+    stop_reason: str | None = None
+    account_stopped: str | None = None
+    error: BaseException | None = None
+    settled_unknown: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "stop_reason": self.stop_reason,
+                "account_stopped": self.account_stopped, "settled_unknown": self.settled_unknown,
+                "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}"}
+
+
+class CampaignWatch:
+    """Re-reads the campaign's status at most every `interval` seconds (shared by the send threads).
+
+    With a `guard`, a running campaign's rates are judged too, at the guard's own (slower) cadence; when the guard
+    pauses the campaign, the very next status() answers paused, so no thread starts another send.
+    """
+
+    def __init__(self, connect: Callable[[], psycopg.Connection], campaign_id: int, interval: float = 0.5,
+                 guard: ReputationGuard | None = None, run_id: str | None = None) -> None:
+        self._connect = connect
+        self._campaign_id = campaign_id
+        self._run_id = run_id
+        self._interval = interval
+        self.guard = guard
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._status = states.RUNNING
+        self._conn: psycopg.Connection | None = None
+
+    def status(self) -> str:
+        with self._lock:
+            if time.monotonic() - self._checked >= self._interval:
+                if self._conn is None:
+                    self._conn = self._connect()
+                row = self._conn.execute("SELECT status, run_id FROM campaigns WHERE id = %s",
+                                         [self._campaign_id]).fetchone()
+                self._status = row["status"] if row else states.CANCELLED
+                if row and self._run_id and row["run_id"] not in (None, self._run_id):
+                    # resumed by another run while this task still sends: two runs never send one campaign
+                    self._status = f"{row['status']} under run {row['run_id']}"
+                # Under the lock on purpose: the other threads wait for the verdict instead of sending past it.
+                if self._status == states.RUNNING and self.guard is not None and self.guard.due() \
+                        and self.guard.check(self._conn) is not None:
+                    self._status = states.PAUSED
+                self._checked = time.monotonic()
+            return self._status
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+class SendBatch:
+    """Works through one SendTask's pending rows with `threads` senders."""
+
+    def __init__(self, task: SendTask, *, attempt: str, from_email: str, builder: MessageBuilder,
+                 transport: Transport, limiter: Limiter, connect: Callable[[], psycopg.Connection],
+                 threads: int = 4, watch_interval: float = 0.5, reputation: Thresholds | None = None,
+                 reputation_interval: float | None = None, limiter_outage_seconds: float | None = None) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.task = task
+        self.attempt = attempt
+        self.from_email = from_email
+        self.builder = builder
+        self.transport = transport
+        self.limiter = limiter
+        self.connect = connect
+        self.threads = threads
+        # Thresholds and cadence default to the settings; the run id (attempt = run_id/map_index/try) goes on the
+        # campaign_actions row, so a pause can be traced to the DAG run that saw the rates.
+        settings = get_settings()
+        run_id = attempt.rsplit("/", 2)[0] if attempt.count("/") >= 2 else attempt
+        guard = ReputationGuard(
+            task.campaign_id, reputation or Thresholds.from_settings(settings),
+            interval=settings.reputation_check_seconds if reputation_interval is None else reputation_interval,
+            run_id=run_id)
+        self.watch = CampaignWatch(connect, task.campaign_id, watch_interval, guard=guard, run_id=run_id)
+        # A Redis restart should not cost a task retry (and its scheduler overhead): wait it out, sending nothing.
+        self.limiter_outage_seconds = (settings.limiter_outage_seconds if limiter_outage_seconds is None
+                                       else limiter_outage_seconds)
+        self._outage_logged = False
+        self.report = SendReport()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue(maxsize=threads * 4)
+
+    def run(self) -> SendReport:
+        """Send every pending row of the task; returns the report (raises nothing the pipeline must not see)."""
+        with self.connect() as conn:
+            self.report.settled_unknown = ledger.settle_stale(conn, self.task, self.attempt)
+            if self.report.settled_unknown:
+                log.warning("%s: %d rows were left `sending` by an earlier attempt; marked unknown, not resent",
+                            self.task.label, self.report.settled_unknown)
+            workers = [threading.Thread(target=self._worker, name=f"send-{i}", daemon=True)
+                       for i in range(self.threads)]
+            for worker in workers:
+                worker.start()
+            try:
+                for row in ledger.pending_rows(conn, self.task):
+                    if not self._put(row):
+                        break
+            finally:
+                for _ in workers:
+                    self._queue.put(None)
+                for worker in workers:
+                    worker.join()
+                self.watch.close()
+        return self.report
+
+    def _put(self, row: dict[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(row, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _halt(self, *, reason: str, account: str | None = None, error: BaseException | None = None) -> None:
+        with self._lock:
+            if self.report.stop_reason is None:
+                self.report.stop_reason = reason
+                self.report.account_stopped = account
+                self.report.error = error
+        self._stop.set()
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            self.report.counts[outcome] += 1
+
+    def _worker(self) -> None:
+        """Take rows until the sentinel; after a stop, keep draining (without sending) so the producer never blocks."""
+        conn = None
+        try:
+            while True:
+                row = self._queue.get()
+                if row is None:
+                    return
+                if self._stop.is_set():
+                    continue  # rows we do not touch stay pending
+                try:
+                    status = self.watch.status()
+                    if status != states.RUNNING:
+                        paused_by_guard = self.watch.guard and self.watch.guard.paused_reason
+                        self._halt(reason=f"reputation guard paused the campaign: {paused_by_guard}"
+                                   if paused_by_guard else f"campaign is {status}")
+                        continue
+                    conn = conn or self.connect()
+                    self._send_one(conn, row)
+                except Exception as exc:  # noqa: BLE001 - the task fails with it and Airflow retries the task
+                    log.error("%s: sending stopped: %s: %s", self.task.label, type(exc).__name__, exc)
+                    self._halt(reason=f"{type(exc).__name__}: {exc}", error=exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _acquire(self) -> bool:
+        """Wait for this thread's send slot; False when the task is stopping or the campaign is no longer running.
+
+        While the limiter is unreachable (Redis down or restarting) nothing is sent: the thread retries with
+        backoff for up to `limiter_outage_seconds`, still obeying pause and cancel, then raises LimiterUnavailable
+        so the task fails with the reason and Airflow retries it.
+        """
+        gave_up_at = None
+        delay = 0.25
+        while True:
+            try:
+                self.limiter.acquire(self._stop)
+                return not self._stop.is_set()
+            except LimiterUnavailable:
+                now = time.monotonic()
+                if gave_up_at is None:
+                    gave_up_at = now + self.limiter_outage_seconds
+                    with self._lock:
+                        first, self._outage_logged = not self._outage_logged, True
+                    if first:
+                        log.warning("%s: the rate limiter (Redis) is unreachable; nothing is sent until it answers "
+                                    "(waiting up to %.0f s)", self.task.label, self.limiter_outage_seconds)
+                if now >= gave_up_at:
+                    raise
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, 2.0)
+            status = self.watch.status()
+            if status != states.RUNNING:
+                self._halt(reason=f"campaign is {status}")
+                return False
+
+    def _send_one(self, conn: psycopg.Connection, row: dict[str, Any]) -> None:
+        # The slot comes first: if Redis is down nothing is claimed, the row stays pending (fail closed).
+        if not self._acquire():
+            return
+        claimed = ledger.claim(conn, row["id"], row["email"], self.attempt)
+        if claimed != Row.SENDING:
+            self._count(Row.SKIPPED if claimed == Row.SKIPPED else "already_claimed")
+            return
+        try:
+            raw = self.builder.compose(row["id"], row["email"], ledger.merge_fields(row))
+        except ValueError as exc:  # TemplateProblem / AddressProblem: this recipient can never be sent as is
+            ledger.release(conn, row["id"], self.attempt, Row.FAILED, f"compose: {exc}")
+            self._count(Row.FAILED)
+            return
+        tags = {"campaign": str(self.task.campaign_id), "recipient": str(row["id"])}
+        for retry in range(MAX_THROTTLE_RETRIES + 1):
+            try:
+                message_id = self.transport.send(raw=raw, from_email=self.from_email, to=row["email"], tags=tags)
+            except Throttled as exc:
+                self.limiter.throttled()
+                if retry == MAX_THROTTLE_RETRIES or self._stop.is_set():
+                    ledger.release(conn, row["id"], self.attempt, Row.PENDING, str(exc))
+                    self._halt(reason=f"still throttled after {retry} retries", error=exc)
+                    return
+                time.sleep(min(5.0, 0.05 * 2 ** retry) * (0.5 + random.random()))  # noqa: S311 - jitter only
+                self.limiter.acquire(self._stop)
+                continue
+            except RecipientRejected as exc:
+                ledger.release(conn, row["id"], self.attempt, Row.FAILED, str(exc))
+                self._count(Row.FAILED)
+                return
+            except AccountStopped as exc:
+                ledger.release(conn, row["id"], self.attempt, Row.PENDING, str(exc))
+                self._halt(reason=f"SES stopped sending: {exc}", account=str(exc))
+                return
+            except NotSent as exc:
+                ledger.release(conn, row["id"], self.attempt, Row.PENDING, str(exc))
+                self._halt(reason=str(exc), error=exc)
+                return
+            except (OutcomeUnknown, SendError) as exc:
+                ledger.release(conn, row["id"], self.attempt, Row.UNKNOWN, str(exc))
+                self._count(Row.UNKNOWN)
+                return
+            ledger.mark_sent(conn, row["id"], self.attempt, message_id)
+            self._count(Row.SENT)
+            return

@@ -1,0 +1,206 @@
+"""Preflight's account checks (the cheap part of ses_doctor): a campaign SES would not send is refused before
+anything is sent; real PostgreSQL for the audience, botocore's Stubber for the SES answers moto cannot give."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from campaigns.audience.filters import Audience
+from campaigns.errors import PreflightFailed
+from campaigns.lifecycle import definitions
+from campaigns.lifecycle.pipeline import composer_for
+from campaigns.sending import ledger, preflight
+from tests.helpers import add_contacts, inline_campaign
+
+RECIPIENTS = [f"user{i}@example.org" for i in range(5)]
+
+
+@pytest.fixture
+def campaign(db):
+    add_contacts(db, RECIPIENTS)
+    definition = definitions.CampaignDefinition.parse(inline_campaign())
+    return definitions.load_campaign(db, definitions.upsert_campaign(db, definition)["id"])
+
+
+@pytest.fixture
+def account_settings(settings):
+    return replace(settings, sending_rate=10.0, configuration_set="campaign-events")
+
+
+def stubbed_ses(endpoint_url: str | None = None):
+    client = boto3.client("sesv2", region_name="us-east-1", endpoint_url=endpoint_url)
+    return client, Stubber(client)
+
+
+def account(**changes):
+    answer = {"SendQuota": {"Max24HourSend": 50_000.0, "MaxSendRate": 14.0, "SentLast24Hours": 0.0},
+              "SendingEnabled": True, "ProductionAccessEnabled": True, "EnforcementStatus": "HEALTHY",
+              "DedicatedIpAutoWarmupEnabled": False}
+    answer["SendQuota"].update(changes.pop("quota", {}))
+    answer.update(changes)
+    return answer
+
+
+def verified_sender(stub, *, config_set=True):
+    stub.add_client_error("get_email_identity", "NotFoundException", "not found", http_status_code=404,
+                          expected_params={"EmailIdentity": "news@example.com"})
+    stub.add_response("get_email_identity", {"IdentityType": "DOMAIN", "VerifiedForSendingStatus": True,
+                                             "VerificationStatus": "SUCCESS"}, {"EmailIdentity": "example.com"})
+    if config_set:
+        stub.add_response("get_configuration_set", {"ConfigurationSetName": "campaign-events"},
+                          {"ConfigurationSetName": "campaign-events"})
+
+
+def run(db, campaign, settings, client, account_max_rate=None):
+    return preflight.run(db, campaign, composer_factory=lambda c: composer_for(c, settings), settings=settings,
+                         account_max_rate=account_max_rate, ses_client=client)
+
+
+def refused(db, campaign, settings, client) -> str:
+    with pytest.raises(PreflightFailed) as failure:
+        run(db, campaign, settings, client)
+    return str(failure.value)
+
+
+def test_healthy_production_account_with_a_verified_sender_passes(db, campaign, account_settings):
+    client, stub = stubbed_ses()
+    stub.add_response("get_account", account())
+    verified_sender(stub)
+    with stub:
+        report = run(db, campaign, account_settings, client)
+    stub.assert_no_pending_responses()
+    assert report["ok"]
+    assert report["account"]["checked"]
+    assert report["account"]["max_send_rate"] == 14.0
+    assert report["to_send"] == len(RECIPIENTS)
+
+
+def test_sending_disabled_for_the_account_is_refused(db, campaign, account_settings):
+    client, stub = stubbed_ses()
+    stub.add_response("get_account", account(SendingEnabled=False, EnforcementStatus="SHUTDOWN"))
+    verified_sender(stub)
+    with stub:
+        message = refused(db, campaign, account_settings, client)
+    assert "SES sending is disabled for the account" in message
+    assert "SHUTDOWN" in message
+
+
+def test_rate_above_the_accounts_max_send_rate_is_refused(db, campaign, account_settings):
+    client, stub = stubbed_ses()
+    stub.add_response("get_account", account(quota={"MaxSendRate": 5.0}))
+    verified_sender(stub)
+    with stub:
+        message = refused(db, campaign, account_settings, client)
+    assert "SES_SENDING_RATE 10.0/s is above the account's maximum send rate 5.0/s" in message
+
+
+def test_sandbox_account_refuses_unverified_recipients_and_names_them(db, campaign, account_settings):
+    client, stub = stubbed_ses()
+    stub.add_response("get_account", account(ProductionAccessEnabled=False))
+    stub.add_response("list_email_identities", {"EmailIdentities": [
+        {"IdentityType": "DOMAIN", "IdentityName": "example.com", "SendingEnabled": True,
+         "VerificationStatus": "SUCCESS"},
+        {"IdentityType": "EMAIL_ADDRESS", "IdentityName": "User0@example.org", "SendingEnabled": True,
+         "VerificationStatus": "SUCCESS"},
+        {"IdentityType": "EMAIL_ADDRESS", "IdentityName": "user1@example.org", "SendingEnabled": False,
+         "VerificationStatus": "PENDING"}]})
+    verified_sender(stub)
+    with stub:
+        message = refused(db, campaign, account_settings, client)
+    assert "in the sandbox" in message
+    assert "4 of 5 checked recipient(s) are not verified" in message
+    assert "user1@example.org" in message
+    assert "user0@example.org" not in message
+    assert "request production access" in message
+
+
+def test_sandbox_account_sends_to_a_verified_recipient_domain(db, campaign, account_settings):
+    client, stub = stubbed_ses()
+    stub.add_response("get_account", account(ProductionAccessEnabled=False))
+    stub.add_response("list_email_identities", {"EmailIdentities": [
+        {"IdentityType": "DOMAIN", "IdentityName": "example.org", "SendingEnabled": True,
+         "VerificationStatus": "SUCCESS"}]})
+    verified_sender(stub)
+    with stub:
+        report = run(db, campaign, account_settings, client)
+    assert report["ok"]
+    assert report["sandbox_unverified"] == 0
+
+
+def test_campaign_larger_than_the_quota_left_is_refused(db, campaign, account_settings):
+    client, stub = stubbed_ses()
+    stub.add_response("get_account", account(quota={"Max24HourSend": 200.0, "SentLast24Hours": 197.0}))
+    verified_sender(stub)
+    with stub:
+        message = refused(db, campaign, account_settings, client)
+    assert "5 recipient(s) to send but only 3 sends left in the 24-hour quota" in message
+
+
+def test_resumed_campaign_counts_only_its_pending_recipients_against_the_quota(db, campaign, account_settings):
+    ledger.snapshot(db, campaign["id"], Audience.parse(campaign["audience"]), 500)
+    db.execute("UPDATE campaign_recipients SET status = 'sent', ses_message_id = 'm-' || id, sent_at = now()"
+               " WHERE campaign_id = %s AND email <> ALL(%s)", [campaign["id"], RECIPIENTS[:3]])
+    resumed = definitions.load_campaign(db, campaign["id"])
+    client, stub = stubbed_ses()
+    stub.add_response("get_account", account(quota={"Max24HourSend": 200.0, "SentLast24Hours": 197.0}))
+    verified_sender(stub)
+    with stub:
+        report = run(db, resumed, account_settings, client)
+    assert report["ok"]
+    assert report["to_send"] == 3
+
+
+def test_unverified_sender_is_refused_with_the_fix(db, campaign, account_settings):
+    client, stub = stubbed_ses()
+    stub.add_response("get_account", account())
+    for name in ("news@example.com", "example.com"):
+        stub.add_client_error("get_email_identity", "NotFoundException", "not found", http_status_code=404,
+                              expected_params={"EmailIdentity": name})
+    stub.add_response("get_configuration_set", {"ConfigurationSetName": "campaign-events"})
+    with stub:
+        message = refused(db, campaign, account_settings, client)
+    assert "neither news@example.com nor example.com is an SES identity" in message
+    assert "aws sesv2 create-email-identity --email-identity example.com" in message
+
+
+def test_missing_configuration_set_is_refused(db, campaign, account_settings):
+    client, stub = stubbed_ses()
+    stub.add_response("get_account", account())
+    verified_sender(stub, config_set=False)
+    stub.add_client_error("get_configuration_set", "NotFoundException", "no such set", http_status_code=404)
+    with stub:
+        message = refused(db, campaign, account_settings, client)
+    assert "configuration set 'campaign-events' (SES_CONFIGURATION_SET) does not exist" in message
+
+
+def test_unreadable_account_is_reported_not_refused(db, campaign, account_settings):
+    client, stub = stubbed_ses()
+    stub.add_client_error("get_account", "AccessDeniedException", "not authorized", http_status_code=403)
+    verified_sender(stub)
+    with stub:
+        report = run(db, campaign, account_settings, client)
+    assert report["ok"]
+    assert report["account"]["checked"] is False
+    assert "AccessDeniedException" in report["account"]["reason"]
+
+
+def test_local_ses_quota_comes_from_the_documented_local_setting(db, campaign, account_settings):
+    # A local endpoint: no GetAccount call and no configuration set lookup (moto accepts any name).
+    client, stub = stubbed_ses("http://127.0.0.1:25500")
+    verified_sender(stub, config_set=False)
+    with stub:
+        message = refused(db, campaign, replace(account_settings, ses_local_max_24h_send=3.0), client)
+    stub.assert_no_pending_responses()
+    assert "only 3 sends left" in message
+    assert "SES_LOCAL_MAX_24H_SEND" in message
+
+
+def test_moto_in_process_ses_passes_as_in_the_dag_tests(db, campaign, account_settings, ses):
+    # The send_campaign DAG tests run against this mock: no GetAccount, identities and the configuration set exist.
+    report = run(db, campaign, account_settings, ses)
+    assert report["ok"]
+    assert report["account"]["checked"] is False
