@@ -28,7 +28,7 @@ import redis
 from campaigns import db
 from campaigns.config import get_settings
 from campaigns.lifecycle import pipeline
-from campaigns.sending.ledger import SendTask
+from campaigns.sending.plan import SendTask
 from campaigns.sending.ratelimit import RateLimiter, default_thread_count
 from campaigns.sending.sender import SendBatch
 from campaigns.sending.ses import SesTransport, client_config

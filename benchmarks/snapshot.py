@@ -19,6 +19,7 @@ import psycopg
 from campaigns import db
 from campaigns.audience.filters import Audience
 from campaigns.sending import ledger
+from campaigns.sending import plan as send_plan
 from devstack.services import scratch_database
 from devstack.settings import SETTINGS
 
@@ -54,7 +55,7 @@ def time_snapshot_and_plan(conn: psycopg.Connection) -> tuple[float, float, dict
     started = time.perf_counter()
     summary = ledger.snapshot(conn, campaign_id, audience, page_size=500)
     snapped = time.perf_counter()
-    tasks = ledger.plan(conn, campaign_id, page_size=500, rate=14, task_seconds=60)
+    tasks = send_plan.plan(conn, campaign_id, page_size=500, rate=14, task_seconds=60)
     planned = time.perf_counter()
     conn.execute("DELETE FROM campaign_recipients WHERE campaign_id = %s", [campaign_id])
     return snapped - started, planned - snapped, summary, len(tasks)

@@ -17,7 +17,7 @@ from campaigns.errors import CampaignDefinitionError, IllegalTransition
 from campaigns.feedback.links import register_links
 from campaigns.lifecycle import definitions, scheduling
 from campaigns.sending import ledger, preflight
-from campaigns.sending.ledger import SendTask
+from campaigns.sending.plan import SendTask, plan
 from campaigns.sending.sender import SendBatch
 from campaigns.states import Row
 
@@ -148,8 +148,8 @@ def plan_batches(campaign_id: int, conf: dict[str, Any], run_id: str, rate: floa
     with db.campaign_db(autocommit=True) as conn:
         campaign = definitions.load_campaign(conn, campaign_id)
         page_size = (campaign["snapshot"] or {}).get("page_size", options.batch_size)
-        tasks = ledger.plan(conn, campaign_id, page_size=page_size, rate=rate,
-                            task_seconds=settings.max_send_task_seconds, parallel=settings.parallel_send_tasks)
+        tasks = plan(conn, campaign_id, page_size=page_size, rate=rate,
+                     task_seconds=settings.max_send_task_seconds, parallel=settings.parallel_send_tasks)
         log.info("plan: %d send task(s) over %s page(s) of %d", len(tasks),
                  sum(t.last_page - t.first_page + 1 for t in tasks), page_size)
         if options.dry_run:

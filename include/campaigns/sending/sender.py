@@ -26,7 +26,7 @@ from campaigns.config import get_settings
 from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, SendError, Throttled
 from campaigns.lifecycle.reputation import ReputationGuard, Thresholds
 from campaigns.sending import ledger
-from campaigns.sending.ledger import SendTask
+from campaigns.sending.plan import SendTask
 from campaigns.sending.ratelimit import LimiterUnavailable
 from campaigns.states import Row
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from campaigns.audience.filters import Audience
-from campaigns.sending import ledger
+from campaigns.sending import ledger, plan
 from tests.helpers import add_contacts, insert_campaign
 
 
@@ -42,18 +42,18 @@ def test_snapshot_pages_only_sendable_rows_and_keeps_skipped_rows_with_reasons(d
 
 
 def test_pages_per_task_carry_many_seconds_of_sending_at_high_rates():
-    assert ledger.pages_per_task(open_pages=200, page_size=500, rate=1000, task_seconds=60) == 120
-    assert ledger.pages_per_task(open_pages=200, page_size=500, rate=14, task_seconds=60) == 1
+    assert plan.pages_per_task(open_pages=200, page_size=500, rate=1000, task_seconds=60) == 120
+    assert plan.pages_per_task(open_pages=200, page_size=500, rate=14, task_seconds=60) == 1
 
 
 def test_a_big_campaign_spreads_over_the_parallel_send_tasks():
     # 100,000 recipients at 400/s: one task would carry all 250 s; four side by side carry a quarter each
-    assert ledger.pages_per_task(open_pages=200, page_size=500, rate=400, task_seconds=300) == 240
-    assert ledger.pages_per_task(open_pages=200, page_size=500, rate=400, task_seconds=300, parallel=4) == 60
+    assert plan.pages_per_task(open_pages=200, page_size=500, rate=400, task_seconds=300) == 240
+    assert plan.pages_per_task(open_pages=200, page_size=500, rate=400, task_seconds=300, parallel=4) == 60
     # a small campaign stays one task: splitting it would only add the scheduler's per-task overhead
-    assert ledger.pages_per_task(open_pages=10, page_size=100, rate=100, task_seconds=300, parallel=4) == 75
+    assert plan.pages_per_task(open_pages=10, page_size=100, rate=100, task_seconds=300, parallel=4) == 75
     with pytest.raises(ValueError, match="parallel"):
-        ledger.pages_per_task(open_pages=10, page_size=100, rate=100, task_seconds=300, parallel=0)
+        plan.pages_per_task(open_pages=10, page_size=100, rate=100, task_seconds=300, parallel=0)
 
 
 def test_a_million_recipient_campaign_plans_under_max_map_length(db):
@@ -63,9 +63,9 @@ def test_a_million_recipient_campaign_plans_under_max_map_length(db):
            SELECT %s, 'u' || g || '@example.org', (g - 1) / 500 FROM generate_series(1, 1000000) AS g""",
         [campaign_id])
 
-    tasks = ledger.plan(db, campaign_id, page_size=500, rate=14, task_seconds=60)
+    tasks = plan.plan(db, campaign_id, page_size=500, rate=14, task_seconds=60)
 
-    assert len(tasks) <= ledger.MAX_SEND_TASKS < 1024
+    assert len(tasks) <= plan.MAX_SEND_TASKS < 1024
     covered = [page for task in tasks for page in range(task.first_page, task.last_page + 1)]
     assert covered == list(range(2000))  # every page exactly once, in order
     assert tasks[6].label == f"batch 7/{len(tasks)}"
@@ -81,6 +81,6 @@ def test_a_resumed_campaign_plans_only_pages_with_work_left(db):
                   CASE WHEN g <= 50 THEN 'm' || g END
              FROM generate_series(1, 100) AS g""", [campaign_id])
 
-    tasks = ledger.plan(db, campaign_id, page_size=10, rate=1, task_seconds=1)
+    tasks = plan.plan(db, campaign_id, page_size=10, rate=1, task_seconds=1)
 
     assert [(t.first_page, t.last_page) for t in tasks] == [(5, 5), (6, 6), (7, 7), (8, 8), (9, 9)]

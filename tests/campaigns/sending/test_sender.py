@@ -26,7 +26,7 @@ import requests
 from campaigns import db as campaign_db
 from campaigns.config import get_settings
 from campaigns.lifecycle import pipeline
-from campaigns.sending.ledger import SendTask
+from campaigns.sending.plan import SendTask
 from campaigns.sending.ratelimit import LimiterUnavailable, RateLimiter
 from campaigns.sending.sender import SendBatch
 from campaigns.sending.ses import SesTransport, client_config
@@ -271,7 +271,7 @@ import json, sys
 from campaigns import db
 from campaigns.lifecycle import pipeline
 from campaigns.config import get_settings
-from campaigns.sending.ledger import SendTask
+from campaigns.sending.plan import SendTask
 from campaigns.sending.ratelimit import RateLimiter
 from campaigns.sending.sender import SendBatch
 from campaigns.sending.ses import SesTransport, client_config
