@@ -2,6 +2,6 @@
 
 import sys
 
-from campaigns.doctor.checks import main
+from campaigns.doctor.cli import main
 
 sys.exit(main())

@@ -11,13 +11,13 @@ The command form also checks the Airflow pool `ses` through the `airflow` CLI (r
 metadata database: the scheduler's host, or a shell that sourced .local/stack.env). The `ses_doctor` DAG runs the
 same checks inside a task, which cannot read pools in Airflow 3, so there the pool check says so.
 
-send_campaign's preflight reuses the cheap part (account, sender identity, configuration set): see preflight.py.
+send_campaign's preflight reuses the cheap part (account, sender identity, configuration set): the reads both use
+live in sending/ses_account.py (the doctor adds the fixes), the command line in cli.py.
 docs/aws-setup.md explains every fix; the IAM policy there covers exactly the calls made here.
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import shutil
@@ -37,6 +37,16 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from campaigns.config import Settings
 from campaigns.sending.ses import endpoint_is_local
+from campaigns.sending.ses_account import (
+    GUIDE,
+    Account,
+    Identity,
+    read_account,
+    read_configuration_set,
+    sender_identities,
+    sender_problem,
+    sending_identity,
+)
 
 PASS = "pass"  # noqa: S105 - a check status, not a password
 FAIL = "fail"
@@ -46,11 +56,8 @@ NOT_IN_TASK = "not checkable in a task"
 # The configuration set must publish these to SNS: Send/Delivery settle `unknown` ledger rows, Bounce/Complaint
 # suppress addresses, Reject/DeliveryDelay/Rendering Failure explain what never arrived.
 REQUIRED_EVENT_TYPES = ("SEND", "DELIVERY", "BOUNCE", "COMPLAINT", "REJECT", "DELIVERY_DELAY", "RENDERING_FAILURE")
-# SES's mailbox simulator may be sent to from the sandbox without verifying it.
-SIMULATOR_DOMAIN = "simulator.amazonses.com"
 WEBHOOK_PATH = "/webhooks/ses"
 POOL = "ses"
-GUIDE = "docs/aws-setup.md"
 ACCESS_DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError"}
 BAD_CREDENTIALS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
                    "UnrecognizedClientException", "InvalidAccessKeyId"}
@@ -178,52 +185,6 @@ def check_credentials(aws: AwsClients) -> Check:
 # --- SES account ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Account:
-    """What SES GetAccount says (or, for a local SES, the documented local settings)."""
-
-    local: bool
-    max_send_rate: float | None  # None: unlimited (SES reports -1)
-    max_24h_send: float | None  # None: unlimited
-    sent_last_24h: float = 0.0
-    sending_enabled: bool | None = None  # None: not known (local SES)
-    production_access: bool | None = None
-    enforcement_status: str | None = None
-
-    @property
-    def remaining_24h(self) -> float | None:
-        return None if self.max_24h_send is None else max(self.max_24h_send - self.sent_last_24h, 0.0)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _limit(value: Any) -> float | None:
-    number = float(value)
-    return None if number < 0 else number
-
-
-def read_account(ses: Any, settings: Settings) -> Account:
-    """SES GetAccount, or the local settings when the endpoint is local (moto does not implement GetAccount).
-
-    Raises botocore's errors: the caller decides whether an unreadable account is a failure.
-    """
-    if endpoint_is_local(ses):
-        return Account(local=True, max_send_rate=settings.ses_local_max_send_rate,
-                       max_24h_send=settings.ses_local_max_24h_send)
-    answer = ses.get_account()
-    quota = answer.get("SendQuota") or {}
-    return Account(
-        local=False,
-        max_send_rate=_limit(quota.get("MaxSendRate", -1)),
-        max_24h_send=_limit(quota.get("Max24HourSend", -1)),
-        sent_last_24h=float(quota.get("SentLast24Hours", 0) or 0),
-        sending_enabled=answer.get("SendingEnabled"),
-        production_access=answer.get("ProductionAccessEnabled"),
-        enforcement_status=answer.get("EnforcementStatus"),
-    )
-
-
 def check_account(ses: Any, settings: Settings) -> list[Check]:
     try:
         account = read_account(ses, settings)
@@ -324,76 +285,14 @@ def _quota_check(account: Account, settings: Settings) -> Check:
 # --- sender identity ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Identity:
-    """An SES identity (address or domain) as GetEmailIdentity describes it."""
-
-    name: str
-    kind: str
-    verified: bool
-    status: str | None
-    dkim_signing: bool
-    dkim_status: str | None
-    mail_from_domain: str | None = None
-    mail_from_status: str | None = None
-    mail_from_rejects: bool = False
-
-
-def lookup_identity(ses: Any, name: str) -> Identity | None:
-    """GetEmailIdentity, or None when SES does not know the identity. Raises botocore's other errors."""
-    try:
-        answer = ses.get_email_identity(EmailIdentity=name)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NotFoundException", "NotFound"):
-            return None
-        raise
-    dkim = answer.get("DkimAttributes") or {}
-    mail_from = answer.get("MailFromAttributes") or {}
-    status = answer.get("VerificationStatus")
-    return Identity(
-        name=name,
-        kind=answer.get("IdentityType", ""),
-        verified=bool(answer.get("VerifiedForSendingStatus")) or status == "SUCCESS",
-        status=status,
-        dkim_signing=bool(dkim.get("SigningEnabled")),
-        dkim_status=dkim.get("Status"),
-        mail_from_domain=mail_from.get("MailFromDomain") or None,
-        mail_from_status=mail_from.get("MailFromDomainStatus"),
-        mail_from_rejects=mail_from.get("BehaviorOnMxFailure") == "REJECT_MESSAGE",
-    )
-
-
-def sender_identities(ses: Any, address: str) -> tuple[Identity | None, Identity | None]:
-    """The address's own identity and its domain's identity (either may be missing)."""
-    domain = address.rpartition("@")[2].lower()
-    own = lookup_identity(ses, address) if "@" in address else None
-    return own, lookup_identity(ses, domain)
-
-
-def sender_problem(address: str, own: Identity | None, domain: Identity | None) -> Check:
+def sender_check(address: str, own: Identity | None, domain: Identity | None) -> Check:
     """Whether SES sends from `address`: verified as an address or through its domain, MAIL FROM usable."""
     name = "from identity"
-    domain_name = address.rpartition("@")[2].lower()
-    covering = next((i for i in (own, domain) if i is not None and i.verified), None)
-    if covering is None:
-        known = next((i for i in (own, domain) if i is not None), None)
-        if known is None:
-            return Check(name, FAIL, f"neither {address} nor {domain_name} is an SES identity in this region",
-                         f"verify the domain: `aws sesv2 create-email-identity --email-identity {domain_name}` and "
-                         f"publish its DKIM records ({GUIDE}, 'Verify your domain')")
-        if known.kind == "EMAIL_ADDRESS":
-            fix = (f"click the link in the verification email SES sent to {known.name} (to resend it: "
-                   f"`aws sesv2 delete-email-identity --email-identity {known.name}` then create it again)")
-        else:
-            fix = (f"publish the three DKIM CNAME records: `aws sesv2 get-email-identity --email-identity "
-                   f"{known.name} --query DkimAttributes.Tokens` ({GUIDE}, 'Verify your domain')")
-        return Check(name, FAIL, f"identity {known.name} is not verified (status {known.status})", fix)
-    if domain is not None and domain.mail_from_domain and domain.mail_from_status != "SUCCESS":
-        if domain.mail_from_rejects:
-            return Check(name, FAIL,
-                         f"custom MAIL FROM domain {domain.mail_from_domain} is {domain.mail_from_status} and "
-                         "BehaviorOnMxFailure is REJECT_MESSAGE: SES refuses every send (MailFromDomainNotVerified)",
-                         f"publish the MX and SPF records for {domain.mail_from_domain} ({GUIDE}, 'Custom MAIL FROM')")
+    problem = sender_problem(address, own, domain)
+    if problem is not None:
+        return Check(name, FAIL, problem.detail, problem.fix)
+    covering = sending_identity(own, domain)
+    if domain is not None and domain.mail_from_unverified:
         return Check(name, PASS, f"{address} sends through verified identity {covering.name}; its custom MAIL FROM "
                                  f"{domain.mail_from_domain} is {domain.mail_from_status}, so SES falls back to "
                                  "amazonses.com (SPF then does not align for DMARC)")
@@ -429,20 +328,10 @@ def check_sender(ses: Any, address: str | None, *, local: bool) -> list[Check]:
     except (ClientError, BotoCoreError) as exc:
         failure = aws_failure("from identity", "sesv2:GetEmailIdentity", exc)
         return [failure, Check("from domain dkim", FAIL, failure.detail, failure.fix)]
-    return [sender_problem(address, own, domain), dkim_check(address, domain, local=local)]
+    return [sender_check(address, own, domain), dkim_check(address, domain, local=local)]
 
 
 # --- configuration set, event destinations, SNS ---------------------------------------------------------------------
-
-
-def read_configuration_set(ses: Any, name: str) -> dict[str, Any] | None:
-    """GetConfigurationSet, or None when it does not exist (then every send with it fails). Raises other errors."""
-    try:
-        return ses.get_configuration_set(ConfigurationSetName=name)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "NotFoundException":
-            raise
-        return None
 
 
 def configuration_set_problem(ses: Any, name: str | None) -> Check:
@@ -727,24 +616,3 @@ def run_checks(settings: Settings, aws: AwsClients, *, from_email: str | None = 
     ]
     return Report([check for names, group in groups for check in _guarded(names, group)])
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`ses-doctor`: print the report; exit 1 when a check failed, 2 when the settings themselves are unusable."""
-    from campaigns.config import ConfigError, get_settings
-
-    parser = argparse.ArgumentParser(prog="ses-doctor", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--from-email", help="check this sender instead of SES_FROM_EMAIL")
-    args = parser.parse_args(argv)
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        print(f"ses-doctor: {exc}", file=sys.stderr)
-        return 2
-    report = run_checks(settings, AwsClients.from_airflow(settings.aws_conn_id), from_email=args.from_email)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

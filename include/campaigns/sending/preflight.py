@@ -5,11 +5,12 @@ without a default, a missing unsubscribe link when the automatic footer is off, 
 https (RFC 8058 needs an https List-Unsubscribe URI), an empty audience, no signing key, or a sending rate above
 the account's maximum (from SES, or from SES_LOCAL_MAX_SEND_RATE when the SES endpoint is local).
 
-Given the SES client, it also runs the cheap part of ses_doctor (doctor.py) and refuses a campaign SES would not
-send: sending disabled for the account, more recipients than the 24-hour quota has left, a sandbox account with
-recipients that are not verified identities, a sender that is not a verified identity (or whose custom MAIL FROM
-makes SES reject every send), a configuration set that does not exist or does not send. An account that cannot be
-read (no permission for GetAccount) is reported, not refused: the send path's own error handling still holds.
+Given the SES client, it also runs the cheap part of ses_doctor (the reads in ses_account.py) and refuses a
+campaign SES would not send: sending disabled for the account, more recipients than the 24-hour quota has left, a
+sandbox account with recipients that are not verified identities, a sender that is not a verified identity (or
+whose custom MAIL FROM makes SES reject every send), a configuration set that does not exist or does not send. An
+account that cannot be read (no permission for GetAccount) is reported, not refused: the send path's own error
+handling still holds.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def run(conn: psycopg.Connection, campaign: dict[str, Any], *, composer_factory,
 def _read_account(ses_client, settings: Settings, report: dict[str, Any]):
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from campaigns.doctor.checks import read_account
+    from campaigns.sending.ses_account import read_account
 
     try:
         account = read_account(ses_client, settings)
@@ -117,7 +118,7 @@ def _ses_problems(conn: psycopg.Connection, campaign: dict[str, Any], settings: 
     """The cheap part of ses_doctor: what would make SES refuse this campaign's sends."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from campaigns.doctor import checks as doctor
+    from campaigns.sending import ses_account
     from campaigns.sending.ses import endpoint_is_local
 
     problems: list[str] = []
@@ -137,15 +138,15 @@ def _ses_problems(conn: psycopg.Connection, campaign: dict[str, Any], settings: 
         if account.production_access is False:
             problems.extend(_sandbox_problems(ses_client, rows, report))
     try:
-        own, domain = doctor.sender_identities(ses_client, campaign["from_email"])
-        sender = doctor.sender_problem(campaign["from_email"], own, domain)
-        if sender.status == doctor.FAIL:
+        own, domain = ses_account.sender_identities(ses_client, campaign["from_email"])
+        sender = ses_account.sender_problem(campaign["from_email"], own, domain)
+        if sender is not None:
             problems.append(f"sender: {sender.detail}; fix: {sender.fix}")
         # A local SES accepts any name. No configuration set only loses events (ses_doctor reports that); a named
         # one that does not exist fails every send. (Its SendingEnabled flag is left to ses_doctor: moto, which the
         # tests run against, always reports it false.)
         name = settings.configuration_set
-        if name and not local and doctor.read_configuration_set(ses_client, name) is None:
+        if name and not local and ses_account.read_configuration_set(ses_client, name) is None:
             problems.append(f"configuration set {name!r} (SES_CONFIGURATION_SET) does not exist in SES, so every "
                             "send would fail; create it: aws sesv2 create-configuration-set "
                             f"--configuration-set-name {name}")
@@ -167,7 +168,7 @@ def _sandbox_problems(ses_client, rows: list[dict[str, Any]], report: dict[str, 
     """In the SES sandbox every recipient must be a verified identity (address or domain)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from campaigns.doctor.checks import SIMULATOR_DOMAIN
+    from campaigns.sending.ses_account import SIMULATOR_DOMAIN
 
     try:
         verified = _verified_identities(ses_client)

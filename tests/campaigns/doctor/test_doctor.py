@@ -16,6 +16,7 @@ from botocore.stub import Stubber
 
 from campaigns.config import Settings
 from campaigns.doctor import checks as doctor
+from campaigns.doctor import cli
 from campaigns.doctor.checks import FAIL, LOCAL, PASS, AwsClients, Check
 
 TOPIC = "arn:aws:sns:us-east-1:111122223333:ses-events"
@@ -557,11 +558,11 @@ def test_command_prints_the_report_and_exits_1_when_a_check_fails(monkeypatch, c
     failing = doctor.Report([Check("from identity", FAIL, "not verified", "verify it"),
                              Check("tracking url", LOCAL, "loopback")])
     monkeypatch.setattr(doctor.AwsClients, "from_airflow", classmethod(lambda cls, conn_id: None))
-    monkeypatch.setattr(doctor, "run_checks", lambda *args, **kwargs: failing)
-    assert doctor.main(["--json"]) == 1
+    monkeypatch.setattr(cli, "run_checks", lambda *args, **kwargs: failing)
+    assert cli.main(["--json"]) == 1
     assert json.loads(capsys.readouterr().out)["checks"][0]["fix"] == "verify it"
     failing.checks.pop(0)
-    assert doctor.main([]) == 0
+    assert cli.main([]) == 0
     assert "ready to send" in capsys.readouterr().out
 
 
