@@ -77,16 +77,18 @@ def main() -> int:
 
     from campaigns.feedback.tokens import TokenCodec
     from devstack.settings import SETTINGS
-    from tracking_service import create_app, events_buffer
+    from tracking_service import create_app
+    from tracking_service.spool import Spool
+    from tracking_service.spool_format import encode_event
 
     spool_dir = Path(tempfile.mkdtemp(prefix="request-costs-"))
     os.environ.update(TRACKING_SECRET_KEYS="bench-key", TRACKING_DRAINER="0", TRACKING_SPOOL_DIR=str(spool_dir))
     tracking = create_app()
     token = TokenCodec(["bench-key"]).open_token(1, 12345)
     client = redis.Redis.from_url(SETTINGS.redis_url(0))
-    spool = events_buffer.Spool(spool_dir / "direct")
-    line = events_buffer.encode_event(type="open", campaign_id=1, recipient_id=12345, ip="127.0.0.1",
-                                      user_agent="Mozilla/5.0 (X11; Linux x86_64) bench")
+    spool = Spool(spool_dir / "direct")
+    line = encode_event(type="open", campaign_id=1, recipient_id=12345, ip="127.0.0.1",
+                        user_agent="Mozilla/5.0 (X11; Linux x86_64) bench")
     rows = [
         ("Flask hello-world request (WSGI)", _wsgi_call(hello_app(), "/hello")),
         ("tracking open pixel (WSGI, spooled)", _wsgi_call(tracking, f"/o/{token}.gif")),

@@ -179,12 +179,12 @@ def _summary(out: dict) -> dict:
 
 def _wait_drained(dsn: str, spool_dir: Path, timeout: float = 60) -> float:
     """Seconds until every byte written to the spool is stored in PostgreSQL."""
-    from tracking_service import events_buffer
+    from tracking_service.drainer import backlog
 
     start = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn:
         while time.monotonic() - start < timeout:
-            if events_buffer.backlog(spool_dir, conn) == 0:
+            if backlog(spool_dir, conn) == 0:
                 return time.monotonic() - start
             time.sleep(0.05)
     raise RuntimeError("drainers did not empty the spool in time")

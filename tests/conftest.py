@@ -72,10 +72,10 @@ def _tracking_spool_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def spool(tmp_path):
-    """A tracking-service spool writer in a temporary folder (events_buffer.drain_once(spool.directory, db))."""
-    from tracking_service import events_buffer
+    """A tracking-service spool writer in a temporary folder (drainer.drain_once(spool.directory, db))."""
+    from tracking_service.spool import Spool
 
-    spool = events_buffer.Spool(tmp_path / "spool")
+    spool = Spool(tmp_path / "spool")
     yield spool
     spool.close()
 

@@ -9,7 +9,8 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from campaigns.config import ConfigError, Settings
-from tracking_service import events_buffer
+from tracking_service.drainer import Drainer
+from tracking_service.spool import Spool, check_locking
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -38,7 +39,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} cannot be created: {exc.strerror}") from exc
     check_spool_dir(spool_dir)
     app.config["TRACKING_SPOOL_DIR"] = spool_dir
-    app.extensions["tracking_spool"] = events_buffer.Spool(
+    app.extensions["tracking_spool"] = Spool(
         spool_dir, segment_bytes=app.config["TRACKING_SPOOL_SEGMENT_BYTES"],
         fsync_seconds=app.config["TRACKING_SPOOL_FSYNC_SECONDS"])
     if app.config["TRUSTED_PROXY_HOPS"]:
@@ -63,7 +64,7 @@ def check_spool_dir(spool_dir: Path) -> None:
     if not os.access(spool_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} is not writable by this user")
     try:
-        events_buffer.check_locking(spool_dir)
+        check_locking(spool_dir)
     except OSError as exc:
         raise ConfigError(f"TRACKING_SPOOL_DIR {spool_dir} must be on local disk: {exc.strerror or exc}") from exc
 
@@ -83,7 +84,7 @@ def _start_drainer(app: Flask) -> None:
     settings = app.config["SETTINGS"]
 
     def start() -> None:
-        drainer = events_buffer.Drainer(
+        drainer = Drainer(
             app.config["TRACKING_SPOOL_DIR"],
             lambda: db.connect(db.resolve_postgres_dsn(settings.db_conn_id), **DRAINER_CONNECT_OPTIONS),
         )

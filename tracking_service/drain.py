@@ -16,7 +16,8 @@ from pathlib import Path
 
 from campaigns import db
 from campaigns.config import ConfigError, get_settings
-from tracking_service import DRAINER_CONNECT_OPTIONS, check_spool_dir, events_buffer
+from tracking_service import DRAINER_CONNECT_OPTIONS, check_spool_dir
+from tracking_service.drainer import Drainer, SpoolDrainer, backlog
 
 
 def _positive(text: str) -> int:
@@ -45,14 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     dsn = db.resolve_postgres_dsn(settings.db_conn_id)
     if args.follow:
         # the web workers' drainer loop: reconnects with backoff, so an outage is waited out, not fatal
-        drainer = events_buffer.Drainer(spool_dir, lambda: db.connect(dsn, **DRAINER_CONNECT_OPTIONS),
-                                        batch=args.batch)
+        drainer = Drainer(spool_dir, lambda: db.connect(dsn, **DRAINER_CONNECT_OPTIONS), batch=args.batch)
         signal.signal(signal.SIGTERM, lambda *_: drainer.stop())
         with contextlib.suppress(KeyboardInterrupt):
             drainer.run()
         settled = drainer.settled
     else:
-        spool = events_buffer.SpoolDrainer(spool_dir, args.batch)
+        spool = SpoolDrainer(spool_dir, args.batch)
         settled = 0
         with db.connect(dsn, **DRAINER_CONNECT_OPTIONS) as conn:
             while True:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not more:
                     break
     with db.connect(dsn, **DRAINER_CONNECT_OPTIONS) as conn:
-        left = events_buffer.backlog(spool_dir, conn)
+        left = backlog(spool_dir, conn)
     print(f"settled {settled} lines; {left} bytes left in {spool_dir}")
     return 0
 

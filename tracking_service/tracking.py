@@ -8,7 +8,7 @@
                       suppress the address, unsubscribe its list memberships and record the event, synchronously in
                       PostgreSQL, then 200 with a page. No redirect, no cookie, idempotent.
 
-Opens and clicks go to a spool on local disk (tracking_service.events_buffer) and are flagged, never dropped, when they
+Opens and clicks go to a spool on local disk (tracking_service.spool) and are flagged, never dropped, when they
 look like machines: Apple Mail Privacy Protection prefetches, link scanners, HEAD requests.
 """
 
@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 from campaigns import db, queries
 from campaigns.feedback import links
 from campaigns.feedback.tokens import CLICK, OPEN, UNSUBSCRIBE, InvalidToken, TokenCodec
-from tracking_service import events_buffer
+from tracking_service.spool import Spool, buffer_event
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def close_db(exc: BaseException | None = None) -> None:
         conn.close()
 
 
-def get_spool() -> events_buffer.Spool:
+def get_spool() -> Spool:
     """The process's spool writer (create_app made it; it opens its segment file lazily, after gunicorn forked)."""
     return current_app.extensions["tracking_spool"]
 
@@ -150,9 +150,9 @@ def open_pixel(token: str) -> Response:
         ip, ua = _client_ip(), _user_agent()
         reasons = machine_open_reasons(ip, ua, request.method)
         try:
-            events_buffer.buffer_event(get_spool(), type="open", campaign_id=payload.campaign_id,
-                                       recipient_id=payload.recipient_id, ip=_ip_text(ip), user_agent=ua,
-                                       is_machine=bool(reasons), reasons=reasons, method=request.method)
+            buffer_event(get_spool(), type="open", campaign_id=payload.campaign_id,
+                         recipient_id=payload.recipient_id, ip=_ip_text(ip), user_agent=ua,
+                         is_machine=bool(reasons), reasons=reasons, method=request.method)
         except OSError:
             # the reader still gets the image; the lost open is logged for the operator
             log.exception("open of campaign %s recipient %s not recorded: the spool refused it", payload.campaign_id,
@@ -197,10 +197,10 @@ def click(token: str):
     ua, method = _user_agent(), request.method
     reasons = machine_click_reasons(ua, method)
     try:
-        events_buffer.buffer_event(get_spool(), type="click", campaign_id=payload.campaign_id,
-                                   recipient_id=payload.recipient_id, link_id=payload.link_id,
-                                   ip=_ip_text(_client_ip()), user_agent=ua, is_machine=bool(reasons),
-                                   reasons=reasons, method=method)
+        buffer_event(get_spool(), type="click", campaign_id=payload.campaign_id,
+                     recipient_id=payload.recipient_id, link_id=payload.link_id,
+                     ip=_ip_text(_client_ip()), user_agent=ua, is_machine=bool(reasons),
+                     reasons=reasons, method=method)
     except OSError:
         # the person still reaches the page; the lost click is logged for the operator
         log.exception("click of campaign %s recipient %s not recorded: the spool refused it", payload.campaign_id,

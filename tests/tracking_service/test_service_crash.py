@@ -17,7 +17,8 @@ import pytest
 from campaigns.feedback.tokens import TokenCodec
 from devstack.processes import poll
 from tests.helpers import sent_ledger
-from tracking_service import events_buffer
+from tracking_service.drainer import drain_once
+from tracking_service.spool_format import segments
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPIENTS = 800
@@ -117,7 +118,7 @@ def test_every_open_answered_200_survives_a_sigkill_of_the_whole_service(service
         thread.join(60)
     proc.wait(10)
 
-    while events_buffer.drain_once(spool_dir, db):
+    while drain_once(spool_dir, db):
         pass
     stored = [r["recipient_id"] for r in db.execute(
         "SELECT recipient_id FROM email_events WHERE type = 'open' ORDER BY recipient_id").fetchall()]
@@ -126,4 +127,4 @@ def test_every_open_answered_200_survives_a_sigkill_of_the_whole_service(service
     assert len(stored) == len(set(stored)), "an open was stored twice"
     assert refused, "no request came after the kill"
     assert not set(stored) & set(refused), "an open nobody could have sent was stored"
-    assert events_buffer.segments(spool_dir) == []  # the dead workers' segments were drained and removed
+    assert segments(spool_dir) == []  # the dead workers' segments were drained and removed

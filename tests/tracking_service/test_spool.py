@@ -1,9 +1,10 @@
-"""The event spool (tracking_service.events_buffer): what a 2xx promises survives crashes of writers and drainers,
+"""The event spool (tracking_service.spool, drainer): what a 2xx promises survives crashes of writers and drainers,
 every line is stored exactly once, and what cannot be stored is kept with its reason. Real PostgreSQL; real
 processes where a crash is the point."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -16,9 +17,12 @@ import psycopg
 import pytest
 
 from campaigns import db as campaign_db
+from campaigns import queries
 from devstack.processes import poll
 from tests.helpers import sent_ledger
-from tracking_service import events_buffer
+from tracking_service.drainer import SpoolDrainer, _is_sealed, _store, backlog, drain_once
+from tracking_service.spool import Spool
+from tracking_service.spool_format import BufferedEvent, encode_event, parse_line, segments
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,14 +35,14 @@ def spool_dir(tmp_path):
 @pytest.fixture(autouse=True)
 def _close_spools(monkeypatch):
     """Every Spool a test makes is closed afterwards, failed test or not (its flusher thread and flock go)."""
-    made: list[events_buffer.Spool] = []
-    real_init = events_buffer.Spool.__init__
+    made: list[Spool] = []
+    real_init = Spool.__init__
 
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         made.append(self)
 
-    monkeypatch.setattr(events_buffer.Spool, "__init__", init)
+    monkeypatch.setattr(Spool, "__init__", init)
     yield
     for spool in made:
         spool.close()
@@ -51,8 +55,8 @@ def ledger(db):
 
 
 def _open(campaign_id: int, recipient_id: int) -> bytes:
-    return events_buffer.encode_event(type="open", campaign_id=campaign_id, recipient_id=recipient_id,
-                                      ip="192.0.2.1", user_agent="Mozilla/5.0 test")
+    return encode_event(type="open", campaign_id=campaign_id, recipient_id=recipient_id,
+                        ip="192.0.2.1", user_agent="Mozilla/5.0 test")
 
 
 def _opens(conn) -> list[int]:
@@ -66,73 +70,73 @@ def _segment_row(conn, segment: Path):
 
 def test_a_line_is_in_the_file_when_append_returns(spool_dir, ledger):
     campaign_id, (first, *_) = ledger
-    spool = events_buffer.Spool(spool_dir)
+    spool = Spool(spool_dir)
     line = _open(campaign_id, first)
     spool.append(line)
     # read through another descriptor: the whole line is with the kernel, nothing held in a user-space buffer
-    [segment] = events_buffer.segments(spool_dir)
+    [segment] = segments(spool_dir)
     assert segment.read_bytes() == line
     spool.close()
 
 
 def test_a_live_writers_segment_is_drained_but_kept_and_a_sealed_one_is_deleted(spool_dir, ledger, db):
     campaign_id, ids = ledger
-    spool = events_buffer.Spool(spool_dir)
+    spool = Spool(spool_dir)
     for recipient_id in ids[:3]:
         spool.append(_open(campaign_id, recipient_id))
-    assert events_buffer.drain_once(spool_dir, db) == 3
-    [segment] = events_buffer.segments(spool_dir)  # the writer still holds it: drained, not deleted
+    assert drain_once(spool_dir, db) == 3
+    [segment] = segments(spool_dir)  # the writer still holds it: drained, not deleted
     assert _segment_row(db, segment)["drained_bytes"] == segment.stat().st_size
     assert _segment_row(db, segment)["finished_at"] is None
     spool.append(_open(campaign_id, ids[3]))
     spool.close()
-    assert events_buffer.drain_once(spool_dir, db) == 1
-    assert events_buffer.segments(spool_dir) == []
+    assert drain_once(spool_dir, db) == 1
+    assert segments(spool_dir) == []
     assert _segment_row(db, segment)["finished_at"] is not None
     assert _opens(db) == ids[:4]
 
 
 def test_rotation_makes_new_segments_and_every_line_is_stored_once(spool_dir, ledger, db):
     campaign_id, ids = ledger
-    spool = events_buffer.Spool(spool_dir, segment_bytes=300)  # a few lines per segment
+    spool = Spool(spool_dir, segment_bytes=300)  # a few lines per segment
     for recipient_id in ids:
         spool.append(_open(campaign_id, recipient_id))
-    assert len(events_buffer.segments(spool_dir)) > 5
+    assert len(segments(spool_dir)) > 5
     total = 0
-    while settled := events_buffer.drain_once(spool_dir, db, batch=7):
+    while settled := drain_once(spool_dir, db, batch=7):
         total += settled
     assert total == 50
     assert _opens(db) == ids
-    assert len(events_buffer.segments(spool_dir)) == 1  # only the one still being written to
+    assert len(segments(spool_dir)) == 1  # only the one still being written to
     spool.close()
 
 
 def test_a_forked_worker_writes_its_own_segment_and_leaves_the_parents_alone(spool_dir, ledger, db):
     campaign_id, (first, second, *_) = ledger
-    spool = events_buffer.Spool(spool_dir, fsync_seconds=0)
+    spool = Spool(spool_dir, fsync_seconds=0)
     spool.append(_open(campaign_id, first))
-    [parents] = events_buffer.segments(spool_dir)
+    [parents] = segments(spool_dir)
     pid = os.fork()  # what gunicorn does with --preload
     if pid == 0:
         try:
             spool.append(_open(campaign_id, second))
         finally:
-            os._exit(0 if len(events_buffer.segments(spool_dir)) == 2 else 1)
+            os._exit(0 if len(segments(spool_dir)) == 2 else 1)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-    while events_buffer.drain_once(spool_dir, db):
+    while drain_once(spool_dir, db):
         pass
     assert _opens(db) == [first, second]
-    assert events_buffer.segments(spool_dir) == [parents]  # the child's is sealed and gone; the parent's is live
+    assert segments(spool_dir) == [parents]  # the child's is sealed and gone; the parent's is live
     spool.append(_open(campaign_id, first))  # and still the parent's
-    assert events_buffer.segments(spool_dir) == [parents]
+    assert segments(spool_dir) == [parents]
     spool.close()
 
 
 def test_a_forked_child_that_never_writes_does_not_keep_the_parents_segment_live(spool_dir, ledger):
     campaign_id, (first, *_) = ledger
-    spool = events_buffer.Spool(spool_dir, fsync_seconds=0)
+    spool = Spool(spool_dir, fsync_seconds=0)
     spool.append(_open(campaign_id, first))
-    [parents] = events_buffer.segments(spool_dir)
+    [parents] = segments(spool_dir)
     done_r, done_w = os.pipe()
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -147,7 +151,7 @@ def test_a_forked_child_that_never_writes_does_not_keep_the_parents_segment_live
         spool.close()  # the parent moves on: its segment must be sealed although the child still lives
         fd = os.open(parents, os.O_RDONLY)
         try:
-            assert events_buffer._is_sealed(fd)
+            assert _is_sealed(fd)
         finally:
             os.close(fd)
     finally:
@@ -162,17 +166,18 @@ def test_a_file_system_without_per_file_flock_is_refused_at_start(spool_dir, set
     from tracking_service import create_app
 
     # NFS and some FUSE mounts emulate flock(2) with POSIX locks, which never conflict within one process
-    monkeypatch.setattr(events_buffer.fcntl, "flock", events_buffer.fcntl.lockf)
+    monkeypatch.setattr(fcntl, "flock", fcntl.lockf)
     with pytest.raises(ConfigError, match=r"TRACKING_SPOOL_DIR .* must be on local disk: .*not per open file"):
         create_app({"TESTING": True, "TRACKING_DRAINER": False, "TRACKING_SPOOL_DIR": spool_dir})
 
 
 _WRITER = """
 import os, sys
-from tracking_service import events_buffer
-spool = events_buffer.Spool(sys.argv[1])
+from tracking_service.spool import Spool
+from tracking_service.spool_format import encode_event
+spool = Spool(sys.argv[1])
 for recipient_id in map(int, sys.argv[3:]):
-    spool.append(events_buffer.encode_event(type="open", campaign_id=int(sys.argv[2]), recipient_id=recipient_id))
+    spool.append(encode_event(type="open", campaign_id=int(sys.argv[2]), recipient_id=recipient_id))
 print("written", flush=True)
 sys.stdin.read()  # alive, holding its segment, until killed
 """
@@ -185,38 +190,38 @@ def test_events_of_a_killed_worker_are_all_stored_and_its_segment_removed(spool_
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     try:
         assert writer.stdout.readline().strip() == "written"  # every append returned: these are the 2xx events
-        assert events_buffer.drain_once(spool_dir, db, batch=20) == 20  # drained in part while it lives
+        assert drain_once(spool_dir, db, batch=20) == 20  # drained in part while it lives
         writer.send_signal(signal.SIGKILL)  # no close, no flush, no goodbye
         writer.wait(10)
     finally:
         writer.kill()
-    while events_buffer.drain_once(spool_dir, db, batch=20):
+    while drain_once(spool_dir, db, batch=20):
         pass
     assert _opens(db) == ids
-    assert events_buffer.segments(spool_dir) == []
+    assert segments(spool_dir) == []
 
 
 def test_a_drainer_crash_before_commit_stores_nothing_and_the_next_round_stores_each_line_once(
         spool_dir, ledger, db, dsn, monkeypatch):
     campaign_id, ids = ledger
-    spool = events_buffer.Spool(spool_dir)
+    spool = Spool(spool_dir)
     for recipient_id in ids[:5]:
         spool.append(_open(campaign_id, recipient_id))
-    real_advance = events_buffer.queries.load("tracking")["spool-advance"]
+    real_advance = queries.load("tracking")["spool-advance"]
 
     # the events are inserted, then the drainer dies before the position is written: the transaction is lost
-    sql = dict(events_buffer.queries.load("tracking"))
+    sql = dict(queries.load("tracking"))
     sql["spool-advance"] = "SELECT pg_terminate_backend(pg_backend_pid())"
-    monkeypatch.setattr(events_buffer.queries, "load", lambda area: sql)
+    monkeypatch.setattr(queries, "load", lambda area: sql)
     with pytest.raises(psycopg.OperationalError):
-        events_buffer.drain_once(spool_dir, db)
+        drain_once(spool_dir, db)
     monkeypatch.undo()
-    assert events_buffer.queries.load("tracking")["spool-advance"] == real_advance
+    assert queries.load("tracking")["spool-advance"] == real_advance
     with campaign_db.connect(dsn, autocommit=True) as fresh:
         assert _opens(fresh) == []
-        assert events_buffer.drain_once(spool_dir, fresh) == 5
+        assert drain_once(spool_dir, fresh) == 5
         assert _opens(fresh) == ids[:5]
-        assert events_buffer.drain_once(spool_dir, fresh) == 0
+        assert drain_once(spool_dir, fresh) == 0
         assert _opens(fresh) == ids[:5]
     spool.close()
 
@@ -232,7 +237,7 @@ def test_concurrent_drainers_and_rotating_writers_store_each_line_exactly_once(s
     deadline = time.monotonic() + 60
 
     def write(recipients: list[int]) -> None:
-        spool = events_buffer.Spool(spool_dir, segment_bytes=400)
+        spool = Spool(spool_dir, segment_bytes=400)
         try:
             for recipient_id in recipients:
                 spool.append(_open(campaign_id, recipient_id))
@@ -242,11 +247,11 @@ def test_concurrent_drainers_and_rotating_writers_store_each_line_exactly_once(s
     def drain() -> None:
         try:
             with campaign_db.connect(dsn, autocommit=True) as conn:
-                drainer, mine = events_buffer.SpoolDrainer(spool_dir, batch=3), 0
+                drainer, mine = SpoolDrainer(spool_dir, batch=3), 0
                 while time.monotonic() < deadline:
                     n, _ = drainer.drain_once(conn)
                     mine += n
-                    if not n and not writing.is_set() and not events_buffer.segments(spool_dir):
+                    if not n and not writing.is_set() and not segments(spool_dir):
                         break
                 settled.append(mine)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
@@ -267,7 +272,7 @@ def test_concurrent_drainers_and_rotating_writers_store_each_line_exactly_once(s
     stored = db.execute("SELECT sum(drained_events) AS n, count(*) AS segments FROM tracking_spool_segments").fetchone()
     assert stored["n"] == total
     assert stored["segments"] > 3  # the writers really rotated while the drainers ran
-    assert events_buffer.segments(spool_dir) == []
+    assert segments(spool_dir) == []
 
 
 def test_a_nul_filled_segment_is_rejected_and_does_not_hold_up_the_next_one(spool_dir, ledger, db):
@@ -275,25 +280,25 @@ def test_a_nul_filled_segment_is_rejected_and_does_not_hold_up_the_next_one(spoo
     spool_dir.mkdir()
     # what a machine crash can leave of a segment whose blocks were allocated but never written (ext4, XFS)
     (spool_dir / "vm.1.1.events").write_bytes(b"\0" * 300)
-    healthy = events_buffer.Spool(spool_dir)
+    healthy = Spool(spool_dir)
     healthy.append(_open(campaign_id, first))
     healthy.close()
-    events_buffer.drain_once(spool_dir, db)  # one round: the damaged segment comes first and must not stop it
+    drain_once(spool_dir, db)  # one round: the damaged segment comes first and must not stop it
     assert _opens(db) == [first]
     [reject] = db.execute("SELECT line, error FROM tracking_spool_rejects").fetchall()
     assert reject["line"] == "\\x00" * 300  # kept, escaped: PostgreSQL text cannot hold NUL
     assert reject["error"] == "incomplete or oversized spool line"
-    assert events_buffer.segments(spool_dir) == []
+    assert segments(spool_dir) == []
 
 
 def test_a_segment_that_cannot_be_read_is_skipped_and_the_others_are_drained(spool_dir, ledger, db, monkeypatch,
                                                                            caplog):
     campaign_id, (first, second, *_) = ledger
     for recipient_id in (first, second):
-        spool = events_buffer.Spool(spool_dir)
+        spool = Spool(spool_dir)
         spool.append(_open(campaign_id, recipient_id))
         spool.close()
-    unreadable, _ = events_buffer.segments(spool_dir)
+    unreadable, _ = segments(spool_dir)
     real_open = os.open
 
     def deny(path, flags, *args):
@@ -302,18 +307,18 @@ def test_a_segment_that_cannot_be_read_is_skipped_and_the_others_are_drained(spo
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", deny)
-    events_buffer.drain_once(spool_dir, db)
+    drain_once(spool_dir, db)
     assert _opens(db) == [second]
     assert f"tracking spool segment {unreadable} could not be drained" in caplog.text
-    assert events_buffer.segments(spool_dir) == [unreadable]
+    assert segments(spool_dir) == [unreadable]
 
 
 def test_a_live_segment_ending_in_a_partial_line_does_not_make_the_drainer_spin(spool_dir, ledger, db):
     campaign_id, (first, *_) = ledger
-    spool = events_buffer.Spool(spool_dir)
+    spool = Spool(spool_dir)
     spool.append(_open(campaign_id, first))
     os.write(spool._fd, b'["open",1,')  # a writer caught in the middle of a line
-    drainer = events_buffer.SpoolDrainer(spool_dir)
+    drainer = SpoolDrainer(spool_dir)
     assert drainer.drain_once(db) == (1, False)
     assert drainer.drain_once(db) == (0, False)  # nothing to do right away: the drainer thread waits
     spool.close()
@@ -321,9 +326,9 @@ def test_a_live_segment_ending_in_a_partial_line_does_not_make_the_drainer_spin(
 
 def test_a_pruned_segment_row_is_registered_again(spool_dir, ledger, db):
     campaign_id, (first, second, *_) = ledger
-    spool = events_buffer.Spool(spool_dir)
+    spool = Spool(spool_dir)
     spool.append(_open(campaign_id, first))
-    drainer = events_buffer.SpoolDrainer(spool_dir)
+    drainer = SpoolDrainer(spool_dir)
     assert drainer.drain_once(db)[0] == 1
     db.execute("DELETE FROM tracking_spool_segments")
     spool.append(_open(campaign_id, second))
@@ -335,28 +340,28 @@ def test_a_pruned_segment_row_is_registered_again(spool_dir, ledger, db):
 
 def test_drain_refuses_a_connection_that_is_not_autocommit(spool_dir, dsn):
     with campaign_db.connect(dsn) as conn, pytest.raises(ValueError, match="autocommit"):
-        events_buffer.drain_once(spool_dir, conn)
+        drain_once(spool_dir, conn)
 
 
 def test_two_drainers_racing_on_one_recipients_clicks_record_one_implied_open(ledger, dsn, db):
     campaign_id, (first, *_) = ledger
 
-    def click(key: str) -> events_buffer.BufferedEvent:
-        return events_buffer._parse(key, events_buffer.encode_event(
+    def click(key: str) -> BufferedEvent:
+        return parse_line(key, encode_event(
             type="click", campaign_id=campaign_id, recipient_id=first, link_id=0))
 
     outcome: list[object] = []
 
     def store_as_b(conn) -> None:
         try:
-            outcome.append(events_buffer._store(conn, [click("spool:b:0")]))
+            outcome.append(_store(conn, [click("spool:b:0")]))
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             outcome.append(exc)
 
     with campaign_db.connect(dsn, autocommit=True) as a, campaign_db.connect(dsn, autocommit=True) as b:
         b_pid = b.info.backend_pid
         with a.transaction():
-            events_buffer._store(a, [click("spool:a:0")])
+            _store(a, [click("spool:a:0")])
             # b stores the same recipient's other click while a has not committed: neither sees the other's open
             racer = threading.Thread(target=store_as_b, args=(b,), daemon=True)
             racer.start()
@@ -373,15 +378,15 @@ def test_two_drainers_racing_on_one_recipients_clicks_record_one_implied_open(le
 
 def test_torn_and_malformed_lines_are_kept_as_rejects_not_dropped_and_do_not_block(spool_dir, ledger, db):
     campaign_id, (first, second, *_) = ledger
-    spool = events_buffer.Spool(spool_dir)
+    spool = Spool(spool_dir)
     spool.append(_open(campaign_id, first))
     spool.append(b'{"not": "an event"}\n')
     spool.append(_open(campaign_id, second))
-    [segment] = events_buffer.segments(spool_dir)
+    [segment] = segments(spool_dir)
     spool.close()
     with open(segment, "ab") as torn:  # a writer that died in the middle of a line
         torn.write(b'["open",1,')
-    while events_buffer.drain_once(spool_dir, db):
+    while drain_once(spool_dir, db):
         pass
     assert _opens(db) == [first, second]
     rejects = db.execute("SELECT line, error FROM tracking_spool_rejects ORDER BY byte_offset").fetchall()
@@ -391,34 +396,34 @@ def test_torn_and_malformed_lines_are_kept_as_rejects_not_dropped_and_do_not_blo
     ]
     row = _segment_row(db, segment)
     assert (row["drained_events"], row["rejected_lines"]) == (2, 2)
-    assert events_buffer.segments(spool_dir) == []
+    assert segments(spool_dir) == []
 
 
 def test_a_line_postgres_refuses_is_kept_with_the_error_and_the_rest_of_the_batch_is_stored(spool_dir, ledger,
                                                                                           db):
     campaign_id, (first, second, *_) = ledger
-    spool = events_buffer.Spool(spool_dir)
+    spool = Spool(spool_dir)
     spool.append(_open(campaign_id, first))
-    spool.append(events_buffer.encode_event(type="open", campaign_id=campaign_id, recipient_id=second,
-                                            ip="not-an-address"))
+    spool.append(encode_event(type="open", campaign_id=campaign_id, recipient_id=second,
+                              ip="not-an-address"))
     spool.close()
-    assert events_buffer.drain_once(spool_dir, db) == 2
+    assert drain_once(spool_dir, db) == 2
     assert _opens(db) == [first]
     [reject] = db.execute("SELECT line, error FROM tracking_spool_rejects").fetchall()
     assert '"not-an-address"' in reject["line"]
     assert "inet" in reject["error"]
-    assert events_buffer.backlog(spool_dir, db) == 0
+    assert backlog(spool_dir, db) == 0
 
 
 def test_backlog_counts_bytes_not_yet_stored(spool_dir, ledger, db):
     campaign_id, ids = ledger
-    spool = events_buffer.Spool(spool_dir)
+    spool = Spool(spool_dir)
     lines = [_open(campaign_id, recipient_id) for recipient_id in ids[:4]]
     for line in lines:
         spool.append(line)
-    assert events_buffer.backlog(spool_dir, db) == sum(map(len, lines))
-    events_buffer.drain_once(spool_dir, db, batch=3)
-    assert events_buffer.backlog(spool_dir, db) == len(lines[3])
+    assert backlog(spool_dir, db) == sum(map(len, lines))
+    drain_once(spool_dir, db, batch=3)
+    assert backlog(spool_dir, db) == len(lines[3])
     spool.close()
 
 
@@ -427,7 +432,7 @@ def test_fsync_every_event_when_the_interval_is_zero(spool_dir, ledger, monkeypa
     synced: list[int] = []
     real = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
-    spool = events_buffer.Spool(spool_dir, fsync_seconds=0)
+    spool = Spool(spool_dir, fsync_seconds=0)
     for recipient_id in ids[:3]:
         spool.append(_open(campaign_id, recipient_id))
     assert synced.count(spool._fd) == 3  # (other spools' flushers in this process may sync their own files)
@@ -443,8 +448,8 @@ def test_old_unlocked_temporaries_are_removed_but_a_held_or_recent_one_is_kept(s
         os.utime(path, (time.time() - 120, time.time() - 120))
     holder = os.open(held, os.O_RDONLY)
     try:
-        events_buffer.fcntl.flock(holder, events_buffer.fcntl.LOCK_EX)  # a writer between create and rename
-        events_buffer.drain_once(spool_dir, db)
+        fcntl.flock(holder, fcntl.LOCK_EX)  # a writer between create and rename
+        drain_once(spool_dir, db)
     finally:
         os.close(holder)
     assert sorted(p.name for p in spool_dir.iterdir()) == sorted([held.name, recent.name])
@@ -452,6 +457,6 @@ def test_old_unlocked_temporaries_are_removed_but_a_held_or_recent_one_is_kept(s
 
 def test_bad_spool_settings_are_refused_with_their_names(spool_dir):
     with pytest.raises(ValueError, match="TRACKING_SPOOL_SEGMENT_BYTES"):
-        events_buffer.Spool(spool_dir, segment_bytes=0)
+        Spool(spool_dir, segment_bytes=0)
     with pytest.raises(ValueError, match="TRACKING_SPOOL_FSYNC_SECONDS"):
-        events_buffer.Spool(spool_dir, fsync_seconds=-1)
+        Spool(spool_dir, fsync_seconds=-1)

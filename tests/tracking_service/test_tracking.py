@@ -16,7 +16,10 @@ from campaigns.feedback.links import register_links
 from campaigns.feedback.tokens import TokenCodec
 from devstack.processes import poll
 from tests.helpers import add_contacts
-from tracking_service import create_app, events_buffer, tracking
+from tracking_service import create_app, tracking
+from tracking_service.drainer import backlog, drain_once
+from tracking_service.spool import Spool
+from tracking_service.spool_format import encode_event, segments
 
 LINKS = ["https://example.com/offer", "http://example.org/a?b=1&c=%20d"]
 HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
@@ -75,12 +78,12 @@ def _events(conn, type_: str | None = None):
 
 
 def _drain(spool_dir, db) -> int:
-    return events_buffer.drain_once(spool_dir, db)
+    return drain_once(spool_dir, db)
 
 
 def _spooled(spool_dir) -> int:
     """Bytes in the spool's segments: 0 when a request buffered nothing."""
-    return sum(path.stat().st_size for path in events_buffer.segments(spool_dir))
+    return sum(path.stat().st_size for path in segments(spool_dir))
 
 
 def _state(conn) -> tuple:
@@ -362,11 +365,11 @@ def test_buffered_events_appear_in_postgres_after_drain_once(client, codec, camp
         for _ in range(3):
             client.get(f"/o/{codec.open_token(campaign_id, recipient_id)}.gif", headers={"User-Agent": HUMAN_UA})
     assert _events(db) == []
-    assert events_buffer.drain_once(spool_dir, db, batch=4) == 4
-    assert events_buffer.drain_once(spool_dir, db, batch=4) == 2
-    assert events_buffer.drain_once(spool_dir, db, batch=4) == 0
+    assert drain_once(spool_dir, db, batch=4) == 4
+    assert drain_once(spool_dir, db, batch=4) == 2
+    assert drain_once(spool_dir, db, batch=4) == 0
     assert len(_events(db, "open")) == 6
-    assert events_buffer.backlog(spool_dir, db) == 0
+    assert backlog(spool_dir, db) == 0
 
 
 def test_opens_and_cached_clicks_are_taken_during_a_database_outage_and_stored_once_it_is_back(
@@ -376,19 +379,19 @@ def test_opens_and_cached_clicks_are_taken_during_a_database_outage_and_stored_o
     assert _drain(spool_dir, db) == 1
     # PostgreSQL "down" for the request path and for the drainer alike
     monkeypatch.setattr(tracking, "get_db", _failing_db)
-    monkeypatch.setattr(events_buffer, "_insert", _failing_insert)
+    monkeypatch.setattr("tracking_service.drainer._insert", _failing_insert)
     before = _spooled(spool_dir)
     _assert_pixel(client.get(f"/o/{codec.open_token(campaign_id, bob)}.gif", headers={"User-Agent": HUMAN_UA}))
     response = client.get(f"/c/{codec.click_token(campaign_id, bob, 0)}", headers={"User-Agent": HUMAN_UA})
     assert (response.status_code, response.headers["Location"]) == (302, LINKS[0])
     assert _spooled(spool_dir) > before
     with pytest.raises(psycopg.OperationalError):
-        events_buffer.drain_once(spool_dir, db)
+        drain_once(spool_dir, db)
     monkeypatch.undo()
     assert _drain(spool_dir, db) == 2
     assert sorted((e["type"], e["subtype"] or "", e["recipient_id"]) for e in _events(db) if e["recipient_id"] == bob) \
         == [("click", "", bob), ("open", "", bob)]
-    assert events_buffer.backlog(spool_dir, db) == 0
+    assert backlog(spool_dir, db) == 0
 
 
 def _failing_insert(conn, events):
@@ -401,7 +404,7 @@ def test_events_of_deleted_campaign_are_settled_not_stuck(client, codec, campaig
     db.execute("DELETE FROM campaigns WHERE id = %s", [campaign_id])
     assert _drain(spool_dir, db) == 1
     assert _events(db) == []
-    assert events_buffer.backlog(spool_dir, db) == 0
+    assert backlog(spool_dir, db) == 0
 
 
 def test_pixel_and_click_still_answer_when_the_spool_refuses_the_write(client, codec, campaign, db, spool_dir,
@@ -411,7 +414,7 @@ def test_pixel_and_click_still_answer_when_the_spool_refuses_the_write(client, c
     def disk_full(self, line):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(events_buffer.Spool, "append", disk_full)
+    monkeypatch.setattr(Spool, "append", disk_full)
     _assert_pixel(client.get(f"/o/{codec.open_token(campaign_id, ann)}.gif"))
     response = client.get(f"/c/{codec.click_token(campaign_id, ann, 0)}")
     assert response.status_code == 302
@@ -479,11 +482,11 @@ def test_drain_follow_stores_lines_as_they_come_and_stops_on_sigterm(settings, d
     follower = subprocess.Popen([sys.executable, "-m", "tracking_service.drain", "--follow", "--spool-dir",
                                  str(spool_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        writer = events_buffer.Spool(spool_dir)
+        writer = Spool(spool_dir)
         try:
             for recipient_id in (ann, bob):
-                writer.append(events_buffer.encode_event(type="open", campaign_id=campaign_id,
-                                                         recipient_id=recipient_id))
+                writer.append(encode_event(type="open", campaign_id=campaign_id,
+                                           recipient_id=recipient_id))
                 poll(lambda rid=recipient_id: [e for e in _events(db) if e["recipient_id"] == rid],
                      what="the line stored by drain --follow", timeout=20, interval=0.05)
         finally:

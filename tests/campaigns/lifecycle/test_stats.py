@@ -24,7 +24,8 @@ from campaigns.db import connect
 from campaigns.feedback.ses_events import record_notification
 from campaigns.lifecycle import stats
 from tests.helpers import insert_campaign
-from tracking_service import events_buffer
+from tracking_service.drainer import drain_once
+from tracking_service.spool import buffer_event
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)  # campaign A's start
@@ -81,9 +82,9 @@ def make_campaign(db, key: str, started: datetime, sent: int) -> tuple[int, list
 def track(spool, db, *events) -> None:
     """Opens/clicks through the tracking service's spool, then drained into PostgreSQL."""
     for type_, campaign_id, recipient_id, at, extra in events:
-        events_buffer.buffer_event(spool, type=type_, campaign_id=campaign_id, recipient_id=recipient_id,
-                                   occurred=at.timestamp(), user_agent="Mozilla/5.0 (Macintosh) Mail", **extra)
-    events_buffer.drain_once(spool.directory, db)
+        buffer_event(spool, type=type_, campaign_id=campaign_id, recipient_id=recipient_id,
+                     occurred=at.timestamp(), user_agent="Mozilla/5.0 (Macintosh) Mail", **extra)
+    drain_once(spool.directory, db)
 
 
 def ses_event(conn, settings, kind: str, message_id: str, at: datetime, email: str = "x@example.org",

@@ -1,23 +1,4 @@
-"""Open and click events, appended to a spool on local disk and drained in bulk into PostgreSQL (email_events).
-
-Why a spool: an INSERT per request ran at about 0.3x a hello-world route, and a Redis XADD per request (even
-grouped) still cost a network round trip: on this kind of host one round trip is more client CPU than Flask's
-whole handling of a request. Appending a line to a file is one write(2) into the page cache. It also takes every
-network dependency off the request path: opens and clicks keep being recorded while PostgreSQL or Redis are down.
-
-Files, in the spool directory (TRACKING_SPOOL_DIR):
-
-    <host>.<pid>.<start ns>.events    a segment: one JSON array per line, one line per event
-
-- Every web worker process appends to its own active segment, opened with O_APPEND and held under an exclusive
-  flock(2) for as long as the process writes to it. The request answers after write(2) returned, so from then on
-  the event survives a crash of the tracking service (it is in the kernel's page cache); a flusher thread
-  fdatasyncs the segment every TRACKING_SPOOL_FSYNC_SECONDS (1 s, as Redis' `appendfsync everysec`), or after
-  every event when that is 0, so a crash of the machine loses at most that second.
-- A segment is rotated at TRACKING_SPOOL_SEGMENT_BYTES; a new one is created under a temporary name, locked, then
-  renamed into place, so a drainer never sees a segment that its writer does not hold yet.
-- A segment whose flock can be taken has no writer any more (rotated, or the worker exited or was killed): it is
-  sealed and will not grow.
+"""The drainer: spooled opens and clicks moved in bulk into PostgreSQL (email_events), refused lines kept aside.
 
 Draining (a thread in every worker, or `python -m tracking_service.drain`): for each segment, one transaction
 locks the segment's row in `tracking_spool_segments` (FOR UPDATE SKIP LOCKED, so drainers share the work), reads
@@ -31,17 +12,12 @@ dropped silently.
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import json
 import logging
 import os
-import re
-import socket
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,207 +25,21 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from campaigns import queries
+from tracking_service.spool_format import (
+    LOCK_PROBE_PREFIX,
+    MAX_LINE,
+    SEGMENT_SUFFIX,
+    TEMPORARY_SUFFIX,
+    BufferedEvent,
+    parse_line,
+    segments,
+)
 
 log = logging.getLogger(__name__)
 
-SEGMENT_SUFFIX = ".events"
 SCANNER_SECONDS = 10.0  # a click this soon after the send is a link scanner, not a person
-DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
-DEFAULT_FSYNC_SECONDS = 1.0
-_MAX_UA = 512
 PRUNE_EVERY_SECONDS = 3600.0
 FINISHED_ROWS_KEEP_DAYS = 7  # rows of deleted segments: kept a while for the operator, then pruned
-_MAX_LINE = 16 * 1024  # far above any line buffer_event writes (a 512-character agent escaped is ~3 KB)
-# one encoder: json.dumps(..., separators=...) builds a new JSONEncoder on every call
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
-
-
-@dataclass(frozen=True, slots=True)
-class BufferedEvent:
-    """One open or click as read back from the spool."""
-
-    key: str  # 'spool:<segment>:<byte offset>': unique per event, stored in email_events.sns_message_id
-    type: str
-    campaign_id: int
-    recipient_id: int
-    link_id: int | None
-    ip: str | None
-    user_agent: str | None
-    is_machine: bool
-    reasons: str
-    method: str
-    occurred: float
-
-
-def encode_event(*, type: str, campaign_id: int, recipient_id: int, link_id: int | None = None,
-                 ip: str | None = None, user_agent: str | None = None, is_machine: bool = False,
-                 reasons: Iterable[str] = (), method: str = "GET", occurred: float | None = None) -> bytes:
-    """One spool line: a compact JSON array (ASCII only, so never a raw newline inside) and a newline."""
-    return _ENCODER.encode([type, campaign_id, recipient_id, link_id, ip or "", (user_agent or "")[:_MAX_UA],
-                            1 if is_machine else 0, ",".join(reasons), method,
-                            time.time() if occurred is None else occurred]).encode() + b"\n"
-
-
-def buffer_event(spool: Spool, **event) -> None:
-    """Append one open/click event (the keywords of `encode_event`); raises OSError when the disk refuses it."""
-    spool.append(encode_event(**event))
-
-
-class Spool:
-    """This process's writer of spool segments; thread-safe, and safe across fork (each process writes its own).
-
-    One write(2) per event, under a lock so that rotation never closes the descriptor under a writing thread.
-    """
-
-    def __init__(self, directory: str | os.PathLike, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 fsync_seconds: float = DEFAULT_FSYNC_SECONDS) -> None:
-        if segment_bytes < 1:
-            raise ValueError(f"TRACKING_SPOOL_SEGMENT_BYTES must be at least 1, got {segment_bytes}")
-        if fsync_seconds < 0:
-            raise ValueError(f"TRACKING_SPOOL_FSYNC_SECONDS must be 0 or more, got {fsync_seconds}")
-        self.directory = Path(directory)
-        self.segment_bytes = segment_bytes
-        self.fsync_seconds = fsync_seconds
-        self._lock = threading.Lock()
-        self._fd: int | None = None
-        self._flushing_fd: int | None = None
-        self._pid = 0
-        self._size = 0
-        self._dirty = False
-        self._closed = threading.Event()
-        self.segment: Path | None = None
-        this = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (spool := this()) is not None and spool._after_fork())
-
-    def _after_fork(self) -> None:
-        # The child shares the parent's open segment (and its flock): keeping a descriptor of it would keep the
-        # parent's segment looking live after the parent moved on. A lock held by another thread at fork time
-        # would stay held in the child forever: start with a new one.
-        self._lock = threading.Lock()
-        for fd in (self._fd, self._flushing_fd):
-            if fd is not None:
-                os.close(fd)
-        self._fd = self._flushing_fd = None
-        self._dirty = False
-
-    def append(self, line: bytes) -> None:
-        """Write one complete line; returns once the kernel has it (it then survives a crash of this process)."""
-        with self._lock:
-            if self._fd is None or self._pid != os.getpid() or self._size >= self.segment_bytes:
-                self._rotate()
-            written = os.write(self._fd, line)
-            self._size += written
-            if written != len(line):
-                # a short write (disk full): the torn line ends this segment, where the drainer rejects it, and the
-                # next event starts a new one instead of being glued to it
-                self._close_current()
-                raise OSError(f"short write to tracking spool {self.segment}: {written} of {len(line)} bytes")
-            if self.fsync_seconds == 0:
-                os.fdatasync(self._fd)
-            else:
-                self._dirty = True
-
-    def _rotate(self) -> None:
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._closed.clear()
-            if self.fsync_seconds > 0:
-                threading.Thread(target=self._flush_loop, name="tracking-spool-flush", daemon=True).start()
-        self._close_current()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{_HOST}.{os.getpid()}.{time.time_ns()}{SEGMENT_SUFFIX}"
-        temporary = self.directory / f".{name}.new"
-        fd = os.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.rename(temporary, self.directory / name)  # appears already locked: never mistaken for sealed
-            _fsync_directory(self.directory)
-        except BaseException:
-            os.close(fd)
-            temporary.unlink(missing_ok=True)
-            raise
-        self._fd, self._size, self.segment = fd, 0, self.directory / name
-
-    def _close_current(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)  # releases the flock: the segment is sealed
-
-    def _flush_loop(self) -> None:
-        pid = os.getpid()
-        while self._pid == pid and not self._closed.wait(self.fsync_seconds):
-            try:
-                self.flush()
-            except Exception:  # the thread must outlive a failed sync: the next interval tries again
-                log.exception("tracking spool: flushing %s failed", self.segment)
-
-    def flush(self) -> None:
-        """fdatasync what was appended since the last flush (the flusher thread calls this every interval)."""
-        with self._lock:
-            if not self._dirty or self._fd is None or self._pid != os.getpid():
-                return
-            # sync a duplicate outside the lock, so appends go on meanwhile
-            fd = self._flushing_fd = os.dup(self._fd)
-            self._dirty = False
-        try:
-            os.fdatasync(fd)
-        finally:
-            with self._lock:
-                if self._flushing_fd == fd:
-                    self._flushing_fd = None
-                    os.close(fd)
-
-    def close(self) -> None:
-        """Seal the active segment (it is drained and deleted like any other) and stop the flusher."""
-        self._closed.set()
-        with self._lock:
-            if self._pid == os.getpid():
-                self._close_current()
-
-
-def check_locking(directory: str | os.PathLike) -> None:
-    """Refuse a file system whose flock(2) is not per open file (NFS, some FUSE/SMB mounts emulate it with POSIX
-    locks, which never conflict within one process): there a drainer would take a live segment for a sealed one."""
-    directory = Path(directory)
-    probe = directory / f".lock-probe.{os.getpid()}.{time.time_ns()}"
-    first = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        second = os.open(probe, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            try:
-                fcntl.flock(second, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return
-            raise OSError(errno.ENOLCK, "flock(2) locks here are not per open file (a network file system?)")
-        finally:
-            os.close(second)
-    finally:
-        os.close(first)
-        probe.unlink(missing_ok=True)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def segments(directory: str | os.PathLike) -> list[Path]:
-    """The spool's segment files; by name, so each writer's segments come oldest first."""
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return []
-    with entries:
-        paths = [Path(e.path) for e in entries if e.name.endswith(SEGMENT_SUFFIX) and not e.name.startswith(".")]
-    return sorted(paths)
 
 
 def _is_sealed(fd: int) -> bool:
@@ -259,18 +49,6 @@ def _is_sealed(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
-
-
-def _parse(key: str, line: bytes) -> BufferedEvent | None:
-    try:
-        type_, campaign_id, recipient_id, link_id, ip, ua, machine, reasons, method, occurred = json.loads(line)
-        return BufferedEvent(
-            key=key, type=str(type_), campaign_id=int(campaign_id), recipient_id=int(recipient_id),
-            link_id=None if link_id is None else int(link_id), ip=ip or None, user_agent=ua or None,
-            is_machine=machine == 1, reasons=str(reasons), method=str(method or "GET"), occurred=float(occurred),
-        )
-    except (TypeError, ValueError, RecursionError, OverflowError):  # not JSON, wrong arity or types, absurd nesting
-        return None
 
 
 def _rows(conn: psycopg.Connection, query: str, params: dict) -> list[tuple]:
@@ -420,17 +198,17 @@ class SpoolDrainer:
                 # does that, and only to bytes written in the last TRACKING_SPOOL_FSYNC_SECONDS
                 log.warning("tracking spool segment %s is %d bytes, shorter than the %d already stored", segment,
                             size, offset)
-            want = min(size - offset, max(2 * _MAX_LINE, self.batch * 600))
+            want = min(size - offset, max(2 * MAX_LINE, self.batch * 600))
             data = os.pread(fd, want, offset) if want > 0 else b""
             lines, used = _complete_lines(data, offset, self.batch)
             rejects: list[tuple[int, bytes, str]] = []
-            if not lines and data and (len(data) >= _MAX_LINE or sealed):
+            if not lines and data and (len(data) >= MAX_LINE or sealed):
                 # no newline in a line's worth of bytes, or a torn last line of a segment nobody writes any more
-                used = min(len(data), _MAX_LINE)
+                used = min(len(data), MAX_LINE)
                 rejects.append((offset, data[:used], "incomplete or oversized spool line"))
             events, line_at = [], {}
             for line_offset, line in lines:
-                event = _parse(f"spool:{segment}:{line_offset}", line)
+                event = parse_line(f"spool:{segment}:{line_offset}", line)
                 if event is None:
                     rejects.append((line_offset, line, "malformed spool line"))
                 else:
@@ -472,7 +250,7 @@ def _remove_abandoned_temporaries(directory: Path, older_than: float = 60.0) -> 
     except FileNotFoundError:
         return
     for entry in entries:
-        if not (entry.name.endswith(f"{SEGMENT_SUFFIX}.new") or entry.name.startswith(".lock-probe.")):
+        if not (entry.name.endswith(SEGMENT_SUFFIX + TEMPORARY_SUFFIX) or entry.name.startswith(LOCK_PROBE_PREFIX)):
             continue
         try:
             if time.time() - entry.stat().st_mtime <= older_than:
