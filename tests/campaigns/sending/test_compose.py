@@ -19,9 +19,9 @@ from campaigns.sending.compose import (
     CampaignContent,
     Composer,
     TemplateProblem,
-    _qp_body,
     normalize_address,
 )
+from campaigns.sending.mime import qp_body as _qp_body
 
 BASE = "https://track.example.test"
 CODEC = TokenCodec(["test-signing-key", "test-old-key"])
