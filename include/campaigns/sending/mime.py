@@ -25,7 +25,7 @@ _MANAGED_HEADERS = frozenset({
 })
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext
 _MAX_LINE = 998
-HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF or another control (not tab): header injection
 
 # QP spelling of every byte: printable ASCII, space and tab as is, everything else (and '=') as =XX
 _QP_BYTE = tuple(chr(b) if (33 <= b <= 126 and b != 61) or b in (9, 32) else f"={b:02X}" for b in range(256))
