@@ -98,14 +98,17 @@ def send_campaign():
 
     @task(pool="ses", map_index_template="{{ batch_label }}", retries=3, retry_delay=timedelta(seconds=5))
     def send_batch(descriptor: dict) -> dict:
+        from campaigns.config import get_settings
         from campaigns.lifecycle.pipeline import send_batch as send
+        from campaigns.sending.ledger import Attempt
         from campaigns.sending.resources import send_resources
 
         context = get_current_context()
         context["batch_label"] = descriptor["label"]
         ti = context["ti"]
+        attempt = Attempt(run_id=ti.run_id, map_index=ti.map_index, try_number=ti.try_number)
         with send_resources(sibling_tasks=descriptor["total"]) as resources:
-            return send(descriptor, attempt=f"{ti.run_id}/{ti.map_index}/{ti.try_number}", **resources)
+            return send(descriptor, attempt=attempt, resources=resources, settings=get_settings())
 
     @task(trigger_rule="all_done", retries=1)
     def finalize(campaign_id: int | None, _sent) -> dict:

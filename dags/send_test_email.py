@@ -63,9 +63,9 @@ def send_test_email():
         try:
             request = TestSendRequest.parse(dict(context["params"]))
             with send_resources() as resources, db.campaign_db(settings.db_conn_id, autocommit=True) as conn:
-                transport = SesTransport(resources["ses_client"], configuration_set=settings.configuration_set)
+                transport = SesTransport(resources.ses_client, configuration_set=settings.configuration_set)
                 report = send_test(conn, request, run_id=context["run_id"], transport=transport,
-                                   limiter=resources["limiter"], settings=settings)
+                                   limiter=resources.limiter, settings=settings)
         except CampaignError as exc:  # a refused request sent nothing: fail once, with the reason
             raise AirflowFailException(str(exc)) from exc
         if report["failed"]:

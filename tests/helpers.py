@@ -67,6 +67,15 @@ def insert_campaign(conn, key="c1"):
         " VALUES (%s, 'n', 's', 'news@example.com', '<p>x</p>', '{}') RETURNING id", [key]).fetchone()["id"]
 
 
+def downgrade_schema(dsn: str, revision: str = "base") -> None:
+    """Undo the campaign database's migrations down to `revision` (only the migration test goes down)."""
+    from alembic import command
+
+    from campaigns.schema import alembic_config
+
+    command.downgrade(alembic_config(dsn), revision)
+
+
 def sent_ledger(conn, key: str, count: int) -> tuple[int, list[int]]:
     """A running campaign with `count` ledger rows sent an hour ago: (campaign id, [recipient ids])."""
     campaign_id = conn.execute(

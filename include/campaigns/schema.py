@@ -28,7 +28,3 @@ def sqlalchemy_url(dsn: str) -> str:
 
 def upgrade(dsn: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(dsn), revision)
-
-
-def downgrade(dsn: str, revision: str = "base") -> None:
-    command.downgrade(alembic_config(dsn), revision)

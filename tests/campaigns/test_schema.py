@@ -8,7 +8,7 @@ import pytest
 from campaigns import schema
 from devstack.services import scratch_database
 from devstack.settings import SETTINGS
-from tests.helpers import insert_campaign
+from tests.helpers import downgrade_schema, insert_campaign
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_migrations_go_up_down_and_up_again(scratch_dsn):
             "stats_rollup_state", "campaign_stats", "campaign_stats_series", "campaign_link_stats",
             "campaign_recipient_activity", "campaign_recipient_link_activity", "email_event_counts_hourly"} <= created
 
-    schema.downgrade(scratch_dsn)
+    downgrade_schema(scratch_dsn)
     assert _tables(scratch_dsn) == set()
 
     schema.upgrade(scratch_dsn)

@@ -9,17 +9,23 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from campaigns import db, states
 from campaigns.config import Settings, get_settings
 from campaigns.errors import CampaignDefinitionError, IllegalTransition
 from campaigns.feedback.links import register_links
 from campaigns.lifecycle import definitions, scheduling
+from campaigns.lifecycle.reputation import ReputationGuard
 from campaigns.sending import ledger, preflight
+from campaigns.sending.ledger import Attempt
+from campaigns.sending.messages import composer_for
 from campaigns.sending.plan import SendTask, plan
 from campaigns.sending.sender import SendBatch
 from campaigns.states import Row
+
+if TYPE_CHECKING:
+    from campaigns.sending.resources import SendResources
 
 log = logging.getLogger(__name__)
 STARTABLE = {states.DRAFT, states.SCHEDULED, states.HELD, states.PAUSED}
@@ -91,21 +97,6 @@ def resolve_campaign(conf: dict[str, Any], run_id: str, *, now: datetime | None 
         return campaign["id"]
 
 
-def composer_for(campaign: dict[str, Any], settings: Settings):
-    """The per-campaign message builder: templates compiled once, links and headers prepared once."""
-    from campaigns.feedback.tokens import TokenCodec
-    from campaigns.sending.compose import CampaignContent, Composer
-
-    options = campaign.get("settings") or {}
-    content = CampaignContent(
-        campaign_id=campaign["id"], subject=campaign["subject"], html=campaign["html"], text=campaign["text"],
-        from_email=campaign["from_email"], from_name=campaign["from_name"], reply_to=campaign["reply_to"],
-        auto_footer=options.get("auto_footer", True))
-    return Composer(content, tracking_base_url=settings.tracking_base_url,
-                    codec=TokenCodec(settings.tracking_secret_keys),
-                    track_opens=options.get("track_opens", True), track_clicks=options.get("track_clicks", True))
-
-
 def run_preflight(campaign_id: int, conf: dict[str, Any], ses_client) -> dict[str, Any]:
     """Preflight the campaign; the report is stored on the campaign either way."""
     from psycopg.types.json import Jsonb
@@ -161,11 +152,12 @@ def plan_batches(campaign_id: int, conf: dict[str, Any], run_id: str, rate: floa
     return [task.as_dict() for task in tasks]
 
 
-def send_batch(descriptor: dict[str, Any], *, attempt: str, ses_client, limiter, threads: int) -> dict[str, Any]:
+def send_batch(descriptor: dict[str, Any], *, attempt: Attempt, resources: SendResources,
+               settings: Settings | None = None) -> dict[str, Any]:
     """Send one mapped task's pages; pauses the campaign if SES stopped the account."""
     from campaigns.sending.ses import SesTransport
 
-    settings = get_settings()
+    settings = settings or get_settings()
     task = SendTask.from_dict(descriptor)
     dsn = db.resolve_postgres_dsn(settings.db_conn_id)
     with db.connect(dsn, autocommit=True) as conn:
@@ -177,10 +169,13 @@ def send_batch(descriptor: dict[str, Any], *, attempt: str, ses_client, limiter,
     with db.connect(dsn, autocommit=True) as conn:
         # Before any message carrying them leaves: the click endpoint redirects only to registered links.
         register_links(conn, task.campaign_id, builder.links)
+    # The guard's run id goes on its campaign_actions row, so a pause can be traced to the DAG run that saw the rates.
     batch = SendBatch(
         task, attempt=attempt, from_email=campaign["from_email"], builder=builder,
-        transport=SesTransport(ses_client, configuration_set=settings.configuration_set),
-        limiter=limiter, connect=lambda: db.connect(dsn, autocommit=True), threads=threads)
+        transport=SesTransport(resources.ses_client, configuration_set=settings.configuration_set),
+        limiter=resources.limiter, connect=lambda: db.connect(dsn, autocommit=True), threads=resources.threads,
+        guard=ReputationGuard.from_settings(task.campaign_id, settings, run_id=attempt.run_id),
+        limiter_outage_seconds=settings.limiter_outage_seconds)
     report = batch.run()
     log.info("%s: %s", task.label, report.as_dict())
     if report.account_stopped:

@@ -3,8 +3,8 @@
 Two guards, both ending in the same guarded `running -> paused` move with a reason and a campaign_actions row:
 
 - **Campaign rates** (`ReputationGuard`), checked by every send task of the campaign every
-  `REPUTATION_CHECK_SECONDS` (the send loop's CampaignWatch calls it). Once at least `REPUTATION_MIN_SAMPLE` of the
-  campaign's messages were delivered or bounced, the campaign is paused when
+  `REPUTATION_CHECK_SECONDS` (the send loop's reputation step, CampaignWatch.check_reputation, calls it). Once at
+  least `REPUTATION_MIN_SAMPLE` of the campaign's messages were delivered or bounced, the campaign is paused when
   hard bounces / sample > `REPUTATION_MAX_BOUNCE_RATE` or complaints / sample > `REPUTATION_MAX_COMPLAINT_RATE`.
   Only hard bounces (bounceType Permanent) count, as in SES's own review; soft bounces (Transient, Undetermined)
   are in the sample but not in the numerator: a full mailbox says nothing about list quality, and addresses that

@@ -31,6 +31,7 @@ from campaigns.errors import AccountStopped, CampaignDefinitionError, SendError,
 from campaigns.lifecycle import definitions
 from campaigns.queries import load
 from campaigns.sending.compose import AddressProblem, normalize_address
+from campaigns.sending.messages import composer_for
 
 log = logging.getLogger(__name__)
 Q = load("control")
@@ -107,8 +108,6 @@ def load_campaign(conn: psycopg.Connection, request: TestSendRequest) -> dict[st
 
 def composer_for_test(campaign: dict[str, Any], settings: Settings):
     """The campaign's composer with the `[TEST] ` subject, links left as written and no open pixel."""
-    from campaigns.lifecycle.pipeline import composer_for
-
     options = {**(campaign.get("settings") or {}), "track_opens": False, "track_clicks": False}
     return composer_for({**campaign, "subject": SUBJECT_PREFIX + campaign["subject"], "settings": options},
                         settings)

@@ -7,6 +7,7 @@ SES call; `sent` after it. A retried task turns stale `sending` rows into `unkno
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -21,6 +22,19 @@ if TYPE_CHECKING:
     from campaigns.sending.plan import SendTask
 
 Q = load("ledger")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one mapped send task: its DAG run, its map index and Airflow's try number."""
+
+    run_id: str
+    map_index: int
+    try_number: int
+
+    def __str__(self) -> str:
+        # The text the ledger's `attempt` column holds: rows written before this type existed read the same.
+        return f"{self.run_id}/{self.map_index}/{self.try_number}"
 
 
 def snapshot(conn: psycopg.Connection, campaign_id: int, audience: Audience, page_size: int) -> dict[str, Any]:
@@ -78,11 +92,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def settle_stale(conn: psycopg.Connection, task: SendTask, attempt: str) -> int:
+def settle_stale(conn: psycopg.Connection, task: SendTask, attempt: Attempt) -> int:
     """Rows of this task's pages left `sending` by another attempt become `unknown`; returns how many."""
     return conn.execute(Q["settle-stale-sending"], {
         "campaign_id": task.campaign_id, "first_page": task.first_page, "last_page": task.last_page,
-        "attempt": attempt}).rowcount
+        "attempt": str(attempt)}).rowcount
 
 
 def pending_rows(conn: psycopg.Connection, task: SendTask, *, chunk: int = 1000):
@@ -108,22 +122,22 @@ def merge_fields(row: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def claim(conn: psycopg.Connection, row_id: int, email: str, attempt: str) -> str | None:
+def claim(conn: psycopg.Connection, row_id: int, email: str, attempt: Attempt) -> str | None:
     """Claim a pending row for this attempt: returns 'sending', 'skipped' (suppressed meanwhile), or None when
     the row is no longer pending."""
-    result = conn.execute(Q["claim"], {"id": row_id, "email": email, "attempt": attempt}).fetchone()
+    result = conn.execute(Q["claim"], {"id": row_id, "email": email, "attempt": str(attempt)}).fetchone()
     return None if result is None else result["status"]
 
 
-def mark_sent(conn: psycopg.Connection, row_id: int, attempt: str, message_id: str) -> None:
-    conn.execute(Q["mark-sent"], {"id": row_id, "attempt": attempt, "message_id": message_id})
+def mark_sent(conn: psycopg.Connection, row_id: int, attempt: Attempt, message_id: str) -> None:
+    conn.execute(Q["mark-sent"], {"id": row_id, "attempt": str(attempt), "message_id": message_id})
 
 
-def release(conn: psycopg.Connection, row_id: int, attempt: str, status: str, error: str | None) -> None:
+def release(conn: psycopg.Connection, row_id: int, attempt: Attempt, status: str, error: str | None) -> None:
     """Settle a claimed row without a MessageId: failed (rejected), pending (never reached SES) or unknown."""
     if status not in (Row.FAILED, Row.PENDING, Row.UNKNOWN):
         raise ValueError(f"cannot release a claimed row to {status!r}")
-    conn.execute(Q["release-claim"], {"id": row_id, "attempt": attempt, "status": status,
+    conn.execute(Q["release-claim"], {"id": row_id, "attempt": str(attempt), "status": status,
                                       "error": (error or "")[:2000] or None})
 
 

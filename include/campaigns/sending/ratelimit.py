@@ -203,10 +203,6 @@ class RateLimiter:
         slot, wait, now, interval, factor = self._run(("reserve", self._interval_us, self.burst), "reserve a slot")
         return Reservation(int(slot), int(wait), int(now), int(interval), float(_text(factor)))
 
-    def reserve(self) -> float:
-        """Reserve the next send slot and return the seconds to wait for it (0.0 if it is now)."""
-        return self.reserve_slot().wait
-
     def acquire(self, stop: threading.Event | None = None) -> float:
         """Block until this caller's slot and return the seconds waited; return early once `stop` is set.
 

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from campaigns import db
 from campaigns.config import get_settings
 from campaigns.sending.ratelimit import RateLimiter, RateSource, default_thread_count, limiter_key
 from campaigns.sending.ses import ses_client_from_airflow
+
+
+@dataclass(frozen=True)
+class SendResources:
+    """What one send task sends with: the sesv2 client, the global limiter and how many send threads it runs."""
+
+    ses_client: Any
+    limiter: RateLimiter
+    threads: int
 
 
 def sending_rate(ses_client: Any = None) -> float:
@@ -41,7 +51,7 @@ def _account_id(aws_conn_id: str) -> str:
 
 
 @contextmanager
-def send_resources(sibling_tasks: int = 1) -> Iterator[dict[str, Any]]:
+def send_resources(sibling_tasks: int = 1) -> Iterator[SendResources]:
     """The SES client, the global limiter and the thread count for one send task.
 
     `sibling_tasks`: how many send tasks of the campaign run side by side (its plan's task count, at most
@@ -57,6 +67,6 @@ def send_resources(sibling_tasks: int = 1) -> Iterator[dict[str, Any]]:
     key = limiter_key(_account_id(settings.aws_conn_id), client.meta.region_name)
     limiter = RateLimiter(redis_client, key, rate, burst=settings.rate_burst)
     try:
-        yield {"ses_client": client, "limiter": limiter, "threads": threads}
+        yield SendResources(ses_client=client, limiter=limiter, threads=threads)
     finally:
         redis_client.close()

@@ -2,9 +2,10 @@
 
 A small thread pool lets one task reach hundreds of sends per second; every thread takes its slots from the same
 (global) limiter and has its own database connection. The campaign's state is re-read at most every
-`watch_interval` seconds, so a pause or cancel stops the task within about a second. At a slower cadence
-(REPUTATION_CHECK_SECONDS) the same watch counts the campaign's bounces and complaints and pauses it when a rate
-is over its threshold (campaigns.lifecycle.reputation).
+`watch_interval` seconds, so a pause or cancel stops the task within about a second. Before each send the loop
+also runs the reputation step: at the guard's own, slower cadence (REPUTATION_CHECK_SECONDS) the guard it was given
+counts the campaign's bounces and complaints and pauses it when a rate is over its threshold
+(campaigns.lifecycle.reputation builds that guard; this part only knows the ReputationCheck protocol).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any, Protocol
 import psycopg
 
 from campaigns import states
-from campaigns.config import get_settings
+from campaigns.config import Settings
 from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, SendError, Throttled
-from campaigns.lifecycle.reputation import ReputationGuard, Thresholds
 from campaigns.sending import ledger
+from campaigns.sending.ledger import Attempt
 from campaigns.sending.plan import SendTask
 from campaigns.sending.ratelimit import LimiterUnavailable
 from campaigns.states import Row
@@ -47,6 +48,15 @@ class MessageBuilder(Protocol):
     def compose(self, recipient_id: int, to_email: str, merge_data: dict[str, Any]) -> bytes: ...
 
 
+class ReputationCheck(Protocol):
+    """The reputation guard as the send loop uses it (lifecycle.reputation.ReputationGuard is the real one)."""
+
+    paused_reason: str | None
+
+    def due(self) -> bool: ...
+    def check(self, conn: psycopg.Connection) -> str | None: ...
+
+
 @dataclass
 class SendReport:
     """What one send task did; `stop_reason` says why it stopped early, if it did."""
@@ -66,12 +76,12 @@ class SendReport:
 class CampaignWatch:
     """Re-reads the campaign's status at most every `interval` seconds (shared by the send threads).
 
-    With a `guard`, a running campaign's rates are judged too, at the guard's own (slower) cadence; when the guard
-    pauses the campaign, the very next status() answers paused, so no thread starts another send.
+    With a `guard`, check_reputation() judges a running campaign's rates at the guard's own (slower) cadence; when
+    that pauses the campaign, the very next status() answers paused, so no thread starts another send.
     """
 
     def __init__(self, connect: Callable[[], psycopg.Connection], campaign_id: int, interval: float = 0.5,
-                 guard: ReputationGuard | None = None, run_id: str | None = None) -> None:
+                 guard: ReputationCheck | None = None, run_id: str | None = None) -> None:
         self._connect = connect
         self._campaign_id = campaign_id
         self._run_id = run_id
@@ -82,23 +92,36 @@ class CampaignWatch:
         self._status = states.RUNNING
         self._conn: psycopg.Connection | None = None
 
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
     def status(self) -> str:
+        """The campaign's status as last read (re-read when older than the interval); changes nothing."""
         with self._lock:
             if time.monotonic() - self._checked >= self._interval:
-                if self._conn is None:
-                    self._conn = self._connect()
-                row = self._conn.execute("SELECT status, run_id FROM campaigns WHERE id = %s",
-                                         [self._campaign_id]).fetchone()
+                row = self._connection().execute("SELECT status, run_id FROM campaigns WHERE id = %s",
+                                                 [self._campaign_id]).fetchone()
                 self._status = row["status"] if row else states.CANCELLED
                 if row and self._run_id and row["run_id"] not in (None, self._run_id):
                     # resumed by another run while this task still sends: two runs never send one campaign
                     self._status = f"{row['status']} under run {row['run_id']}"
-                # Under the lock on purpose: the other threads wait for the verdict instead of sending past it.
-                if self._status == states.RUNNING and self.guard is not None and self.guard.due() \
-                        and self.guard.check(self._conn) is not None:
-                    self._status = states.PAUSED
                 self._checked = time.monotonic()
             return self._status
+
+    def check_reputation(self) -> str | None:
+        """When the guard is due and the campaign runs, judge its rates: the reason when this step paused it."""
+        if self.guard is None:
+            return None
+        # Under the lock on purpose: the other threads wait for the verdict instead of sending past it.
+        with self._lock:
+            if self._status != states.RUNNING or not self.guard.due():
+                return None
+            reason = self.guard.check(self._connection())
+            if reason is not None:
+                self._status = states.PAUSED
+            return reason
 
     def close(self) -> None:
         if self._conn is not None:
@@ -106,12 +129,15 @@ class CampaignWatch:
 
 
 class SendBatch:
-    """Works through one SendTask's pending rows with `threads` senders."""
+    """Works through one SendTask's pending rows with `threads` senders.
 
-    def __init__(self, task: SendTask, *, attempt: str, from_email: str, builder: MessageBuilder,
+    Without a `guard` the campaign's rates are not judged (the pipeline always passes one).
+    """
+
+    def __init__(self, task: SendTask, *, attempt: Attempt, from_email: str, builder: MessageBuilder,
                  transport: Transport, limiter: Limiter, connect: Callable[[], psycopg.Connection],
-                 threads: int = 4, watch_interval: float = 0.5, reputation: Thresholds | None = None,
-                 reputation_interval: float | None = None, limiter_outage_seconds: float | None = None) -> None:
+                 threads: int = 4, watch_interval: float = 0.5, guard: ReputationCheck | None = None,
+                 limiter_outage_seconds: float = Settings.limiter_outage_seconds) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.task = task
@@ -122,18 +148,9 @@ class SendBatch:
         self.limiter = limiter
         self.connect = connect
         self.threads = threads
-        # Thresholds and cadence default to the settings; the run id (attempt = run_id/map_index/try) goes on the
-        # campaign_actions row, so a pause can be traced to the DAG run that saw the rates.
-        settings = get_settings()
-        run_id = attempt.rsplit("/", 2)[0] if attempt.count("/") >= 2 else attempt
-        guard = ReputationGuard(
-            task.campaign_id, reputation or Thresholds.from_settings(settings),
-            interval=settings.reputation_check_seconds if reputation_interval is None else reputation_interval,
-            run_id=run_id)
-        self.watch = CampaignWatch(connect, task.campaign_id, watch_interval, guard=guard, run_id=run_id)
+        self.watch = CampaignWatch(connect, task.campaign_id, watch_interval, guard=guard, run_id=attempt.run_id)
         # A Redis restart should not cost a task retry (and its scheduler overhead): wait it out, sending nothing.
-        self.limiter_outage_seconds = (settings.limiter_outage_seconds if limiter_outage_seconds is None
-                                       else limiter_outage_seconds)
+        self.limiter_outage_seconds = limiter_outage_seconds
         self._outage_logged = False
         self.report = SendReport()
         self._stop = threading.Event()
@@ -184,6 +201,19 @@ class SendBatch:
         with self._lock:
             self.report.counts[outcome] += 1
 
+    def _still_running(self) -> bool:
+        """The step before every send: the campaign's status, then the reputation check when due; halts if stopped.
+
+        The check is the one step that may pause the campaign; status() only reads.
+        """
+        status = self.watch.status()
+        if status == states.RUNNING and self.watch.check_reputation() is None:
+            return True
+        paused_by_guard = self.watch.guard and self.watch.guard.paused_reason
+        self._halt(reason=f"reputation guard paused the campaign: {paused_by_guard}"
+                   if paused_by_guard else f"campaign is {status}")
+        return False
+
     def _worker(self) -> None:
         """Take rows until the sentinel; after a stop, keep draining (without sending) so the producer never blocks."""
         conn = None
@@ -195,11 +225,7 @@ class SendBatch:
                 if self._stop.is_set():
                     continue  # rows we do not touch stay pending
                 try:
-                    status = self.watch.status()
-                    if status != states.RUNNING:
-                        paused_by_guard = self.watch.guard and self.watch.guard.paused_reason
-                        self._halt(reason=f"reputation guard paused the campaign: {paused_by_guard}"
-                                   if paused_by_guard else f"campaign is {status}")
+                    if not self._still_running():
                         continue
                     conn = conn or self.connect()
                     self._send_one(conn, row)
@@ -237,9 +263,7 @@ class SendBatch:
             if self._stop.wait(delay):
                 return False
             delay = min(delay * 2, 2.0)
-            status = self.watch.status()
-            if status != states.RUNNING:
-                self._halt(reason=f"campaign is {status}")
+            if not self._still_running():
                 return False
 
     def _send_one(self, conn: psycopg.Connection, row: dict[str, Any]) -> None:

@@ -12,8 +12,8 @@ from botocore.stub import Stubber
 from campaigns.audience.filters import Audience
 from campaigns.errors import PreflightFailed
 from campaigns.lifecycle import definitions
-from campaigns.lifecycle.pipeline import composer_for
 from campaigns.sending import ledger, preflight
+from campaigns.sending.messages import composer_for
 from tests.helpers import add_contacts, inline_campaign
 
 RECIPIENTS = [f"user{i}@example.org" for i in range(5)]

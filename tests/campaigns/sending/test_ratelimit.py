@@ -94,10 +94,10 @@ def test_reservations_are_spaced_by_the_interval_after_the_burst(redis_client):
 
 def test_each_account_and_region_has_its_own_limiter(redis_client):
     other = limiter_key("123456789012", "eu-west-1")
-    RateLimiter(redis_client, KEY, rate=1).reserve()
+    RateLimiter(redis_client, KEY, rate=1).reserve_slot()
 
-    assert RateLimiter(redis_client, KEY, rate=1).reserve() > 0.5
-    assert RateLimiter(redis_client, other, rate=1).reserve() == 0.0
+    assert RateLimiter(redis_client, KEY, rate=1).reserve_slot().wait > 0.5
+    assert RateLimiter(redis_client, other, rate=1).reserve_slot().wait == 0.0
     assert other != KEY
 
 
@@ -181,7 +181,7 @@ def test_redis_down_raises_limiter_unavailable_and_nothing_is_sent(monkeypatch):
     assert isinstance(info.value.__cause__, redis_lib.ConnectionError)
     assert slept == []
     with pytest.raises(LimiterUnavailable):
-        limiter.reserve()
+        limiter.reserve_slot()
     with pytest.raises(LimiterUnavailable, match="throttle penalty"):
         limiter.throttled()
     down.close()
@@ -191,7 +191,7 @@ def test_redis_error_raises_limiter_unavailable(redis_client):
     redis_client.hset(KEY, "not", "a tat")
 
     with pytest.raises(LimiterUnavailable, match="ResponseError") as info:
-        RateLimiter(redis_client, KEY, rate=10).reserve()
+        RateLimiter(redis_client, KEY, rate=10).reserve_slot()
 
     assert isinstance(info.value.__cause__, redis_lib.ResponseError)
 

@@ -16,10 +16,10 @@ def rate_400(settings_env, redis_client):
 @pytest.mark.usefixtures("rate_400", "ses")
 def test_parallel_send_tasks_get_threads_for_their_share_of_the_rate():
     with send_resources() as alone:
-        assert alone["threads"] == default_thread_count(400)
+        assert alone.threads == default_thread_count(400)
     with send_resources(sibling_tasks=4) as one_of_four:
-        assert one_of_four["threads"] == default_thread_count(100) < alone["threads"]
+        assert one_of_four.threads == default_thread_count(100) < alone.threads
     # a plan of 9 tasks still runs 4 side by side (the ses pool's slots): each shares the rate four ways
     with send_resources(sibling_tasks=9) as one_of_nine:
-        assert one_of_nine["threads"] == default_thread_count(100)
-        assert one_of_nine["limiter"].rate == 400  # the limiter still holds the account's whole rate
+        assert one_of_nine.threads == default_thread_count(100)
+        assert one_of_nine.limiter.rate == 400  # the limiter still holds the account's whole rate

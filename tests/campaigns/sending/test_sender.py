@@ -26,8 +26,11 @@ import requests
 from campaigns import db as campaign_db
 from campaigns.config import get_settings
 from campaigns.lifecycle import pipeline
+from campaigns.sending.ledger import Attempt
+from campaigns.sending.messages import composer_for
 from campaigns.sending.plan import SendTask
 from campaigns.sending.ratelimit import LimiterUnavailable, RateLimiter
+from campaigns.sending.resources import SendResources
 from campaigns.sending.sender import SendBatch
 from campaigns.sending.ses import SesTransport, client_config
 from devstack.settings import SETTINGS
@@ -71,11 +74,14 @@ def campaign(db, settings):
     return campaign_id, SendTask.from_dict(task)
 
 
-def batch(task, ses, limiter, *, attempt="run-1/0/1", threads=4, client=None):
+FIRST_TRY = Attempt("run-1", 0, 1)  # run-1/0/1 in the ledger
+
+
+def batch(task, ses, limiter, *, attempt=FIRST_TRY, threads=4, client=None):
     with campaign_db.connect(SETTINGS.pg_dsn(SETTINGS.test_campaign_db)) as conn:
         campaign = conn.execute("SELECT * FROM campaigns WHERE id = %s", [task.campaign_id]).fetchone()
     return SendBatch(task, attempt=attempt, from_email="news@example.com",
-                     builder=pipeline.composer_for(campaign, get_settings()),
+                     builder=composer_for(campaign, get_settings()),
                      transport=SesTransport(client or ses, configuration_set="campaign-events"),
                      limiter=limiter, threads=threads,
                      connect=lambda: campaign_db.connect(SETTINGS.pg_dsn(SETTINGS.test_campaign_db), autocommit=True))
@@ -114,7 +120,7 @@ def test_retry_never_resends_a_recipient_an_earlier_attempt_claimed(campaign, se
                   WHERE id IN (SELECT id FROM campaign_recipients WHERE campaign_id = %s ORDER BY id LIMIT 3)""",
                [campaign_id])
 
-    report = batch(task, ses, limiter, attempt="run-1/0/2").run()
+    report = batch(task, ses, limiter, attempt=Attempt("run-1", 0, 2)).run()
 
     assert report.settled_unknown == 3
     assert statuses(db, campaign_id) == {"sent": 37, "unknown": 3}
@@ -156,7 +162,8 @@ def test_a_paused_account_stops_the_campaign_with_pending_rows_left(campaign, se
 
     inject(ses, decide)
 
-    result = pipeline.send_batch(task.as_dict(), attempt="run-1/0/1", ses_client=ses, limiter=limiter, threads=1)
+    result = pipeline.send_batch(task.as_dict(), attempt=FIRST_TRY,
+                                 resources=SendResources(ses_client=ses, limiter=limiter, threads=1))
 
     row = db.execute("SELECT status, status_reason FROM campaigns WHERE id = %s", [campaign_id]).fetchone()
     assert row["status"] == "paused"
@@ -269,8 +276,9 @@ def test_pause_stops_sending_within_a_second(campaign, ses, redis_client, db):
 CHILD = """
 import json, sys
 from campaigns import db
-from campaigns.lifecycle import pipeline
 from campaigns.config import get_settings
+from campaigns.sending.ledger import Attempt
+from campaigns.sending.messages import composer_for
 from campaigns.sending.plan import SendTask
 from campaigns.sending.ratelimit import RateLimiter
 from campaigns.sending.sender import SendBatch
@@ -281,8 +289,8 @@ task = SendTask.from_dict(args["task"])
 client = boto3.client("sesv2", region_name="us-east-1", endpoint_url=args["endpoint"], config=client_config())
 connect = lambda: db.connect(args["dsn"], autocommit=True)
 campaign = connect().execute("SELECT * FROM campaigns WHERE id = %s", [task.campaign_id]).fetchone()
-SendBatch(task, attempt="run-1/0/1", from_email="news@example.com",
-          builder=pipeline.composer_for(campaign, get_settings()),
+SendBatch(task, attempt=Attempt("run-1", 0, 1), from_email="news@example.com",
+          builder=composer_for(campaign, get_settings()),
           transport=SesTransport(client), limiter=RateLimiter(redis.Redis.from_url(args["redis"]),
           "ses:rate:test:kill", rate=40), connect=connect, threads=4).run()
 """
@@ -313,7 +321,7 @@ def test_sigkill_mid_batch_then_retry_sends_each_recipient_at_most_once(campaign
         assert 0 < before.get("pending", 0) < 40, before
 
         report = batch(task, client, RateLimiter(redis_client, "ses:rate:test:kill", rate=1000),
-                       attempt="run-1/0/2", client=client).run()
+                       attempt=Attempt("run-1", 0, 2), client=client).run()
 
         after = statuses(db, campaign_id)
         assert set(after) <= {"sent", "unknown"}  # every row terminal
@@ -335,7 +343,8 @@ def test_tracked_links_are_registered_before_the_first_message_leaves(campaign, 
     campaign_id, task = campaign
     inject(ses, lambda to: (400, "SendingPausedException"))  # nothing goes out at all
 
-    pipeline.send_batch(task.as_dict(), attempt="run-1/0/1", ses_client=ses, limiter=limiter, threads=1)
+    pipeline.send_batch(task.as_dict(), attempt=FIRST_TRY,
+                        resources=SendResources(ses_client=ses, limiter=limiter, threads=1))
 
     links = db.execute("SELECT link_id, url FROM campaign_links WHERE campaign_id = %s", [campaign_id]).fetchall()
     assert [(row["link_id"], row["url"]) for row in links] == [(0, "https://example.com/offer")]
@@ -346,7 +355,7 @@ def test_a_send_task_stops_when_another_run_drives_the_campaign(campaign, ses, l
     # campaign_control resumed the campaign for run-2 while this task of run-1 was still going
     db.execute("UPDATE campaigns SET run_id = 'run-2' WHERE id = %s", [campaign_id])
 
-    report = batch(task, ses, limiter, attempt="run-1/0/1").run()
+    report = batch(task, ses, limiter, attempt=FIRST_TRY).run()
 
     assert "under run run-2" in report.stop_reason
     assert statuses(db, campaign_id) == {"pending": 40}
