@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from campaigns import states
+from campaigns import queries, states
 from campaigns.config import get_settings
 from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, SendError, Throttled
 from campaigns.lifecycle.reputation import ReputationGuard, Thresholds
@@ -87,8 +87,8 @@ class CampaignWatch:
             if time.monotonic() - self._checked >= self._interval:
                 if self._conn is None:
                     self._conn = self._connect()
-                row = self._conn.execute("SELECT status, run_id FROM campaigns WHERE id = %s",
-                                         [self._campaign_id]).fetchone()
+                row = self._conn.execute(queries.load("sender")["campaign-watch"],
+                                         {"campaign_id": self._campaign_id}).fetchone()
                 self._status = row["status"] if row else states.CANCELLED
                 if row and self._run_id and row["run_id"] not in (None, self._run_id):
                     # resumed by another run while this task still sends: two runs never send one campaign
