@@ -16,7 +16,7 @@ import os
 
 from flask import Blueprint, current_app, jsonify
 
-from campaigns import db
+from campaigns import db, queries
 
 bp = Blueprint("health", __name__)
 
@@ -26,7 +26,7 @@ def healthz():
     checks: dict[str, str] = {}
     try:
         with db.connect(db.postgres_dsn(), connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
+            conn.execute(queries.load("tracking")["health-check"])
         checks["postgres"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure is "not healthy", reported by type only
         checks["postgres"] = f"error: {type(exc).__name__}"

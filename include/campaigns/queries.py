@@ -1,12 +1,14 @@
 """Named SQL, listmonk style: `queries/<area>.sql` holds blocks that start with `-- name: <query-name>`.
 
     from campaigns import queries
-    SQL = queries.load("contacts")
-    conn.execute(SQL["upsert-contacts"], params)
+    conn.execute(queries.load("contacts")["upsert-contacts"], params)
 
-Each file is read once per process. The comment lines right under a `-- name:` line say why the query is shaped
-so; they are for readers and are not sent to the server (a `%` in prose would otherwise look like a placeholder
-to psycopg). Comments inside the SQL body are kept.
+This is the one way SQL is loaded, everywhere: the Airflow plugin passes its own queries folder as `folder`, and a
+function that runs several queries of one area may keep `queries.load(area)` in a local name. A query with
+`{placeholders}` is completed by psycopg.sql composition (identifiers, fragments named in the same file); its
+parameters stay bound. Each file is read once per process. The comment lines right under a `-- name:` line say why
+the query is shaped so; they are for readers and are not sent to the server (a `%` in prose would otherwise look
+like a placeholder to psycopg). Comments inside the SQL body are kept.
 """
 
 from __future__ import annotations
@@ -31,16 +33,16 @@ class Queries(dict[str, str]):
 
 
 @cache
-def load(area: str) -> dict[str, str]:
-    """The named queries of `queries/<area>.sql`, parsed once per process (treat the result as read-only)."""
+def load(area: str, folder: Path = QUERIES_DIR) -> dict[str, str]:
+    """The named queries of `<folder>/<area>.sql`, parsed once per process (treat the result as read-only)."""
     if not _AREA.fullmatch(area):
         # The area becomes a file name: refuse anything that could leave the queries folder.
         raise ValueError(f"query area must match [a-z0-9_]+, got {area!r}")
-    path = QUERIES_DIR / f"{area}.sql"
+    path = Path(folder) / f"{area}.sql"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        known = ", ".join(sorted(p.stem for p in QUERIES_DIR.glob("*.sql")))
+        known = ", ".join(sorted(p.stem for p in Path(folder).glob("*.sql")))
         raise FileNotFoundError(f"no query file {path}; known areas: {known or 'none'}") from exc
     return parse(text, area=area)
 

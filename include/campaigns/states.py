@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 
+from campaigns import queries
 from campaigns.errors import IllegalTransition
 
 # Campaign states
@@ -46,24 +47,15 @@ def can_move(old: str, new: str) -> bool:
 def move_campaign(conn: psycopg.Connection, campaign_id: int, new: str, *, reason: str | None = None,
                   expected: str | set[str] | None = None) -> dict[str, Any]:
     """Move a campaign to `new` with one UPDATE guarded by the old state; IllegalTransition changes nothing."""
-    row = conn.execute("SELECT status FROM campaigns WHERE id = %s", [campaign_id]).fetchone()
+    row = conn.execute(queries.load("states")["campaign-status"], {"campaign_id": campaign_id}).fetchone()
     if row is None:
         raise IllegalTransition(f"campaign {campaign_id} does not exist")
     old = row["status"]
     allowed = {expected} if isinstance(expected, str) else set(expected or CAMPAIGN_MOVES)
     if old not in allowed or not can_move(old, new):
         raise IllegalTransition(f"campaign {campaign_id} is {old}; it cannot move to {new}")
-    updated = conn.execute(
-        """
-        UPDATE campaigns
-           SET status = %(new)s, status_reason = %(reason)s, updated_at = now(),
-               started_at = CASE WHEN %(new)s = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
-               finished_at = CASE WHEN %(new)s IN ('sent', 'cancelled', 'failed') THEN now() ELSE finished_at END
-         WHERE id = %(id)s AND status = %(old)s
-        RETURNING id, status, status_reason
-        """,
-        {"new": new, "reason": reason, "id": campaign_id, "old": old},
-    ).fetchone()
+    updated = conn.execute(queries.load("states")["move-campaign"],
+                           {"new": new, "reason": reason, "id": campaign_id, "old": old}).fetchone()
     if updated is None:  # someone else moved it between our read and our write
         raise IllegalTransition(f"campaign {campaign_id} changed state while moving {old} -> {new}; try again")
     return updated
@@ -75,8 +67,6 @@ def record_action(conn: psycopg.Connection, campaign_id: int, *, action: str, ac
     """Write the campaign_actions row of a state action (call it in the move's transaction); returns its id and
     requested_at."""
     from psycopg.types.json import Jsonb
-
-    from campaigns import queries
 
     return conn.execute(queries.load("states")["record-action"], {
         "campaign_id": campaign_id, "action": action, "actor": actor, "run_id": run_id, "old_status": old_status,

@@ -15,11 +15,10 @@ from typing import Any
 
 import psycopg
 
-from campaigns import states
-from campaigns.lifecycle.stats import COUNTS, RATES, CampaignNotFound, campaign_series, campaign_stats
-from campaigns.queries import parse
+from campaigns import queries, states
+from campaigns.lifecycle.stats import COUNTS, LINK_METRICS, RATES, CampaignNotFound, campaign_series, campaign_stats
 
-Q = parse((Path(__file__).parent / "queries" / "view.sql").read_text(encoding="utf-8"), area="view")
+QUERIES = Path(__file__).with_name("queries")  # the plugin's own named SQL: queries.load("view", QUERIES)
 
 CAMPAIGN_STATES = (states.DRAFT, states.SCHEDULED, states.HELD, states.RUNNING, states.PAUSED, states.SENT,
                    states.CANCELLED, states.FAILED)
@@ -49,7 +48,8 @@ def campaign_list(conn: psycopg.Connection, *, status: str | None = None, before
         raise BadFilter(f"unknown campaign state {status!r}; states are: {', '.join(CAMPAIGN_STATES)}")
     if before is not None and before < 1:
         raise BadFilter(f"`before` is a campaign id (1 or more), got {before}")
-    rows = conn.execute(Q["campaign-list"], {"status": status, "before": before, "limit": limit + 1}).fetchall()
+    sql = queries.load("view", QUERIES)
+    rows = conn.execute(sql["campaign-list"], {"status": status, "before": before, "limit": limit + 1}).fetchall()
     campaigns = []
     for row in rows[:limit]:
         item = dict(row)
@@ -62,7 +62,7 @@ def campaign_list(conn: psycopg.Connection, *, status: str | None = None, before
         }
         item["progress"] = _ratio(item["sent"], item["recipients"])
         campaigns.append(item)
-    counts = {row["status"]: row["n"] for row in conn.execute(Q["status-counts"])}
+    counts = {row["status"]: row["n"] for row in conn.execute(sql["status-counts"])}
     return {
         "campaigns": campaigns,
         "status": status,
@@ -74,9 +74,10 @@ def campaign_list(conn: psycopg.Connection, *, status: str | None = None, before
 def campaign_page(conn: psycopg.Connection, campaign_id: int) -> dict[str, Any]:
     """Everything the campaign page draws: stats and rates, series split into hours and days, actions, runs."""
     stats = campaign_stats(conn, campaign_id)  # raises CampaignNotFound
-    campaign = dict(conn.execute(Q["campaign-row"], {"campaign_id": campaign_id}).fetchone())
+    sql = queries.load("view", QUERIES)
+    campaign = dict(conn.execute(sql["campaign-row"], {"campaign_id": campaign_id}).fetchone())
     series = campaign_series(conn, campaign_id)
-    actions = [dict(row) for row in conn.execute(Q["campaign-actions"],
+    actions = [dict(row) for row in conn.execute(sql["campaign-actions"],
                                                  {"campaign_id": campaign_id, "limit": ACTIONS_SHOWN})]
     return {
         "campaign": campaign,
@@ -143,7 +144,7 @@ def stats_csv(conn: psycopg.Connection, campaign_id: int) -> str:
     for reason, n in sorted(stats["skipped_by_reason"].items()):
         writer.writerow(("skipped_by_reason", reason, "skipped", n, "", ""))
     for link in stats["links"]:
-        for metric in ("clicks", "human_clicks", "unique_clicks", "unique_human_clicks"):
+        for metric in LINK_METRICS:
             writer.writerow(("link", link["url"] or f"link {link['link_id']}", metric, link[metric], "", ""))
     for bucket in campaign_series(conn, campaign_id):
         item = f"{bucket['granularity']} {_csv_value(bucket['bucket_start'])}"

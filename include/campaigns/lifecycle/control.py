@@ -32,13 +32,11 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from campaigns import states
+from campaigns import queries, states
 from campaigns.errors import CampaignDefinitionError, IllegalTransition
-from campaigns.queries import load
 from campaigns.sending import ledger
 
 log = logging.getLogger(__name__)
-Q = load("control")
 
 ACTOR = "campaign_control"
 SEND_DAG_ID = "send_campaign"
@@ -122,12 +120,13 @@ def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run
     campaign as its own.
     """
     campaign_id, spec = parse_request(campaign_id, action)
+    sql = queries.load("control")
     with conn.transaction():
-        campaign = conn.execute(Q["lock-campaign"], {"campaign_id": campaign_id}).fetchone()
+        campaign = conn.execute(sql["lock-campaign"], {"campaign_id": campaign_id}).fetchone()
         if campaign is None:
             raise IllegalTransition(f"campaign {campaign_id} does not exist")
         if run_id is not None:
-            earlier = conn.execute(Q["action-of-run"], {"campaign_id": campaign_id, "action": spec.name,
+            earlier = conn.execute(sql["action-of-run"], {"campaign_id": campaign_id, "action": spec.name,
                                                         "actor": actor, "run_id": run_id}).fetchone()
             if earlier is not None:
                 log.info("campaign %s: %s was already applied by run %s (action %s); not applied again",
@@ -151,9 +150,9 @@ def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run
         trigger_run_id = None
         if spec.starts_send_run:
             trigger_run_id = trigger_run_id_for(spec.name, campaign_id, row["id"], row["requested_at"])
-            conn.execute(Q["set-campaign-run"], {"campaign_id": campaign_id, "run_id": trigger_run_id})
+            conn.execute(sql["set-campaign-run"], {"campaign_id": campaign_id, "run_id": trigger_run_id})
         detail = {"cancelled": cancelled, "trigger_run_id": trigger_run_id, "previous_run_id": campaign["run_id"]}
-        conn.execute(Q["set-action-detail"], {"id": row["id"], "detail": Jsonb(detail)})
+        conn.execute(sql["set-action-detail"], {"id": row["id"], "detail": Jsonb(detail)})
     log.info("%s: %s -> %s by %s%s", name, old, spec.to, spec.name,
              f"; {cancelled} pending recipient(s) cancelled" if spec.name == CANCEL else
              f"; send run {trigger_run_id}" if trigger_run_id else "")

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from campaigns import states
+from campaigns import queries, states
 from campaigns.audience.filters import Audience
 from campaigns.errors import CampaignDefinitionError, IllegalTransition
 from campaigns.lifecycle import scheduling
@@ -184,15 +185,10 @@ def upsert_campaign(conn: psycopg.Connection, definition: CampaignDefinition,
     """
     now = now or datetime.now(UTC)
     with conn.transaction():
-        row = conn.execute("SELECT * FROM campaigns WHERE key = %s FOR UPDATE", [definition.key]).fetchone()
+        row = conn.execute(queries.load("definitions")["lock-campaign-by-key"], {"key": definition.key}).fetchone()
         if row is None:
             values = {**definition.row_values(), **definition.timing_values(None, now)}
-            columns = ", ".join(values)
-            placeholders = ", ".join(f"%({name})s" for name in values)
-            return conn.execute(
-                f"INSERT INTO campaigns ({columns}) VALUES ({placeholders}) RETURNING *",  # noqa: S608 - fixed names
-                values,
-            ).fetchone()
+            return conn.execute(_with_fields("insert-campaign", values), values).fetchone()
         same_timing = definition.same_timing_as(row)
         if definition.same_content_as(row) and same_timing:
             return row
@@ -206,20 +202,23 @@ def upsert_campaign(conn: psycopg.Connection, definition: CampaignDefinition,
                 f"campaign {definition.key!r} is {row['status']}; its content can no longer change "
                 "(use a new key for a new campaign)")
         values = {**definition.row_values(), **definition.timing_values(row, now)}
-        assignments = ", ".join(f"{name} = %({name})s" for name in values)
         # Guarded by the status read under the row lock: draft -> scheduled is the state machine's move.
-        updated = conn.execute(
-            f"UPDATE campaigns SET {assignments}, status_reason = NULL, updated_at = now()"  # noqa: S608
-            " WHERE id = %(id)s AND status = %(old_status)s RETURNING *",
-            {**values, "id": row["id"], "old_status": row["status"]},
-        ).fetchone()
+        updated = conn.execute(_with_fields("update-campaign", values),
+                               {**values, "id": row["id"], "old_status": row["status"]}).fetchone()
         if updated is None:
             raise IllegalTransition(f"campaign {definition.key!r} changed state while being updated; try again")
         return updated
 
 
+def _with_fields(name: str, values: dict[str, Any]) -> sql.Composed:
+    """A definitions query with `values`' keys composed in as {columns} and as bound {values} placeholders."""
+    return sql.SQL(queries.load("definitions")[name]).format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, values)),
+        values=sql.SQL(", ").join(map(sql.Placeholder, values)))
+
+
 def load_campaign(conn: psycopg.Connection, campaign_id: int) -> dict[str, Any]:
-    row = conn.execute("SELECT * FROM campaigns WHERE id = %s", [campaign_id]).fetchone()
+    row = conn.execute(queries.load("definitions")["campaign-by-id"], {"campaign_id": campaign_id}).fetchone()
     if row is None:
         raise CampaignDefinitionError(f"campaign {campaign_id} does not exist")
     return row

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from campaigns import db, states
+from campaigns import db, queries, states
 from campaigns.config import Settings, get_settings
 from campaigns.errors import CampaignDefinitionError, IllegalTransition
 from campaigns.feedback.links import register_links
@@ -110,11 +110,11 @@ def run_preflight(campaign_id: int, conf: dict[str, Any], ses_client) -> dict[st
             report = preflight.run(conn, campaign, composer_factory=lambda c: composer_for(c, settings),
                                    settings=settings, ses_client=ses_client)
         except PreflightFailed as exc:
-            conn.execute("UPDATE campaigns SET preflight = %s, updated_at = now() WHERE id = %s",
-                         [Jsonb(exc.report), campaign_id])
+            conn.execute(queries.load("pipeline")["save-preflight"],
+                         {"report": Jsonb(exc.report), "campaign_id": campaign_id})
             raise
-        conn.execute("UPDATE campaigns SET preflight = %s, updated_at = now() WHERE id = %s",
-                     [Jsonb(report), campaign_id])
+        conn.execute(queries.load("pipeline")["save-preflight"],
+                     {"report": Jsonb(report), "campaign_id": campaign_id})
     log.info("preflight passed: %s sendable, %s rendered", report["audience"]["sendable"],
              report["audience"]["rendered"])
     return report
@@ -148,7 +148,7 @@ def plan_batches(campaign_id: int, conf: dict[str, Any], run_id: str, rate: floa
             return []
         if campaign["status"] != states.RUNNING:
             states.move_campaign(conn, campaign_id, states.RUNNING, expected=STARTABLE)
-        conn.execute("UPDATE campaigns SET run_id = %s WHERE id = %s", [run_id, campaign_id])
+        conn.execute(queries.load("pipeline")["set-run"], {"run_id": run_id, "campaign_id": campaign_id})
     return [task.as_dict() for task in tasks]
 
 
@@ -223,8 +223,8 @@ def finalize(campaign_id: int, run_id: str | None = None) -> dict[str, Any]:
         final = definitions.load_campaign(conn, campaign_id)
         summary.update(campaign_id=campaign_id, key=final["key"], status=final["status"],
                        status_reason=final["status_reason"], incomplete=incomplete)
-        conn.execute("UPDATE campaigns SET summary = %s, updated_at = now() WHERE id = %s",
-                     [Jsonb(summary), campaign_id])
+        conn.execute(queries.load("pipeline")["save-summary"],
+                     {"summary": Jsonb(summary), "campaign_id": campaign_id})
     log.info("campaign %s (%r) is %s: %s", campaign_id, summary["key"], summary["status"],
              {k: summary[k] for k in ("recipients", *Row.ALL)})
     return summary

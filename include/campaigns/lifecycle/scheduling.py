@@ -41,10 +41,6 @@ MISSED_COUNT_LIMIT = 10_000
 _STORED = re.compile(r"^CRON_TZ=(?P<tz>\S+) (?P<cron>.+)$")
 
 
-def sql() -> dict[str, str]:
-    return queries.load("scheduling")
-
-
 def utc_text(moment: datetime) -> str:
     """An ISO 8601 UTC timestamp for logs, keys and run conf (microseconds only when there are any)."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -172,14 +168,14 @@ def create_due_occurrences(conn: psycopg.Connection, now: datetime, *, run_id: s
     transaction (the templates stay locked until it commits).
     """
     created = []
-    for template in conn.execute(sql()["due-recurring"], {"now": now}).fetchall():
+    for template in conn.execute(queries.load("scheduling")["due-recurring"], {"now": now}).fetchall():
         recurrence = Recurrence.from_stored(template["recurrence"])
         expected = template["send_at"]
         latest = recurrence.latest_at_or_before(now)
         if latest < expected:  # the recurrence changed under an old send_at: nothing is due, move on
             latest = None
         if latest is not None:
-            row = conn.execute(sql()["create-occurrence"], {
+            row = conn.execute(queries.load("scheduling")["create-occurrence"], {
                 "key": occurrence_key(template["key"], latest), "occurrence_at": latest,
                 "template_id": template["id"]}).fetchone()
             if row is not None:
@@ -196,7 +192,7 @@ def create_due_occurrences(conn: psycopg.Connection, now: datetime, *, run_id: s
                                      detail={"missed": missed, "first_missed": utc_text(expected),
                                              "created": utc_text(latest)})
                 log.warning("recurring campaign %s (%r): %s", template["id"], template["key"], reason)
-        conn.execute(sql()["advance-recurring"], {
+        conn.execute(queries.load("scheduling")["advance-recurring"], {
             "template_id": template["id"], "send_at": expected, "next_at": recurrence.next_after(now)})
     return created
 
@@ -204,7 +200,7 @@ def create_due_occurrences(conn: psycopg.Connection, now: datetime, *, run_id: s
 def hold_stale(conn: psycopg.Connection, now: datetime, *, hold_after: timedelta, run_id: str | None,
                campaign_id: int | None = None, found_by: str = "the dispatcher") -> list[dict[str, Any]]:
     """scheduled -> held for campaigns more than `hold_after` past their send_at; one action row each."""
-    held = conn.execute(sql()["hold-stale"], {
+    held = conn.execute(queries.load("scheduling")["hold-stale"], {
         "now": now, "hold_after": hold_after, "hold_after_text": hold_after_text(hold_after),
         "campaign_id": campaign_id, "actor": ACTOR, "run_id": run_id, "found_by": found_by}).fetchall()
     for row in held:
@@ -224,7 +220,7 @@ def dispatch_due(conn: psycopg.Connection, now: datetime, *, hold_after: timedel
     with conn.transaction():
         create_due_occurrences(conn, now, run_id=run_id)
         hold_stale(conn, now, hold_after=hold_after, run_id=run_id)
-        due = conn.execute(sql()["due-campaigns"], {"now": now, "limit": limit}).fetchall()
+        due = conn.execute(queries.load("scheduling")["due-campaigns"], {"now": now, "limit": limit}).fetchall()
     triggers = []
     for row in due:
         triggers.append({
@@ -272,7 +268,7 @@ def skip_reason(conn: psycopg.Connection, campaign: dict[str, Any], *, run_id: s
     if late and hold_stale(conn, now, hold_after=hold_after, run_id=run_id, campaign_id=campaign["id"],
                            found_by=f"send run {run_id}"):
         return f"campaign {key!r} is more than {hold_after_text(hold_after)} late; held for a person to release"
-    claimed = conn.execute(sql()["claim-scheduled"], {
+    claimed = conn.execute(queries.load("scheduling")["claim-scheduled"], {
         "campaign_id": campaign["id"], "run_id": run_id, "send_at": campaign["send_at"],
         # A dispatched run never takes a campaign another run has; a person's run (inline or by id) does.
         "exclusive": scheduled_for is not None}).fetchone()

@@ -19,13 +19,13 @@ import logging
 from typing import Any
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 
-from campaigns.queries import load
+from campaigns import queries
+from campaigns.states import Row
 
 log = logging.getLogger(__name__)
 
-Q = load("stats")
 PRUNE_CHUNK = 10_000  # rows per DELETE: short locks, bounded WAL per statement
 
 # Each rate: numerator / denominator, both columns of the campaign's stats, as stated in docs/analytics.md.
@@ -42,9 +42,18 @@ RATES: dict[str, tuple[str, str]] = {
     "click_to_open": ("unique_clicks", "unique_opens"),
     "unsubscribe": ("unsubscribes", "not_bounced"),
 }
+# Every count of a campaign's stats, in campaign_stats' column order (migration 0003; a test compares the two): the
+# ledger's counts, recounted; bounced_soft, which the table computes; and the event metrics a rollup adds up.
 COUNTS = ("recipients", "pending", "sending", "sent", "failed", "skipped", "cancelled", "unknown", "delivered",
           "bounced", "bounced_hard", "bounced_soft", "complained", "opens", "human_opens", "unique_opens",
           "unique_human_opens", "clicks", "human_clicks", "unique_clicks", "unique_human_clicks", "unsubscribes")
+LEDGER_COUNTS = ("recipients", *Row.ALL)
+GENERATED_COUNTS = ("bounced_soft",)  # bounced - bounced_hard
+# The rollup's SQL is composed from this list (queries/stats.sql {metrics}); the time series has these plus sent.
+EVENT_METRICS = tuple(name for name in COUNTS if name not in (*LEDGER_COUNTS, *GENERATED_COUNTS))
+SERIES_METRICS = ("sent", *EVENT_METRICS)
+LINK_METRICS = ("clicks", "human_clicks", "unique_clicks", "unique_human_clicks")
+_METRIC_QUERIES = ("apply-campaign-deltas", "apply-series-deltas")
 
 
 class CampaignNotFound(LookupError):
@@ -63,27 +72,28 @@ def refresh(conn: psycopg.Connection) -> dict[str, Any]:
     any time and from several processes: runs are serialized by an advisory lock.
     """
     _require_idle(conn, "refresh")
-    _outside_transaction(conn, Q["lock-rollup"])
+    named = queries.load("stats")
+    _outside_transaction(conn, named["lock-rollup"])
     try:
         with conn.transaction():
-            conn.execute(Q["repeatable-read"])
-            conn.execute(Q["ensure-rollup-state"])
-            state = conn.execute(Q["rollup-state"]).fetchone()
+            conn.execute(named["repeatable-read"])
+            conn.execute(named["ensure-rollup-state"])
+            state = conn.execute(named["rollup-state"]).fetchone()
             first_run = state["previous"] is None
             params = {"current": state["current"], "previous": state["previous"]}
-            conn.execute(Q["stage-all-events" if first_run else "stage-new-events"], params)
-            events = conn.execute(Q["count-batch"]).fetchone()["n"]
+            conn.execute(named["stage-all-events" if first_run else "stage-new-events"], params)
+            events = conn.execute(named["count-batch"]).fetchone()["n"]
             if events:
                 _roll_up_events(conn)
-            campaign_ids = [row["id"] for row in conn.execute(Q["campaigns-to-recount"])]
+            campaign_ids = [row["id"] for row in conn.execute(named["campaigns-to-recount"])]
             if campaign_ids:
-                conn.execute(Q["recount-ledger"], {"campaign_ids": campaign_ids})
-                conn.execute(Q["reset-sent-series"], {"campaign_ids": campaign_ids})
-                conn.execute(Q["count-sent-series"], {"campaign_ids": campaign_ids})
-            conn.execute(Q["save-rollup-state"], {"current": state["current"], "events": events})
+                conn.execute(named["recount-ledger"], {"campaign_ids": campaign_ids})
+                conn.execute(named["reset-sent-series"], {"campaign_ids": campaign_ids})
+                conn.execute(named["count-sent-series"], {"campaign_ids": campaign_ids})
+            conn.execute(named["save-rollup-state"], {"current": state["current"], "events": events})
     finally:
         if not conn.broken:  # a lost connection released its session lock with it
-            _outside_transaction(conn, Q["unlock-rollup"])
+            _outside_transaction(conn, named["unlock-rollup"])
     summary = {"events": events, "campaigns_recounted": len(campaign_ids), "first_run": first_run}
     log.info("stats rollup: %(events)s new events, %(campaigns_recounted)s campaign ledgers counted", summary)
     return summary
@@ -94,7 +104,18 @@ def _roll_up_events(conn: psycopg.Connection) -> None:
     for name in ("count-events-by-hour", "stage-recipient-firsts", "stage-link-firsts", "stage-deltas",
                  "apply-campaign-deltas", "apply-series-deltas", "apply-link-deltas",
                  "save-recipient-firsts", "save-link-firsts"):
-        conn.execute(Q[name])
+        conn.execute(with_metrics(name) if name in _METRIC_QUERIES else queries.load("stats")[name])
+
+
+def with_metrics(name: str) -> sql.Composed:
+    """A stats query with EVENT_METRICS composed in as {metrics}, {metric_sums} and {metric_increments}."""
+    named = queries.load("stats")
+    return sql.SQL(named[name]).format(
+        metrics=sql.SQL(", ").join(map(sql.Identifier, EVENT_METRICS)),
+        metric_sums=sql.SQL(",\n       ").join(
+            sql.SQL(named["metric-sum"]).format(metric_name=sql.Literal(metric)) for metric in EVENT_METRICS),
+        metric_increments=sql.SQL(",\n       ").join(
+            sql.SQL(named["metric-increment"]).format(metric=sql.Identifier(metric)) for metric in EVENT_METRICS))
 
 
 def _outside_transaction(conn: psycopg.Connection, query: str) -> None:
@@ -120,7 +141,7 @@ def prune_events(conn: psycopg.Connection, retention_days: int, *, max_rows: int
     while max_rows is None or deleted < max_rows:
         limit = chunk if max_rows is None else min(chunk, max_rows - deleted)
         with conn.transaction():
-            n = conn.execute(Q["prune-events"], {"days": retention_days, "limit": limit}).rowcount
+            n = conn.execute(queries.load("stats")["prune-events"], {"days": retention_days, "limit": limit}).rowcount
         deleted += n
         if n < limit:
             break
@@ -134,7 +155,7 @@ def campaign_stats(conn: psycopg.Connection, campaign_id: int) -> dict[str, Any]
 
     A campaign no rollup has seen yet has zero counts and `ledger_counted_at` None. Raises CampaignNotFound.
     """
-    row = conn.execute(Q["campaign-stats"], {"campaign_id": campaign_id}).fetchone()
+    row = conn.execute(queries.load("stats")["campaign-stats"], {"campaign_id": campaign_id}).fetchone()
     if row is None:
         raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     stats: dict[str, Any] = dict(row)
@@ -143,7 +164,8 @@ def campaign_stats(conn: psycopg.Connection, campaign_id: int) -> dict[str, Any]
     stats["skipped_by_reason"] = stats["skipped_by_reason"] or {}
     stats["not_bounced"] = max(stats["sent"] - stats["bounced"], 0)
     stats["rates"] = {name: _rate(stats, numerator, denominator) for name, (numerator, denominator) in RATES.items()}
-    stats["links"] = [dict(link) for link in conn.execute(Q["campaign-link-stats"], {"campaign_id": campaign_id})]
+    stats["links"] = [dict(link) for link in conn.execute(queries.load("stats")["campaign-link-stats"],
+                                                          {"campaign_id": campaign_id})]
     return stats
 
 
@@ -159,4 +181,4 @@ def _rate(stats: dict[str, Any], numerator: str, denominator: str) -> dict[str, 
 
 def campaign_series(conn: psycopg.Connection, campaign_id: int) -> list[dict[str, Any]]:
     """The campaign's buckets in time order: `granularity` 'hour' for its first 7 days, then 'day' (UTC)."""
-    return [dict(row) for row in conn.execute(Q["campaign-series"], {"campaign_id": campaign_id})]
+    return [dict(row) for row in conn.execute(queries.load("stats")["campaign-series"], {"campaign_id": campaign_id})]

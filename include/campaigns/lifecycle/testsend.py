@@ -26,15 +26,14 @@ from typing import Any
 
 import psycopg
 
+from campaigns import queries
 from campaigns.config import Settings, get_settings
 from campaigns.errors import AccountStopped, CampaignDefinitionError, SendError, Throttled
 from campaigns.lifecycle import definitions
-from campaigns.queries import load
 from campaigns.sending.compose import AddressProblem, normalize_address
 from campaigns.sending.messages import composer_for
 
 log = logging.getLogger(__name__)
-Q = load("control")
 
 MAX_RECIPIENTS = 20
 SUBJECT_PREFIX = "[TEST] "
@@ -100,7 +99,7 @@ class TestSendRequest:
 def load_campaign(conn: psycopg.Connection, request: TestSendRequest) -> dict[str, Any]:
     if request.campaign_id is not None:
         return definitions.load_campaign(conn, request.campaign_id)
-    campaign = conn.execute(Q["campaign-by-key"], {"key": request.campaign_key}).fetchone()
+    campaign = conn.execute(queries.load("testsend")["campaign-by-key"], {"key": request.campaign_key}).fetchone()
     if campaign is None:
         raise TestSendRefused(f"campaign {request.campaign_key!r} does not exist")
     return campaign
@@ -135,12 +134,13 @@ def send_test(conn: psycopg.Connection, request: TestSendRequest, *, run_id: str
     settings = settings or get_settings()
     campaign = load_campaign(conn, request)
     lowered = [address.lower() for address in request.recipients]
-    suppressed = conn.execute(Q["suppressed-addresses"], {"emails": lowered}).fetchall()
+    sql = queries.load("testsend")
+    suppressed = conn.execute(sql["suppressed-addresses"], {"emails": lowered}).fetchall()
     if suppressed:
         listed = ", ".join(f"{row['email']} ({row['reason']})" for row in suppressed)
         raise TestSendRefused(f"suppressed addresses are never sent to, not even a test: {listed}; "
                               "remove them from the request (or the suppression, if it is wrong)")
-    contacts = {row["email"].lower(): row for row in conn.execute(Q["contacts-by-address"], {"emails": lowered})}
+    contacts = {row["email"].lower(): row for row in conn.execute(sql["contacts-by-address"], {"emails": lowered})}
     try:
         builder = composer_for_test(campaign, settings)
     except ValueError as exc:  # TemplateProblem, AddressProblem, a bad tracking base URL
@@ -165,7 +165,7 @@ def send_test(conn: psycopg.Connection, request: TestSendRequest, *, run_id: str
     tags = {"campaign": str(campaign["id"]), "test_send": "true"}
     for address, contact, raw in messages:
         message_id, error = _send(transport, limiter, raw=raw, from_email=builder.from_email, to=address, tags=tags)
-        row = conn.execute(Q["insert-test-send"], {
+        row = conn.execute(sql["insert-test-send"], {
             "campaign_id": campaign["id"], "email": address, "contact_id": contact["id"] if contact else None,
             "status": SENT if message_id else FAILED, "ses_message_id": message_id, "error": error,
             "run_id": run_id}).fetchone()

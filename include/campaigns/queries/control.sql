@@ -1,5 +1,5 @@
--- campaign_control (pause, resume, cancel, release) and send_test_email: the queries of campaigns.lifecycle.control and
--- campaigns.lifecycle.testsend. Every action is one transaction that holds the campaign row locked.
+-- campaign_control (pause, resume, cancel, release): the queries of campaigns.lifecycle.control. Every action is one
+-- transaction that holds the campaign row locked.
 
 -- name: lock-campaign
 -- FOR UPDATE: two control runs for the same campaign (a double click in the UI) act one after the other, so the
@@ -24,24 +24,3 @@ UPDATE campaign_actions SET detail = %(detail)s WHERE id = %(id)s
 -- The send run a resume/release starts is named before it exists, so send_campaign's resolve step accepts the
 -- running campaign as its own and any other run is refused as "already being sent".
 UPDATE campaigns SET run_id = %(run_id)s, updated_at = now() WHERE id = %(campaign_id)s
-
--- name: campaign-by-key
-SELECT * FROM campaigns WHERE key = %(key)s
-
--- name: suppressed-addresses
--- suppressions.email is stored lower-case; the caller passes lower-cased addresses.
-SELECT email, reason
-  FROM suppressions
- WHERE email = ANY(%(emails)s::text[])
- ORDER BY email
-
--- name: contacts-by-address
--- Served by the unique index on lower(email).
-SELECT id, email, first_name, last_name, attributes
-  FROM contacts
- WHERE lower(email) = ANY(%(emails)s::text[])
-
--- name: insert-test-send
-INSERT INTO test_sends (campaign_id, email, contact_id, status, ses_message_id, error, run_id)
-VALUES (%(campaign_id)s, %(email)s, %(contact_id)s, %(status)s, %(ses_message_id)s, %(error)s, %(run_id)s)
-RETURNING id, sent_at

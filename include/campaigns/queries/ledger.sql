@@ -41,6 +41,20 @@ SELECT %(campaign_id)s, id, email, first_name, last_name, merge_data,
        skip_reason
   FROM classified
 
+-- name: lock-campaign-snapshot
+-- FOR UPDATE: a second snapshot of the same campaign (a retried task, a rerun) waits here for the first to commit,
+-- then finds its snapshot and returns it instead of inserting the ledger again.
+SELECT snapshot FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE
+
+-- name: snapshot-work-mem
+-- Page numbering sorts the whole audience: keep that sort in memory for large lists. LOCAL: for the snapshot's
+-- transaction only.
+SET LOCAL work_mem = '256MB'
+
+-- name: save-snapshot
+-- The ledger's counts on the campaign row, in the snapshot's transaction: what every later snapshot call returns.
+UPDATE campaigns SET snapshot = %(snapshot)s, updated_at = now() WHERE id = %(campaign_id)s
+
 -- name: audience-preview
 -- Preflight renders the people the snapshot would send to, up to a cap, and counts the rest.
 WITH {audience}

@@ -205,77 +205,34 @@ SELECT campaign_id, min(started) AS started, bucket_start, metric, sum(n)::bigin
  GROUP BY campaign_id, bucket_start, metric
 
 -- name: apply-campaign-deltas
-INSERT INTO campaign_stats AS s
-       (campaign_id, delivered, bounced, bounced_hard, complained, opens, human_opens, unique_opens,
-        unique_human_opens, clicks, human_clicks, unique_clicks, unique_human_clicks, unsubscribes,
-        events_rolled_up_at)
+-- {metrics}, {metric_sums} and {metric_increments} list the event metrics (campaigns.lifecycle.stats
+-- EVENT_METRICS, the columns of migration 0003), composed from metric-sum and metric-increment below: the one
+-- list both tables are incremented by.
+INSERT INTO campaign_stats AS s (campaign_id, {metrics}, events_rolled_up_at)
 SELECT campaign_id,
-       coalesce(sum(n) FILTER (WHERE metric = 'delivered'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'bounced'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'bounced_hard'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'complained'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'opens'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'human_opens'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'unique_opens'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'unique_human_opens'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'clicks'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'human_clicks'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'unique_clicks'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'unique_human_clicks'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'unsubscribes'), 0),
+       {metric_sums},
        now()
   FROM stats_deltas
  GROUP BY campaign_id
     ON CONFLICT (campaign_id) DO UPDATE
-   SET delivered = s.delivered + excluded.delivered,
-       bounced = s.bounced + excluded.bounced,
-       bounced_hard = s.bounced_hard + excluded.bounced_hard,
-       complained = s.complained + excluded.complained,
-       opens = s.opens + excluded.opens,
-       human_opens = s.human_opens + excluded.human_opens,
-       unique_opens = s.unique_opens + excluded.unique_opens,
-       unique_human_opens = s.unique_human_opens + excluded.unique_human_opens,
-       clicks = s.clicks + excluded.clicks,
-       human_clicks = s.human_clicks + excluded.human_clicks,
-       unique_clicks = s.unique_clicks + excluded.unique_clicks,
-       unique_human_clicks = s.unique_human_clicks + excluded.unique_human_clicks,
-       unsubscribes = s.unsubscribes + excluded.unsubscribes,
+   SET {metric_increments},
        events_rolled_up_at = excluded.events_rolled_up_at
 
 -- name: apply-series-deltas
-INSERT INTO campaign_stats_series AS s
-       (campaign_id, bucket_start, granularity, delivered, bounced, bounced_hard, complained, opens, human_opens,
-        unique_opens, unique_human_opens, clicks, human_clicks, unique_clicks, unique_human_clicks, unsubscribes)
+INSERT INTO campaign_stats_series AS s (campaign_id, bucket_start, granularity, {metrics})
 SELECT campaign_id, bucket_start, campaign_stats_granularity(min(started), bucket_start),
-       coalesce(sum(n) FILTER (WHERE metric = 'delivered'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'bounced'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'bounced_hard'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'complained'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'opens'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'human_opens'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'unique_opens'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'unique_human_opens'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'clicks'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'human_clicks'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'unique_clicks'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'unique_human_clicks'), 0),
-       coalesce(sum(n) FILTER (WHERE metric = 'unsubscribes'), 0)
+       {metric_sums}
   FROM stats_deltas
  GROUP BY campaign_id, bucket_start
     ON CONFLICT (campaign_id, bucket_start) DO UPDATE
-   SET delivered = s.delivered + excluded.delivered,
-       bounced = s.bounced + excluded.bounced,
-       bounced_hard = s.bounced_hard + excluded.bounced_hard,
-       complained = s.complained + excluded.complained,
-       opens = s.opens + excluded.opens,
-       human_opens = s.human_opens + excluded.human_opens,
-       unique_opens = s.unique_opens + excluded.unique_opens,
-       unique_human_opens = s.unique_human_opens + excluded.unique_human_opens,
-       clicks = s.clicks + excluded.clicks,
-       human_clicks = s.human_clicks + excluded.human_clicks,
-       unique_clicks = s.unique_clicks + excluded.unique_clicks,
-       unique_human_clicks = s.unique_human_clicks + excluded.unique_human_clicks,
-       unsubscribes = s.unsubscribes + excluded.unsubscribes
+   SET {metric_increments}
+
+-- name: metric-sum
+-- One metric's delta in the batch; 0 where it has none (the columns are NOT NULL, and s.x + NULL is NULL).
+coalesce(sum(n) FILTER (WHERE metric = {metric_name}), 0)
+
+-- name: metric-increment
+{metric} = s.{metric} + excluded.{metric}
 
 -- name: campaigns-to-recount
 -- Ledger counts are cheap per campaign (its rows through the unique index) but not across history, so only

@@ -14,14 +14,12 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from campaigns import queries
 from campaigns.audience.filters import Audience
-from campaigns.queries import load
 from campaigns.states import Row
 
 if TYPE_CHECKING:
     from campaigns.sending.plan import SendTask
-
-Q = load("ledger")
 
 
 @dataclass(frozen=True)
@@ -43,27 +41,26 @@ def snapshot(conn: psycopg.Connection, campaign_id: int, audience: Audience, pag
     if page_size < 1:
         raise ValueError(f"page_size must be at least 1, got {page_size}")
     with conn.transaction():
-        campaign = conn.execute("SELECT snapshot FROM campaigns WHERE id = %s FOR UPDATE", [campaign_id]).fetchone()
+        campaign = conn.execute(queries.load("ledger")["lock-campaign-snapshot"],
+                                {"campaign_id": campaign_id}).fetchone()
         if campaign is None:
             raise ValueError(f"campaign {campaign_id} does not exist")
         if campaign["snapshot"] is not None:
             return campaign["snapshot"]
         query, params = audience_query("snapshot", audience)
-        # Page numbering sorts the whole audience: keep that sort in memory for large lists.
-        conn.execute("SET LOCAL work_mem = '256MB'")
+        conn.execute(queries.load("ledger")["snapshot-work-mem"])
         conn.execute(query, {**params, "campaign_id": campaign_id, "page_size": page_size})
         summary = summarize(status_counts(conn, campaign_id))
         summary["page_size"] = page_size
-        conn.execute("UPDATE campaigns SET snapshot = %s, updated_at = now() WHERE id = %s",
-                     [Jsonb(summary), campaign_id])
+        conn.execute(queries.load("ledger")["save-snapshot"], {"snapshot": Jsonb(summary), "campaign_id": campaign_id})
     return summary
 
 
 def audience_query(name: str, audience: Audience) -> tuple[sql.Composed, dict[str, Any]]:
     """A named query that starts `WITH {audience}`, with the audience's filters composed in and bound."""
     filters, params = audience.filters()
-    ctes = sql.SQL(Q["audience"]).format(filters=filters)
-    return sql.SQL(Q[name]).format(audience=ctes), {**params, "lists": list(audience.lists)}
+    ctes = sql.SQL(queries.load("ledger")["audience"]).format(filters=filters)
+    return sql.SQL(queries.load("ledger")[name]).format(audience=ctes), {**params, "lists": list(audience.lists)}
 
 
 def preview(conn: psycopg.Connection, audience: Audience, limit: int) -> tuple[list[dict[str, Any]], int]:
@@ -74,7 +71,7 @@ def preview(conn: psycopg.Connection, audience: Audience, limit: int) -> tuple[l
 
 
 def status_counts(conn: psycopg.Connection, campaign_id: int) -> list[dict[str, Any]]:
-    return conn.execute(Q["count-by-status"], {"campaign_id": campaign_id}).fetchall()
+    return conn.execute(queries.load("ledger")["count-by-status"], {"campaign_id": campaign_id}).fetchall()
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -94,7 +91,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def settle_stale(conn: psycopg.Connection, task: SendTask, attempt: Attempt) -> int:
     """Rows of this task's pages left `sending` by another attempt become `unknown`; returns how many."""
-    return conn.execute(Q["settle-stale-sending"], {
+    return conn.execute(queries.load("ledger")["settle-stale-sending"], {
         "campaign_id": task.campaign_id, "first_page": task.first_page, "last_page": task.last_page,
         "attempt": str(attempt)}).rowcount
 
@@ -103,7 +100,7 @@ def pending_rows(conn: psycopg.Connection, task: SendTask, *, chunk: int = 1000)
     """Yield this task's pending rows in page/id order, a chunk per round trip."""
     after_page, after_id = -1, 0
     while True:
-        rows = conn.execute(Q["next-pending"], {
+        rows = conn.execute(queries.load("ledger")["next-pending"], {
             "campaign_id": task.campaign_id, "first_page": task.first_page, "last_page": task.last_page,
             "after_page": after_page, "after_id": after_id, "limit": chunk}).fetchall()
         if not rows:
@@ -125,21 +122,22 @@ def merge_fields(row: dict[str, Any]) -> dict[str, Any]:
 def claim(conn: psycopg.Connection, row_id: int, email: str, attempt: Attempt) -> str | None:
     """Claim a pending row for this attempt: returns 'sending', 'skipped' (suppressed meanwhile), or None when
     the row is no longer pending."""
-    result = conn.execute(Q["claim"], {"id": row_id, "email": email, "attempt": str(attempt)}).fetchone()
+    result = conn.execute(queries.load("ledger")["claim"],
+                          {"id": row_id, "email": email, "attempt": str(attempt)}).fetchone()
     return None if result is None else result["status"]
 
 
 def mark_sent(conn: psycopg.Connection, row_id: int, attempt: Attempt, message_id: str) -> None:
-    conn.execute(Q["mark-sent"], {"id": row_id, "attempt": str(attempt), "message_id": message_id})
+    conn.execute(queries.load("ledger")["mark-sent"], {"id": row_id, "attempt": str(attempt), "message_id": message_id})
 
 
 def release(conn: psycopg.Connection, row_id: int, attempt: Attempt, status: str, error: str | None) -> None:
     """Settle a claimed row without a MessageId: failed (rejected), pending (never reached SES) or unknown."""
     if status not in (Row.FAILED, Row.PENDING, Row.UNKNOWN):
         raise ValueError(f"cannot release a claimed row to {status!r}")
-    conn.execute(Q["release-claim"], {"id": row_id, "attempt": str(attempt), "status": status,
+    conn.execute(queries.load("ledger")["release-claim"], {"id": row_id, "attempt": str(attempt), "status": status,
                                       "error": (error or "")[:2000] or None})
 
 
 def cancel_pending(conn: psycopg.Connection, campaign_id: int) -> int:
-    return conn.execute(Q["cancel-pending"], {"campaign_id": campaign_id}).rowcount
+    return conn.execute(queries.load("ledger")["cancel-pending"], {"campaign_id": campaign_id}).rowcount

@@ -8,9 +8,8 @@ from typing import Any
 
 import psycopg
 
-from campaigns.queries import load
+from campaigns import queries
 
-Q = load("ledger")
 MAX_SEND_TASKS = 1000  # stays under Airflow's [core] max_map_length (1024) for any audience size
 
 
@@ -51,7 +50,7 @@ def pages_per_task(open_pages: int, page_size: int, rate: float, task_seconds: f
 def plan(conn: psycopg.Connection, campaign_id: int, *, page_size: int, rate: float,
          task_seconds: float, parallel: int = 1) -> list[SendTask]:
     """Group the pages that still have work into at most MAX_SEND_TASKS contiguous ranges."""
-    pages = [row["page_no"] for row in conn.execute(Q["open-pages"], {"campaign_id": campaign_id})]
+    pages = [row["page_no"] for row in conn.execute(queries.load("ledger")["open-pages"], {"campaign_id": campaign_id})]
     if not pages:
         return []
     per_task = pages_per_task(len(pages), page_size, rate, task_seconds, parallel)

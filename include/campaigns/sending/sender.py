@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from campaigns import states
+from campaigns import queries, states
 from campaigns.config import Settings
 from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, SendError, Throttled
 from campaigns.sending import ledger
@@ -101,8 +101,8 @@ class CampaignWatch:
         """The campaign's status as last read (re-read when older than the interval); changes nothing."""
         with self._lock:
             if time.monotonic() - self._checked >= self._interval:
-                row = self._connection().execute("SELECT status, run_id FROM campaigns WHERE id = %s",
-                                                 [self._campaign_id]).fetchone()
+                row = self._connection().execute(queries.load("sender")["campaign-watch"],
+                                                 {"campaign_id": self._campaign_id}).fetchone()
                 self._status = row["status"] if row else states.CANCELLED
                 if row and self._run_id and row["run_id"] not in (None, self._run_id):
                     # resumed by another run while this task still sends: two runs never send one campaign
