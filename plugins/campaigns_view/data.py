@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 
 from campaigns import states
-from campaigns.lifecycle.stats import COUNTS, RATES, CampaignNotFound, campaign_series, campaign_stats
+from campaigns.errors import CampaignNotFound
+from campaigns.lifecycle.stats import COUNTS, RATES, campaign_series, campaign_stats
 from campaigns.queries import parse
 
 Q = parse((Path(__file__).parent / "queries" / "view.sql").read_text(encoding="utf-8"), area="view")

@@ -33,7 +33,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from campaigns import states
-from campaigns.errors import CampaignDefinitionError, IllegalTransition
+from campaigns.errors import CampaignDefinitionError, CampaignNotFound, IllegalTransition
 from campaigns.queries import load
 from campaigns.sending import ledger
 
@@ -125,7 +125,7 @@ def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run
     with conn.transaction():
         campaign = conn.execute(Q["lock-campaign"], {"campaign_id": campaign_id}).fetchone()
         if campaign is None:
-            raise IllegalTransition(f"campaign {campaign_id} does not exist")
+            raise CampaignNotFound(f"campaign {campaign_id} does not exist")
         if run_id is not None:
             earlier = conn.execute(Q["action-of-run"], {"campaign_id": campaign_id, "action": spec.name,
                                                         "actor": actor, "run_id": run_id}).fetchone()

@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from campaigns import states
 from campaigns.audience.filters import Audience
-from campaigns.errors import CampaignDefinitionError, IllegalTransition
+from campaigns.errors import CampaignDefinitionError, CampaignNotFound, IllegalTransition
 from campaigns.lifecycle import scheduling
 from campaigns.lifecycle.scheduling import Recurrence
 
@@ -221,5 +221,5 @@ def upsert_campaign(conn: psycopg.Connection, definition: CampaignDefinition,
 def load_campaign(conn: psycopg.Connection, campaign_id: int) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM campaigns WHERE id = %s", [campaign_id]).fetchone()
     if row is None:
-        raise CampaignDefinitionError(f"campaign {campaign_id} does not exist")
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     return row

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
+from campaigns.errors import CampaignNotFound
 from campaigns.queries import load
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,6 @@ RATES: dict[str, tuple[str, str]] = {
 COUNTS = ("recipients", "pending", "sending", "sent", "failed", "skipped", "cancelled", "unknown", "delivered",
           "bounced", "bounced_hard", "bounced_soft", "complained", "opens", "human_opens", "unique_opens",
           "unique_human_opens", "clicks", "human_clicks", "unique_clicks", "unique_human_clicks", "unsubscribes")
-
-
-class CampaignNotFound(LookupError):
-    """No campaign has this id."""
 
 
 def _require_idle(conn: psycopg.Connection, what: str) -> None:

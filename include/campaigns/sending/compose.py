@@ -52,6 +52,7 @@ from jinja2.runtime import ChainableUndefined, StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
+from campaigns.errors import AddressProblem, TemplateProblem
 from campaigns.feedback.tokens import TokenCodec
 
 log = logging.getLogger(__name__)
@@ -118,19 +119,6 @@ _QP_CACHE_LINES = 4096  # per part; static template lines fill it during the fir
 _MAX_REPEAT = 100_000  # longest str/list a template may build with `*`
 _MAX_EXPONENT = 1_000
 _EW_CHUNK = 42  # bytes per RFC 2047 encoded word: "Subject: " + 10 + 56 + 2 stays within 78 columns
-
-
-class TemplateProblem(ValueError):
-    """A campaign template cannot be compiled or rendered; the message names the part and the line."""
-
-    def __init__(self, message: str, *, part: str | None = None, line: int | None = None) -> None:
-        super().__init__(message)
-        self.part = part
-        self.line = line
-
-
-class AddressProblem(ValueError):
-    """An address or other header value cannot go into a message safely (CR/LF, non-ASCII local part, invalid)."""
 
 
 @dataclass(frozen=True)

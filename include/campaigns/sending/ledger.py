@@ -16,6 +16,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from campaigns.audience.filters import Audience
+from campaigns.errors import CampaignNotFound
 from campaigns.queries import load
 from campaigns.states import Row
 
@@ -53,7 +54,7 @@ def snapshot(conn: psycopg.Connection, campaign_id: int, audience: Audience, pag
     with conn.transaction():
         campaign = conn.execute("SELECT snapshot FROM campaigns WHERE id = %s FOR UPDATE", [campaign_id]).fetchone()
         if campaign is None:
-            raise ValueError(f"campaign {campaign_id} does not exist")
+            raise CampaignNotFound(f"campaign {campaign_id} does not exist")
         if campaign["snapshot"] is not None:
             return campaign["snapshot"]
         query, params = audience_query("snapshot", audience)

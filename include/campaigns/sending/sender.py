@@ -23,11 +23,18 @@ import psycopg
 
 from campaigns import states
 from campaigns.config import get_settings
-from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, SendError, Throttled
+from campaigns.errors import (
+    AccountStopped,
+    LimiterUnavailable,
+    NotSent,
+    OutcomeUnknown,
+    RecipientRejected,
+    SendError,
+    Throttled,
+)
 from campaigns.lifecycle.reputation import ReputationGuard, Thresholds
 from campaigns.sending import ledger
 from campaigns.sending.ledger import SendTask
-from campaigns.sending.ratelimit import LimiterUnavailable
 from campaigns.states import Row
 
 log = logging.getLogger(__name__)
