@@ -25,6 +25,7 @@ from campaigns import states
 from campaigns.config import get_settings
 from campaigns.errors import (
     AccountStopped,
+    ComposeError,
     LimiterUnavailable,
     NotSent,
     OutcomeUnknown,
@@ -259,7 +260,7 @@ class SendBatch:
             return
         try:
             raw = self.builder.compose(row["id"], row["email"], ledger.merge_fields(row))
-        except ValueError as exc:  # TemplateProblem / AddressProblem: this recipient can never be sent as is
+        except ComposeError as exc:  # TemplateProblem / AddressProblem: this recipient can never be sent as is
             ledger.release(conn, row["id"], self.attempt, Row.FAILED, f"compose: {exc}")
             self._count(Row.FAILED)
             return
