@@ -54,7 +54,8 @@ def manage_suppressions():
 
         from campaigns import db
         from campaigns.config import get_settings
-        from campaigns.feedback.suppressions import Request, SuppressionRequestError, manage
+        from campaigns.errors import SuppressionRequestError
+        from campaigns.feedback.suppressions import Request, manage
 
         context = get_current_context()
         params = context["params"]

@@ -22,16 +22,6 @@ def error_response(status: int, message: str | None = None) -> Response:
     return response
 
 
-def bad_request(message: str) -> Response:
-    """400 with a message saying what was wrong with the request."""
-    return error_response(400, message)
-
-
-def not_found(message: str | None = None) -> Response:
-    """404, optionally saying what was not found."""
-    return error_response(404, message)
-
-
 def register(app: Flask) -> None:
     """Answer every HTTP error Flask raises (abort, 404 routing, 405, 413) in the JSON shape."""
 

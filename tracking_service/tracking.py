@@ -23,8 +23,9 @@ from flask import Blueprint, Response, current_app, g, render_template, request
 from psycopg.types.json import Jsonb
 
 from campaigns import db, queries
+from campaigns.errors import InvalidToken
 from campaigns.feedback import links
-from campaigns.feedback.tokens import CLICK, OPEN, UNSUBSCRIBE, InvalidToken, TokenCodec
+from campaigns.feedback.tokens import CLICK, OPEN, UNSUBSCRIBE, TokenCodec
 from tracking_service.spool import Spool, buffer_event
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from campaigns import db
 from campaigns.config import Settings
+from campaigns.errors import SnsVerificationError
 from campaigns.feedback.ses_events import record_notification
 from campaigns.feedback.sns import (
     NOTIFICATION,
     SUBSCRIPTION_CONFIRMATION,
     UNSUBSCRIBE_CONFIRMATION,
-    SnsVerificationError,
     SnsVerifier,
     confirm_subscription,
     parse_envelope,

@@ -18,9 +18,7 @@ import psycopg
 import redis
 from psycopg.rows import dict_row
 
-
-class ConnectionNotConfigured(LookupError):
-    """An Airflow connection id has no AIRFLOW_CONN_* variable (and we are not inside Airflow)."""
+from campaigns.errors import ConnectionNotConfigured
 
 
 def _conn_from_env(conn_id: str) -> dict:

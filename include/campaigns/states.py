@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 
 from campaigns import queries
-from campaigns.errors import IllegalTransition
+from campaigns.errors import CampaignNotFound, IllegalTransition
 
 # Campaign states
 DRAFT, SCHEDULED, HELD, RUNNING, PAUSED, SENT, CANCELLED, FAILED = (
@@ -49,7 +49,7 @@ def move_campaign(conn: psycopg.Connection, campaign_id: int, new: str, *, reaso
     """Move a campaign to `new` with one UPDATE guarded by the old state; IllegalTransition changes nothing."""
     row = conn.execute(queries.load("states")["campaign-status"], {"campaign_id": campaign_id}).fetchone()
     if row is None:
-        raise IllegalTransition(f"campaign {campaign_id} does not exist")
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     old = row["status"]
     allowed = {expected} if isinstance(expected, str) else set(expected or CAMPAIGN_MOVES)
     if old not in allowed or not can_move(old, new):

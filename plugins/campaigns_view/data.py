@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 
 from campaigns import queries, states
-from campaigns.lifecycle.stats import COUNTS, LINK_METRICS, RATES, CampaignNotFound, campaign_series, campaign_stats
+from campaigns.errors import CampaignNotFound
+from campaigns.lifecycle.stats import COUNTS, LINK_METRICS, RATES, campaign_series, campaign_stats
 
 QUERIES = Path(__file__).with_name("queries")  # the plugin's own named SQL: queries.load("view", QUERIES)
 

@@ -25,6 +25,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from campaigns.errors import SnsVerificationError
+
 log = logging.getLogger(__name__)
 
 NOTIFICATION = "Notification"
@@ -53,10 +55,6 @@ _CERT_URL = re.compile(r"https://sns\.[a-z0-9-]{3,}\.amazonaws\.com(?:\.cn)?/Sim
 _REGION = re.compile(r"[a-z0-9-]{3,}")
 MAX_CERT_BYTES = 64 * 1024
 FETCH_TIMEOUT = 5.0
-
-
-class SnsVerificationError(ValueError):
-    """The message is not a well-formed, authentic SNS message from an allowed topic; refuse it."""
 
 
 def parse_envelope(body: bytes) -> dict[str, Any]:

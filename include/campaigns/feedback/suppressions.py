@@ -26,6 +26,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from campaigns import queries
 from campaigns.config import Settings
+from campaigns.errors import SuppressionRequestError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ MAX_ADDRESSES = 10_000  # one request, one transaction; a bigger list is an impo
 MAX_REASON = 500
 EXPORT_COLUMNS = ("email", "reason", "source", "detail", "created_at")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-class SuppressionRequestError(ValueError):
-    """A manage_suppressions request that cannot be carried out as given; nothing was changed."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from campaigns.errors import InvalidToken
+
 OPEN = "open"
 CLICK = "click"
 UNSUBSCRIBE = "unsubscribe"
@@ -41,10 +43,6 @@ _MIN_CHARS = -(-(1 + 2 + _TAG_BYTES) * 4 // 3)
 _MAX_CHARS = -(-(1 + 3 * 10 + _TAG_BYTES) * 4 // 3)
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 _BLOCK = 64  # SHA-256 block size, for HMAC's key padding
-
-
-class InvalidToken(ValueError):
-    """A token is malformed, truncated, of another kind, or not signed by any of our keys."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from campaigns import queries, states
-from campaigns.errors import CampaignDefinitionError, IllegalTransition
+from campaigns.errors import CampaignDefinitionError, CampaignNotFound, IllegalTransition
 from campaigns.sending import ledger
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run
     with conn.transaction():
         campaign = conn.execute(sql["lock-campaign"], {"campaign_id": campaign_id}).fetchone()
         if campaign is None:
-            raise IllegalTransition(f"campaign {campaign_id} does not exist")
+            raise CampaignNotFound(f"campaign {campaign_id} does not exist")
         if run_id is not None:
             earlier = conn.execute(sql["action-of-run"], {"campaign_id": campaign_id, "action": spec.name,
                                                         "actor": actor, "run_id": run_id}).fetchone()

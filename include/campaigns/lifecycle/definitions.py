@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 
 from campaigns import queries, states
 from campaigns.audience.filters import Audience
-from campaigns.errors import CampaignDefinitionError, IllegalTransition
+from campaigns.errors import CampaignDefinitionError, CampaignNotFound, IllegalTransition
 from campaigns.lifecycle import scheduling
 from campaigns.lifecycle.scheduling import Recurrence
 
@@ -220,5 +220,5 @@ def _with_fields(name: str, values: dict[str, Any]) -> sql.Composed:
 def load_campaign(conn: psycopg.Connection, campaign_id: int) -> dict[str, Any]:
     row = conn.execute(queries.load("definitions")["campaign-by-id"], {"campaign_id": campaign_id}).fetchone()
     if row is None:
-        raise CampaignDefinitionError(f"campaign {campaign_id} does not exist")
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     return row

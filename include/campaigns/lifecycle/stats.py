@@ -22,6 +22,7 @@ import psycopg
 from psycopg import pq, sql
 
 from campaigns import queries
+from campaigns.errors import CampaignNotFound
 from campaigns.states import Row
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,6 @@ EVENT_METRICS = tuple(name for name in COUNTS if name not in (*LEDGER_COUNTS, *G
 SERIES_METRICS = ("sent", *EVENT_METRICS)
 LINK_METRICS = ("clicks", "human_clicks", "unique_clicks", "unique_human_clicks")
 _METRIC_QUERIES = ("apply-campaign-deltas", "apply-series-deltas")
-
-
-class CampaignNotFound(LookupError):
-    """No campaign has this id."""
 
 
 def _require_idle(conn: psycopg.Connection, what: str) -> None:

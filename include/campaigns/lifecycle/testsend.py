@@ -28,9 +28,16 @@ import psycopg
 
 from campaigns import queries
 from campaigns.config import Settings, get_settings
-from campaigns.errors import AccountStopped, CampaignDefinitionError, SendError, Throttled
+from campaigns.errors import (
+    AccountStopped,
+    AddressProblem,
+    CampaignNotFound,
+    SendError,
+    TestSendRefused,
+    Throttled,
+)
 from campaigns.lifecycle import definitions
-from campaigns.sending.compose import AddressProblem, normalize_address
+from campaigns.sending.compose import normalize_address
 from campaigns.sending.messages import composer_for
 
 log = logging.getLogger(__name__)
@@ -41,12 +48,6 @@ SUBJECT_PREFIX = "[TEST] "
 TEST_RECIPIENT_ID = 0
 MAX_THROTTLE_RETRIES = 5
 SENT, FAILED = "sent", "failed"
-
-
-class TestSendRefused(CampaignDefinitionError):
-    """The test send request cannot be carried out as asked; nothing was sent or recorded."""
-
-    __test__ = False  # not a pytest test class, whatever its name
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def load_campaign(conn: psycopg.Connection, request: TestSendRequest) -> dict[st
         return definitions.load_campaign(conn, request.campaign_id)
     campaign = conn.execute(queries.load("testsend")["campaign-by-key"], {"key": request.campaign_key}).fetchone()
     if campaign is None:
-        raise TestSendRefused(f"campaign {request.campaign_key!r} does not exist")
+        raise CampaignNotFound(f"campaign {request.campaign_key!r} does not exist")
     return campaign
 
 

@@ -6,6 +6,8 @@ import re
 
 import idna
 
+from campaigns.errors import AddressProblem
+
 __all__ = ["AddressProblem", "normalize_address"]
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
@@ -13,10 +15,6 @@ _LOCAL_PART = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
 _ADDRESS = re.compile(rf"{_LOCAL_PART.pattern}@{_DOMAIN.pattern}")
-
-
-class AddressProblem(ValueError):
-    """An address or other header value cannot go into a message safely (CR/LF, non-ASCII local part, invalid)."""
 
 
 def normalize_address(address: str, what: str = "recipient") -> str:

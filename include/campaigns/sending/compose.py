@@ -41,15 +41,15 @@ from typing import Any
 
 from jinja2 import meta
 
+from campaigns.errors import AddressProblem, TemplateProblem
 from campaigns.feedback.tokens import TokenCodec
-from campaigns.sending.addresses import AddressProblem, normalize_address
+from campaigns.sending.addresses import normalize_address
 from campaigns.sending.mime import HEADER_CONTROL, MimeSkeleton, qp_body, subject_value
 from campaigns.sending.templates import (
     BLANK_RUNS,
     RECORDED,
     RecordingUndefined,
     TemplatePart,
-    TemplateProblem,
     environment,
     html_to_text,
     text_source_from_html,

@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from campaigns import queries
 from campaigns.audience.filters import Audience
+from campaigns.errors import CampaignNotFound
 from campaigns.states import Row
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def snapshot(conn: psycopg.Connection, campaign_id: int, audience: Audience, pag
         campaign = conn.execute(queries.load("ledger")["lock-campaign-snapshot"],
                                 {"campaign_id": campaign_id}).fetchone()
         if campaign is None:
-            raise ValueError(f"campaign {campaign_id} does not exist")
+            raise CampaignNotFound(f"campaign {campaign_id} does not exist")
         if campaign["snapshot"] is not None:
             return campaign["snapshot"]
         query, params = audience_query("snapshot", audience)

@@ -16,7 +16,8 @@ from email import policy as email_policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 
-from campaigns.sending.addresses import AddressProblem, normalize_address
+from campaigns.errors import AddressProblem
+from campaigns.sending.addresses import normalize_address
 
 # Headers the Composer writes itself (or SES does); extra_headers may not set them.
 _MANAGED_HEADERS = frozenset({

@@ -17,7 +17,7 @@ more. Each waiting thread holds one reserved slot, so at most P x T slots are qu
 P x T / R seconds, and a cancel forfeits at most that many slots (the rate undershoots, never overshoots).
 Raising P or T only helps while P x T < R x L; past that it adds waiting threads, not sends.
 
-Errors (retryable ones are ConnectionErrors, so the task's retry policy handles them):
+Errors (defined in campaigns.errors; retryable ones are ConnectionErrors, so the task's retry policy handles them):
 
     ConnectionError
     └── LimiterUnavailable    Redis unreachable or erroring: no slot handed out, nothing may be sent
@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
+from campaigns.errors import LimiterUnavailable, RateUnavailable
+
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
@@ -55,14 +57,6 @@ MAX_RATE = 1_000_000.0  # one slot per microsecond, the script's resolution
 MIN_PENALTY_FACTOR = 0.01  # a throttle may slow sending down, never stop it for good
 SCRIPT_PATH = Path(__file__).with_name("lua") / "gcra.lua"
 _US = 1_000_000
-
-
-class LimiterUnavailable(ConnectionError):
-    """The limiter cannot hand out a slot (Redis unreachable or erroring): send nothing, retry the task later."""
-
-
-class RateUnavailable(LimiterUnavailable):
-    """The "auto" rate has never been read from SES GetAccount, so there is no safe rate to send at."""
 
 
 def limiter_key(account: str, region: str) -> str:

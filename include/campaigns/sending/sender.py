@@ -24,11 +24,19 @@ import psycopg
 
 from campaigns import queries, states
 from campaigns.config import Settings
-from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, SendError, Throttled
+from campaigns.errors import (
+    AccountStopped,
+    ComposeError,
+    LimiterUnavailable,
+    NotSent,
+    OutcomeUnknown,
+    RecipientRejected,
+    SendError,
+    Throttled,
+)
 from campaigns.sending import ledger
 from campaigns.sending.ledger import Attempt
 from campaigns.sending.plan import SendTask
-from campaigns.sending.ratelimit import LimiterUnavailable
 from campaigns.states import Row
 
 log = logging.getLogger(__name__)
@@ -276,7 +284,7 @@ class SendBatch:
             return
         try:
             raw = self.builder.compose(row["id"], row["email"], ledger.merge_fields(row))
-        except ValueError as exc:  # TemplateProblem / AddressProblem: this recipient can never be sent as is
+        except ComposeError as exc:  # TemplateProblem / AddressProblem: this recipient can never be sent as is
             ledger.release(conn, row["id"], self.attempt, Row.FAILED, f"compose: {exc}")
             self._count(Row.FAILED)
             return

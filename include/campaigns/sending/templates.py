@@ -20,6 +20,8 @@ from jinja2.runtime import ChainableUndefined, StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
+from campaigns.errors import TemplateProblem
+
 __all__ = [
     "BLANK_RUNS", "JINJA_TAGS", "RECORDED", "RecordingUndefined", "TemplatePart", "TemplateProblem", "environment",
     "html_to_text", "text_source_from_html", "unguarded_names",
@@ -34,15 +36,6 @@ _LITERAL_BRACE = re.compile(r"\{(?=[{%#]|$)")
 _TEXT_CONFIG = ParserConfig(display_links=True)
 _MAX_REPEAT = 100_000  # longest str/list a template may build with `*`
 _MAX_EXPONENT = 1_000
-
-
-class TemplateProblem(ValueError):
-    """A campaign template cannot be compiled or rendered; the message names the part and the line."""
-
-    def __init__(self, message: str, *, part: str | None = None, line: int | None = None) -> None:
-        super().__init__(message)
-        self.part = part
-        self.line = line
 
 
 def _none_as_empty(value: Any) -> Any:

@@ -25,6 +25,7 @@ import requests
 
 from campaigns import db as campaign_db
 from campaigns.config import get_settings
+from campaigns.errors import TemplateProblem
 from campaigns.lifecycle import pipeline
 from campaigns.sending.ledger import Attempt
 from campaigns.sending.messages import composer_for
@@ -150,6 +151,51 @@ def test_a_rejected_address_is_failed_with_the_reason_and_the_rest_go_out(campai
     assert statuses(db, campaign_id) == {"sent": 39, "failed": 1}
     row = db.execute("SELECT error FROM campaign_recipients WHERE email = 'user7@example.org'").fetchone()
     assert "MessageRejected" in row["error"]
+
+
+class FailingBuilder:
+    """The real composer, except that composing for `address` raises `error`."""
+
+    def __init__(self, builder, address: str, error: Exception) -> None:
+        self.builder, self.address, self.error = builder, address, error
+
+    def compose(self, recipient_id, to_email, merge_data):
+        if to_email == self.address:
+            raise self.error
+        return self.builder.compose(recipient_id, to_email, merge_data)
+
+
+def test_a_template_problem_fails_only_that_recipient_and_the_rest_go_out(campaign, ses, limiter, db):
+    campaign_id, task = campaign
+    sender = batch(task, ses, limiter)
+    sender.builder = FailingBuilder(sender.builder, "user7@example.org",
+                                    TemplateProblem("html template, line 3: 'city' is undefined", part="html", line=3))
+
+    report = sender.run()
+
+    assert report.error is None
+    assert report.counts["failed"] == 1
+    assert statuses(db, campaign_id) == {"sent": 39, "failed": 1}
+    row = db.execute("SELECT error FROM campaign_recipients WHERE email = 'user7@example.org'").fetchone()
+    assert row["error"].startswith("compose: html template, line 3")
+
+
+def test_a_plain_value_error_from_the_composer_is_a_bug_that_fails_the_task_not_the_recipient(campaign, ses,
+                                                                                               limiter, db):
+    campaign_id, task = campaign
+    bug = ValueError("a programming mistake in the composer")
+    sender = batch(task, ses, limiter, threads=1)
+    sender.builder = FailingBuilder(sender.builder, "user7@example.org", bug)
+
+    report = sender.run()
+
+    assert report.error is bug
+    assert report.counts["failed"] == 0
+    counts = statuses(db, campaign_id)
+    assert "failed" not in counts
+    row = db.execute("SELECT status, error FROM campaign_recipients WHERE email = 'user7@example.org'").fetchone()
+    assert row["status"] != "failed"
+    assert row["error"] is None
 
 
 def test_a_paused_account_stops_the_campaign_with_pending_rows_left(campaign, ses, limiter, db):
