@@ -10,6 +10,9 @@
         ├── AccountStopped             SES stopped the account/sender: pause the campaign with the reason
         ├── NotSent                    the request never reached SES (connection refused): row -> pending, retry
         └── OutcomeUnknown             the request may have reached SES (timeout): row -> unknown, never resent
+
+    ValueError
+    └── ConfigError                    a setting has a value the product cannot use: fix the environment
 """
 
 from __future__ import annotations
@@ -61,3 +64,7 @@ class NotSent(SendError):
 
 class OutcomeUnknown(SendError):
     """The request may have reached SES: the row becomes `unknown` and is never resent automatically."""
+
+
+class ConfigError(ValueError):
+    """A setting has a value the product cannot use; the message names the setting."""
