@@ -42,8 +42,9 @@ def dispatch_scheduled_campaigns():
         context = get_current_context()
         # A manual run has no data interval: it judges by when it was triggered.
         now = context.get("data_interval_end") or context["dag_run"].run_after
-        with campaign_db() as conn:
-            return dispatch_due(conn, now, hold_after=timedelta(hours=get_settings().schedule_hold_after_hours),
+        settings = get_settings()
+        with campaign_db(settings.db_conn_id) as conn:
+            return dispatch_due(conn, now, hold_after=timedelta(hours=settings.schedule_hold_after_hours),
                                 run_id=context["run_id"])
 
     due = find_due_campaigns()

@@ -57,12 +57,14 @@ def import_contacts():
 
         from campaigns.audience.contacts import import_csv as run_import
         from campaigns.audience.contacts import open_csv
+        from campaigns.config import get_settings
         from campaigns.db import campaign_db
 
         path, list_name = params["path"], params["list"]
         log.info("importing %s into list %r", path, list_name)
         try:
-            with open_csv(path) as stream, campaign_db() as conn:
+            settings = get_settings()
+            with open_csv(path, settings.aws_conn_id) as stream, campaign_db(settings.db_conn_id) as conn:
                 report = run_import(conn, stream, list_name)
         except (ValueError, FileNotFoundError) as exc:
             # A file that cannot be imported as it is will not import on a retry either.

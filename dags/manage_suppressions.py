@@ -64,8 +64,9 @@ def manage_suppressions():
         except SuppressionRequestError as exc:  # bad input fails once, clearly; a retry would fail the same way
             raise AirflowFailException(str(exc)) from exc
         actor = getattr(context["dag_run"], "triggering_user_name", None) or "manage_suppressions"
-        with db.campaign_db(autocommit=True) as conn:
-            return manage(conn, request, actor=actor, run_id=context["run_id"], settings=get_settings())
+        settings = get_settings()
+        with db.campaign_db(settings.db_conn_id, autocommit=True) as conn:
+            return manage(conn, request, actor=actor, run_id=context["run_id"], settings=settings)
 
     apply_request()
 

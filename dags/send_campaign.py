@@ -28,6 +28,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from campaigns.config import MAX_BATCH_SIZE, MIN_BATCH_SIZE
 from campaigns.lifecycle.definitions import CAMPAIGN_JSON_SCHEMA
 
 PARAMS = {
@@ -35,7 +36,7 @@ PARAMS = {
                          description="An existing campaign's id (leave empty when you define `campaign` inline)."),
     "campaign": Param(None, **CAMPAIGN_JSON_SCHEMA,
                       description="An inline campaign, created or updated by its `key`."),
-    "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=10_000,
+    "batch_size": Param(None, type=["null", "integer"], minimum=MIN_BATCH_SIZE, maximum=MAX_BATCH_SIZE,
                         description="Recipients per page (default: SES_BATCH_SIZE, 500)."),
     "dry_run": Param(False, type="boolean", description="Stop after preflight, snapshot and plan: send nothing."),
     "scheduled_for": Param(None, type=["null", "string"],
@@ -90,11 +91,12 @@ def send_campaign():
 
     @task
     def plan_batches(campaign_id: int, _snapshot: dict) -> list[dict]:
+        from campaigns.config import get_settings
         from campaigns.lifecycle.pipeline import plan_batches as plan
         from campaigns.sending.resources import sending_rate
 
         context = get_current_context()
-        return plan(campaign_id, dict(context["params"]), context["run_id"], sending_rate())
+        return plan(campaign_id, dict(context["params"]), context["run_id"], sending_rate(get_settings()))
 
     @task(pool="ses", map_index_template="{{ batch_label }}", retries=3, retry_delay=timedelta(seconds=5))
     def send_batch(descriptor: dict) -> dict:
@@ -107,8 +109,9 @@ def send_campaign():
         context["batch_label"] = descriptor["label"]
         ti = context["ti"]
         attempt = Attempt(run_id=ti.run_id, map_index=ti.map_index, try_number=ti.try_number)
-        with send_resources(sibling_tasks=descriptor["total"]) as resources:
-            return send(descriptor, attempt=attempt, resources=resources, settings=get_settings())
+        settings = get_settings()
+        with send_resources(sibling_tasks=descriptor["total"], settings=settings) as resources:
+            return send(descriptor, attempt=attempt, resources=resources, settings=settings)
 
     @task(trigger_rule="all_done", retries=1)
     def finalize(campaign_id: int | None, _sent) -> dict:

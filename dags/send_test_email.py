@@ -62,7 +62,8 @@ def send_test_email():
         settings = get_settings()
         try:
             request = TestSendRequest.parse(dict(context["params"]))
-            with send_resources() as resources, db.campaign_db(settings.db_conn_id, autocommit=True) as conn:
+            with (send_resources(settings=settings) as resources,
+                  db.campaign_db(settings.db_conn_id, autocommit=True) as conn):
                 transport = SesTransport(resources.ses_client, configuration_set=settings.configuration_set)
                 report = send_test(conn, request, run_id=context["run_id"], transport=transport,
                                    limiter=resources.limiter, settings=settings)

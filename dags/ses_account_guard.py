@@ -38,10 +38,11 @@ def ses_account_guard():
         from airflow.sdk.exceptions import AirflowFailException
 
         from campaigns import db
+        from campaigns.config import get_settings
         from campaigns.lifecycle.reputation import guard_account
         from campaigns.sending.resources import account_ses_client
 
-        with db.campaign_db(autocommit=True) as conn:
+        with db.campaign_db(get_settings().db_conn_id, autocommit=True) as conn:
             result = guard_account(conn, account_ses_client(), run_id=get_current_context()["run_id"])
         if result["problem"]:
             # The pauses are committed; failing the run (no retry) keeps the problem visible in the grid.

@@ -25,7 +25,8 @@ bp = Blueprint("health", __name__)
 def healthz():
     checks: dict[str, str] = {}
     try:
-        with db.connect(db.postgres_dsn(), connect_timeout=3) as conn:
+        dsn = db.postgres_dsn(current_app.config["SETTINGS"].db_conn_id)
+        with db.connect(dsn, connect_timeout=3) as conn:
             conn.execute(queries.load("tracking")["health-check"])
         checks["postgres"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure is "not healthy", reported by type only

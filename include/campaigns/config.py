@@ -2,171 +2,221 @@
 
 Precedence: a DAG run's conf > environment > default. The original design's names (AWS_SES_*, NEXT_PUBLIC_SITE_URL)
 are accepted as aliases; where both are set, the new name wins.
+
+Each setting is declared once, as its Settings field: `declare(default, "ENV_VAR", "doc", read=..., aliases=...)`.
+Settings.from_env, the defaults other modules start from (Settings() is every default) and the test that checks
+docs/configuration.md all read that declaration.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from dataclasses import field as dataclass_field
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
-# Setting -> older names accepted for it, in order of preference.
-ALIASES: dict[str, tuple[str, ...]] = {
-    "SES_FROM_EMAIL": ("AWS_SES_FROM_EMAIL",),
-    "SES_FROM_NAME": ("AWS_SES_FROM_NAME",),
-    "SES_REPLY_TO": ("AWS_SES_REPLY_TO_EMAIL",),
-    "SES_CONFIGURATION_SET": ("AWS_SES_CONFIGURATION_SET",),
-    "SES_SENDING_RATE": ("AWS_SES_SENDING_RATE",),
-    "SES_BATCH_SIZE": ("AWS_SES_BATCH_SIZE",),
-    "TRACKING_BASE_URL": ("NEXT_PUBLIC_SITE_URL",),
-}
+from campaigns.errors import ConfigError
 
-MAX_BATCH_SIZE = 10_000
+__all__ = ["MAX_BATCH_SIZE", "MIN_BATCH_SIZE", "ConfigError", "Setting", "Settings", "declarations", "get_settings"]
 
+# Recipients per page: SES_BATCH_SIZE, a run's conf `batch_size` and send_campaign's Param all take this range.
+MIN_BATCH_SIZE, MAX_BATCH_SIZE = 1, 10_000
 
-class ConfigError(ValueError):
-    """A setting has a value the product cannot use; the message names the setting."""
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+_OFF = ("0", "false", "no", "off")
+_SETTING = "campaigns.setting"  # the key of a field's declaration in its dataclass metadata
+
+Reader = Callable[[str, str], Any]  # (env var, its stripped non-empty text) -> the value, or ConfigError
 
 
-def _lookup(env: Mapping[str, str], name: str) -> str | None:
-    for key in (name, *ALIASES.get(name, ())):
-        value = env.get(key)
-        if value is not None and value.strip() != "":
-            return value.strip()
-    return None
+@dataclass(frozen=True)
+class Setting:
+    """How one Settings field is read from the environment and shown in docs/configuration.md."""
+
+    env: str | None  # None: not read from the environment (a fixed name such as a connection id)
+    doc: str
+    read: Reader
+    aliases: tuple[str, ...] = ()  # the original design's names, in order of preference
+    shown_default: str | None = None  # the docs' default cell when the default is not a plain value
+
+    def raw(self, env: Mapping[str, str]) -> str | None:
+        """The stripped text of the first of the name and its aliases that is set and not blank."""
+        for key in (self.env, *self.aliases) if self.env else ():
+            value = env.get(key)
+            if value is not None and value.strip() != "":
+                return value.strip()
+        return None
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0, integer: bool = False):
-    raw = _lookup(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number, got {raw!r}") from exc
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
-    return value
+def _text(name: str, raw: str) -> str:
+    return raw
 
 
-def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    raw = _lookup(env, name) or ""
+def _number(minimum: float = 0.0, *, integer: bool = False) -> Reader:
+    def read(name: str, raw: str) -> float | int:
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number, got {raw!r}") from exc
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+        return value
+
+    return read
+
+
+def _rate_or_auto(name: str, raw: str) -> float | None:
+    return None if raw.lower() == "auto" else _number(0.001)(name, raw)
+
+
+def _words(name: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+def _flag(name: str, raw: str) -> bool:
+    return raw.lower() not in _OFF
 
 
-def redis_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
-    """The original design's REDIS_URL: configures the connection `redis_default` unless AIRFLOW_CONN_REDIS_DEFAULT
-    is set (the connection wins, like every new name over its alias). None when not given."""
-    raw = _lookup(os.environ if env is None else env, "REDIS_URL")
-    if raw is None:
-        return None
+def _base_url(name: str, raw: str) -> str:
+    return raw.rstrip("/")  # validate() checks it is absolute http(s)
+
+
+def _redis_url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in REDIS_URL_SCHEMES or not (parts.netloc or parts.path):
         # the value may carry a password: name the setting and the scheme, never echo the URL
-        raise ConfigError(f"REDIS_URL must be a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
+        raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
     return raw
+
+
+def declare(default: Any, env: str | None, doc: str, *, read: Reader = _text, aliases: tuple[str, ...] = (),
+            shown_default: str | None = None, secret: bool = False) -> Any:
+    """A Settings field carrying its declaration: env var, aliases, default, reader, one-line doc."""
+    return dataclass_field(default=default, repr=not secret,
+                           metadata={_SETTING: Setting(env, doc, read, aliases, shown_default)})
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the send path, the tracking service and the DAGs read from the environment."""
 
-    tracking_base_url: str = "https://localhost:28443"
-    tracking_secret_keys: tuple[str, ...] = field(default=(), repr=False)
-    from_email: str | None = None
-    from_name: str | None = None
-    reply_to: str | None = None
-    configuration_set: str | None = None
-    sending_rate: float | None = 14.0  # None means "auto": SES GetAccount MaxSendRate x rate_safety_factor
-    rate_safety_factor: float = 0.9
-    rate_burst: int = 1
-    rate_refresh_seconds: float = 300.0
-    batch_size: int = 500
-    send_threads: int | None = None  # None: chosen from the rate and a typical SES latency
-    max_send_task_seconds: float = 300.0  # how much sending one mapped task carries, at the configured rate
-    parallel_send_tasks: int = 4  # send tasks of one campaign meant to run side by side (the `ses` pool's slots)
-    limiter_outage_seconds: float = 120.0  # how long a send task waits out an unreachable limiter before failing
-    ses_local_max_send_rate: float = 14.0  # account limits reported for a local SES endpoint (moto has none)
-    ses_local_max_24h_send: float = 50_000.0
-    sns_topic_arns: tuple[str, ...] = ()
-    sns_test_cert_pem: str | None = None
-    soft_bounce_limit: int = 3
-    soft_bounce_days: int = 30
-    events_retention_days: int = 400  # email_events older than this are pruned once rolled up; 0 keeps them
-    schedule_hold_after_hours: float = 6.0  # a scheduled campaign found later than this is held, not sent
+    tracking_base_url: str = declare(
+        "https://localhost:28443", "TRACKING_BASE_URL", "public base URL of the tracking service (https)",
+        read=_base_url, aliases=("NEXT_PUBLIC_SITE_URL",))
+    tracking_secret_keys: tuple[str, ...] = declare(
+        (), "TRACKING_SECRET_KEYS", "HMAC keys of tracking/unsubscribe tokens: the first signs, all verify",
+        read=_words, shown_default="(none: preflight refuses to send)", secret=True)
+    from_email: str | None = declare(
+        None, "SES_FROM_EMAIL", "sender address when a campaign gives none", aliases=("AWS_SES_FROM_EMAIL",))
+    from_name: str | None = declare(
+        None, "SES_FROM_NAME", "sender display name when a campaign gives none", aliases=("AWS_SES_FROM_NAME",))
+    reply_to: str | None = declare(
+        None, "SES_REPLY_TO", "Reply-To when a campaign gives none", aliases=("AWS_SES_REPLY_TO_EMAIL",))
+    configuration_set: str | None = declare(
+        None, "SES_CONFIGURATION_SET", "ConfigurationSetName of every SendEmail",
+        aliases=("AWS_SES_CONFIGURATION_SET",))
+    # 14: SES's smallest production MaxSendRate
+    sending_rate: float | None = declare(
+        14.0, "SES_SENDING_RATE", 'sends per second for the whole account; None means "auto": SES GetAccount '
+        "MaxSendRate x rate_safety_factor", read=_rate_or_auto, aliases=("AWS_SES_SENDING_RATE",))
+    rate_safety_factor: float = declare(
+        0.9, "SES_RATE_SAFETY_FACTOR", "fraction of SES's MaxSendRate used when the rate is auto", read=_number(0.01))
+    rate_burst: int = declare(
+        1, "SES_RATE_BURST", "sends the limiter lets through back to back", read=_number(1, integer=True))
+    rate_refresh_seconds: float = declare(
+        300.0, "SES_RATE_REFRESH_SECONDS", "how often auto re-reads GetAccount", read=_number(1))
+    batch_size: int = declare(
+        500, "SES_BATCH_SIZE", "recipients per page (the unit of bookkeeping), at most MAX_BATCH_SIZE",
+        read=_number(MIN_BATCH_SIZE, integer=True), aliases=("AWS_SES_BATCH_SIZE",))
+    send_threads: int | None = declare(
+        None, "SES_SEND_THREADS", "threads per send task; None: chosen from the rate and a typical SES latency",
+        read=_number(1, integer=True), shown_default="from the rate")
+    max_send_task_seconds: float = declare(
+        300.0, "SEND_TASK_SECONDS", "how much sending one mapped task carries, at the configured rate",
+        read=_number(1))
+    parallel_send_tasks: int = declare(
+        4, "SEND_TASK_PARALLELISM", "send tasks of one campaign meant to run side by side (the `ses` pool's slots)",
+        read=_number(1, integer=True))
+    limiter_outage_seconds: float = declare(
+        120.0, "LIMITER_OUTAGE_SECONDS", "how long a send task waits out an unreachable limiter before failing",
+        read=_number(0))
+    # account limits reported for a local SES endpoint (moto has none)
+    ses_local_max_send_rate: float = declare(
+        14.0, "SES_LOCAL_MAX_SEND_RATE", "MaxSendRate assumed for a local SES endpoint", read=_number(0.001))
+    ses_local_max_24h_send: float = declare(
+        50_000.0, "SES_LOCAL_MAX_24H_SEND", "daily quota assumed for a local SES endpoint", read=_number(1))
+    sns_topic_arns: tuple[str, ...] = declare(
+        (), "SNS_TOPIC_ARNS", "allow-list of SNS topic ARNs the webhook accepts", read=_words,
+        shown_default="(none: every notification refused)")
+    sns_test_cert_pem: str | None = declare(
+        None, "SNS_TEST_CERT_PEM", "tests only: a PEM the SNS verifier uses instead of fetching the certificate",
+        shown_default="(off)")
+    soft_bounce_limit: int = declare(
+        3, "SOFT_BOUNCE_LIMIT", "soft bounces within SOFT_BOUNCE_DAYS after which an address is suppressed",
+        read=_number(1, integer=True))
+    soft_bounce_days: int = declare(
+        30, "SOFT_BOUNCE_DAYS", "window of SOFT_BOUNCE_LIMIT", read=_number(1, integer=True))
+    events_retention_days: int = declare(
+        400, "EVENTS_RETENTION_DAYS", "email_events older than this are pruned once rolled up; 0 keeps them",
+        read=_number(0, integer=True))
+    schedule_hold_after_hours: float = declare(
+        6.0, "SCHEDULE_HOLD_AFTER_HOURS", "a scheduled campaign found later than this is held, not sent",
+        read=_number(0.01))
     # Reputation guard (campaigns.lifecycle.reputation): pause a sending campaign whose rates exceed these.
-    reputation_min_sample: int = 200  # delivered-or-bounced messages before the rates are judged
-    reputation_max_bounce_rate: float = 0.05  # hard bounces / sample, as a fraction (0.05 = 5 %)
-    reputation_max_complaint_rate: float = 0.001  # complaints / sample (0.001 = 0.1 %)
-    reputation_check_seconds: float = 5.0  # how often a send task counts its campaign's events
-    suppressions_export_dir: str | None = None  # None: <AIRFLOW_HOME>/exports
+    reputation_min_sample: int = declare(
+        200, "REPUTATION_MIN_SAMPLE", "delivered-or-bounced messages before the rates are judged",
+        read=_number(1, integer=True))
+    reputation_max_bounce_rate: float = declare(
+        0.05, "REPUTATION_MAX_BOUNCE_RATE", "hard bounces / sample, as a fraction (0.05 = 5 %)", read=_number())
+    reputation_max_complaint_rate: float = declare(
+        0.001, "REPUTATION_MAX_COMPLAINT_RATE", "complaints / sample (0.001 = 0.1 %)", read=_number())
+    reputation_check_seconds: float = declare(
+        5.0, "REPUTATION_CHECK_SECONDS", "how often a send task counts its campaign's events", read=_number(0.1))
+    suppressions_export_dir: str | None = declare(
+        None, "SUPPRESSIONS_EXPORT_DIR", "folder of manage_suppressions' CSV exports; None: <AIRFLOW_HOME>/exports",
+        shown_default="`<AIRFLOW_HOME>/exports`")
     # Tracking service (tracking_service): the local-disk spool of opens and clicks, its drainers, proxies in front.
-    tracking_spool_dir: str = "tracking-spool"  # relative paths are relative to the working directory
-    tracking_spool_segment_bytes: int = 16 * 1024 * 1024
-    tracking_spool_fsync_seconds: float = 1.0  # 0: fdatasync after every event
-    tracking_drainer: bool = True  # a drainer thread in every web worker
-    tracking_trusted_proxy_hops: int = 0  # reverse proxies that append to X-Forwarded-For
-    aws_conn_id: str = "aws_default"
-    db_conn_id: str = "campaign_db"
-    redis_conn_id: str = "redis_default"
-    redis_url: str | None = field(default=None, repr=False)  # REDIS_URL (original design); may hold a password
+    tracking_spool_dir: str = declare(
+        "tracking-spool", "TRACKING_SPOOL_DIR", "the spool folder; relative paths are relative to the working "
+        "directory")
+    tracking_spool_segment_bytes: int = declare(
+        16 * 1024 * 1024, "TRACKING_SPOOL_SEGMENT_BYTES", "size past which a worker starts a new segment",
+        read=_number(1, integer=True))
+    tracking_spool_fsync_seconds: float = declare(
+        1.0, "TRACKING_SPOOL_FSYNC_SECONDS", "how often segments are fdatasync'd; 0: after every event",
+        read=_number(0))
+    tracking_drainer: bool = declare(
+        True, "TRACKING_DRAINER", "a drainer thread in every web worker", read=_flag)
+    tracking_trusted_proxy_hops: int = declare(
+        0, "TRACKING_TRUSTED_PROXY_HOPS", "reverse proxies that append to X-Forwarded-For",
+        read=_number(0, integer=True))
+    # Airflow connection ids: fixed names (docs/configuration.md, Connections), not read from the environment.
+    aws_conn_id: str = declare("aws_default", None, "SES, STS, SNS and S3 through the Amazon provider")
+    db_conn_id: str = declare("campaign_db", None, "the campaign database")
+    redis_conn_id: str = declare("redis_default", None, "the Redis of the global SES rate limiter")
+    # secret: the URL may hold a password
+    redis_url: str | None = declare(
+        None, "REDIS_URL", "the original design's Redis setting: configures redis_conn_id unless "
+        "AIRFLOW_CONN_REDIS_DEFAULT is set", read=_redis_url, secret=True)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings the environment gives (every declared name and alias), validated."""
         env = os.environ if env is None else env
-        rate_raw = _lookup(env, "SES_SENDING_RATE")
-        sending_rate: float | None
-        if rate_raw is not None and rate_raw.lower() == "auto":
-            sending_rate = None
-        else:
-            sending_rate = _number(env, "SES_SENDING_RATE", 14.0, minimum=0.001)
-        threads = _lookup(env, "SES_SEND_THREADS")
-        settings = cls(
-            tracking_base_url=(_lookup(env, "TRACKING_BASE_URL") or cls.tracking_base_url).rstrip("/"),
-            tracking_secret_keys=_list(env, "TRACKING_SECRET_KEYS"),
-            from_email=_lookup(env, "SES_FROM_EMAIL"),
-            from_name=_lookup(env, "SES_FROM_NAME"),
-            reply_to=_lookup(env, "SES_REPLY_TO"),
-            configuration_set=_lookup(env, "SES_CONFIGURATION_SET"),
-            sending_rate=sending_rate,
-            rate_safety_factor=_number(env, "SES_RATE_SAFETY_FACTOR", 0.9, minimum=0.01),
-            rate_burst=_number(env, "SES_RATE_BURST", 1, minimum=1, integer=True),
-            rate_refresh_seconds=_number(env, "SES_RATE_REFRESH_SECONDS", 300.0, minimum=1),
-            batch_size=_number(env, "SES_BATCH_SIZE", 500, minimum=1, integer=True),
-            send_threads=None if threads is None else _number(env, "SES_SEND_THREADS", 1, minimum=1, integer=True),
-            max_send_task_seconds=_number(env, "SEND_TASK_SECONDS", 300.0, minimum=1),
-            parallel_send_tasks=_number(env, "SEND_TASK_PARALLELISM", 4, minimum=1, integer=True),
-            limiter_outage_seconds=_number(env, "LIMITER_OUTAGE_SECONDS", 120.0, minimum=0),
-            ses_local_max_send_rate=_number(env, "SES_LOCAL_MAX_SEND_RATE", 14.0, minimum=0.001),
-            ses_local_max_24h_send=_number(env, "SES_LOCAL_MAX_24H_SEND", 50_000.0, minimum=1),
-            sns_topic_arns=_list(env, "SNS_TOPIC_ARNS"),
-            sns_test_cert_pem=_lookup(env, "SNS_TEST_CERT_PEM"),
-            redis_url=redis_url_from_env(env),
-            soft_bounce_limit=_number(env, "SOFT_BOUNCE_LIMIT", 3, minimum=1, integer=True),
-            soft_bounce_days=_number(env, "SOFT_BOUNCE_DAYS", 30, minimum=1, integer=True),
-            events_retention_days=_number(env, "EVENTS_RETENTION_DAYS", 400, minimum=0, integer=True),
-            schedule_hold_after_hours=_number(env, "SCHEDULE_HOLD_AFTER_HOURS", 6.0, minimum=0.01),
-            reputation_min_sample=_number(env, "REPUTATION_MIN_SAMPLE", 200, minimum=1, integer=True),
-            reputation_max_bounce_rate=_number(env, "REPUTATION_MAX_BOUNCE_RATE", 0.05),
-            reputation_max_complaint_rate=_number(env, "REPUTATION_MAX_COMPLAINT_RATE", 0.001),
-            reputation_check_seconds=_number(env, "REPUTATION_CHECK_SECONDS", 5.0, minimum=0.1),
-            suppressions_export_dir=_lookup(env, "SUPPRESSIONS_EXPORT_DIR"),
-            tracking_spool_dir=_lookup(env, "TRACKING_SPOOL_DIR") or cls.tracking_spool_dir,
-            tracking_spool_segment_bytes=_number(env, "TRACKING_SPOOL_SEGMENT_BYTES", cls.tracking_spool_segment_bytes,
-                                                 minimum=1, integer=True),
-            tracking_spool_fsync_seconds=_number(env, "TRACKING_SPOOL_FSYNC_SECONDS", 1.0, minimum=0),
-            tracking_drainer=(_lookup(env, "TRACKING_DRAINER") or "1").lower() not in ("0", "false", "no", "off"),
-            tracking_trusted_proxy_hops=_number(env, "TRACKING_TRUSTED_PROXY_HOPS", 0, minimum=0, integer=True),
-        )
+        values = {}
+        for name, _default, setting in declarations():
+            raw = setting.raw(env)
+            if raw is not None:
+                values[name] = setting.read(setting.env, raw)
+        settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
+        """Rules across fields, and the ones a DAG run's conf must keep too."""
         if 0 < self.events_retention_days < self.soft_bounce_days:
             # the soft-bounce rule counts raw bounce events over SOFT_BOUNCE_DAYS: they must still be there
             raise ConfigError(f"EVENTS_RETENTION_DAYS must be 0 (keep) or at least SOFT_BOUNCE_DAYS "
@@ -186,6 +236,11 @@ class Settings:
         updated = replace(self, **{k: v for k, v in changes.items() if v is not None})
         updated.validate()
         return updated
+
+
+def declarations() -> tuple[tuple[str, Any, Setting], ...]:
+    """Every setting as (Settings field, default, declaration), in field order."""
+    return tuple((f.name, f.default, f.metadata[_SETTING]) for f in fields(Settings))
 
 
 @lru_cache(maxsize=1)

@@ -18,6 +18,7 @@ import psycopg
 import redis
 from psycopg.rows import dict_row
 
+from campaigns.config import Settings
 from campaigns.errors import ConnectionNotConfigured
 
 
@@ -57,17 +58,20 @@ def _libpq_url(host, port, login, password, database) -> str:
     return f"postgresql://{auth}{host or 'localhost'}:{port or 5432}/{database or ''}"
 
 
-def redis_url(conn_id: str = "redis_default") -> str:
+def redis_url(conn_id: str = "redis_default", settings: Settings | None = None) -> str:
     """A redis:// URL for the Airflow connection `conn_id`, from the environment (db from extra, as RedisHook).
 
-    For `redis_default`, the original design's REDIS_URL is the fallback when AIRFLOW_CONN_REDIS_DEFAULT is not set.
+    For the limiter's connection (`settings.redis_conn_id`), the original design's REDIS_URL (`settings.redis_url`)
+    is the fallback when AIRFLOW_CONN_REDIS_DEFAULT is not set.
     """
     try:
         c = _conn_from_env(conn_id)
     except ConnectionNotConfigured:
-        from campaigns.config import redis_url_from_env
-
-        alias = redis_url_from_env() if conn_id == "redis_default" else None
+        if settings is None:
+            # REDIS_URL stands in for AIRFLOW_CONN_REDIS_DEFAULT, which is read when the client is built: a caller
+            # that only names the connection gets REDIS_URL as the environment has it now, like the connection.
+            settings = Settings.from_env()
+        alias = settings.redis_url if conn_id == settings.redis_conn_id else None
         if alias is None:
             raise
         return alias
@@ -102,10 +106,10 @@ def resolve_postgres_dsn(conn_id: str = "campaign_db") -> str:
         return _libpq_url(conn.host, conn.port, conn.login, conn.password, conn.schema)
 
 
-def resolve_redis(conn_id: str = "redis_default") -> redis.Redis:
-    """A Redis client: from the environment, otherwise through the Redis provider's hook."""
+def resolve_redis(conn_id: str = "redis_default", settings: Settings | None = None) -> redis.Redis:
+    """A Redis client: from the environment (or `settings.redis_url`), otherwise through the Redis provider's hook."""
     try:
-        return redis.Redis.from_url(redis_url(conn_id), socket_timeout=5, socket_connect_timeout=5)
+        return redis.Redis.from_url(redis_url(conn_id, settings), socket_timeout=5, socket_connect_timeout=5)
     except ConnectionNotConfigured:
         from airflow.providers.redis.hooks.redis import RedisHook
 

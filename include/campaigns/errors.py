@@ -1,7 +1,6 @@
 """The product's errors, retryable vs permanent distinguished by type.
 
     CampaignError                      anything the campaign code raises on purpose
-    ├── ConfigError                    a setting is missing or wrong (also ValueError)
     ├── ConnectionNotConfigured        outside Airflow, no AIRFLOW_CONN_* variable for the id (also LookupError)
     ├── CampaignDefinitionError        bad conf / campaign definition: fix it and trigger again (also ValueError)
     │   └── TestSendRefused            a test send request cannot be carried out (nothing sent or recorded)
@@ -25,6 +24,10 @@
     ConnectionError                    an outage that passes: NOT a CampaignError, so the task's retries handle it
     └── LimiterUnavailable             Redis unreachable or erroring: no slot handed out, nothing may be sent
         └── RateUnavailable            the "auto" rate was never read from SES GetAccount
+
+    ValueError
+    └── ConfigError                    a setting has a value the product cannot use: fix the environment (NOT a
+                                       CampaignError: read where a task starts, so a bad setting fails like a bug)
 
 A DAG task turns a CampaignError into one clear failure without retries; anything else fails the task the usual
 way (and Airflow retries it). Third-party errors are wrapped with `raise ... from exc`, so the cause stays visible.
@@ -135,3 +138,7 @@ class LimiterUnavailable(ConnectionError):
 
 class RateUnavailable(LimiterUnavailable):
     """The "auto" rate has never been read from SES GetAccount, so there is no safe rate to send at."""
+
+
+class ConfigError(ValueError):
+    """A setting has a value the product cannot use; the message names the setting."""

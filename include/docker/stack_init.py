@@ -143,10 +143,11 @@ def write_connections(target: Path) -> None:
 
 def migrate_campaign_db() -> None:
     """Apply the campaign database's migrations (alembic), as `make` does for the local stack."""
+    from campaigns.config import get_settings
     from campaigns.db import postgres_dsn
     from campaigns.schema import upgrade
 
-    dsn = postgres_dsn("campaign_db")
+    dsn = postgres_dsn(get_settings().db_conn_id)
     upgrade(dsn)
     print(f"[init] campaign database migrated: {dsn.rsplit('@', 1)[-1]}")
 

@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from campaigns import db
+from campaigns.config import Settings, get_settings
 from campaigns_view import charts, data
 
 HERE = Path(__file__).parent
@@ -50,7 +51,9 @@ can_read_campaigns = requires_access_dag("GET", DagAccessEntity.RUN, param_dag_i
 
 def connection(request: Request) -> Iterator[psycopg.Connection]:
     """One campaign-database connection per request (autocommit: the pages only read)."""
-    dsn = request.app.state.dsn or db.resolve_postgres_dsn("campaign_db")
+    dsn = request.app.state.dsn
+    if not dsn:
+        dsn = db.resolve_postgres_dsn((request.app.state.settings or get_settings()).db_conn_id)
     with db.connect(dsn, autocommit=True) as conn:
         yield conn
 
@@ -59,10 +62,13 @@ def connection(request: Request) -> Iterator[psycopg.Connection]:
 Conn = Annotated[psycopg.Connection, Depends(connection)]
 
 
-def create_app(dsn: str | None = None) -> FastAPI:
-    """The view's app; `dsn` names the campaign database (default: the `campaign_db` Airflow connection)."""
+def create_app(dsn: str | None = None, settings: Settings | None = None) -> FastAPI:
+    """The view's app; `dsn` names the campaign database (default: the Airflow connection `settings.db_conn_id`)."""
     app = FastAPI(title="Campaigns", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.dsn = dsn
+    # None: the process's settings, read at the first request, not when the api-server imports the plugin (a bad
+    # send-path setting must not keep the view from loading, as it never did)
+    app.state.settings = settings
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.middleware("http")

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from campaigns import db, queries, states
-from campaigns.config import Settings, get_settings
+from campaigns.config import MAX_BATCH_SIZE, MIN_BATCH_SIZE, Settings, get_settings
 from campaigns.errors import CampaignDefinitionError, IllegalTransition
 from campaigns.feedback.links import register_links
 from campaigns.lifecycle import definitions, scheduling
@@ -43,8 +43,10 @@ class RunOptions:
         batch_size = conf.get("batch_size")
         if batch_size is None:
             batch_size = settings.batch_size
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= 10_000:
-            raise CampaignDefinitionError(f"batch_size must be a whole number from 1 to 10000, got {batch_size!r}")
+        if (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                or not MIN_BATCH_SIZE <= batch_size <= MAX_BATCH_SIZE):
+            raise CampaignDefinitionError(f"batch_size must be a whole number from {MIN_BATCH_SIZE} to "
+                                          f"{MAX_BATCH_SIZE}, got {batch_size!r}")
         return cls(batch_size=batch_size, dry_run=bool(conf.get("dry_run", False)))
 
 
@@ -65,7 +67,7 @@ def resolve_campaign(conf: dict[str, Any], run_id: str, *, now: datetime | None 
     if scheduled_for is not None:
         scheduled_for = scheduling.parse_send_at(scheduled_for, field="scheduled_for")
     now = now or datetime.now(UTC)
-    with db.campaign_db() as conn:
+    with db.campaign_db(settings.db_conn_id) as conn:
         timed = False
         if has_inline:
             definition = definitions.CampaignDefinition.parse(
@@ -104,7 +106,7 @@ def run_preflight(campaign_id: int, conf: dict[str, Any], ses_client) -> dict[st
     from campaigns.errors import PreflightFailed
 
     settings = get_settings()
-    with db.campaign_db(autocommit=True) as conn:
+    with db.campaign_db(settings.db_conn_id, autocommit=True) as conn:
         campaign = definitions.load_campaign(conn, campaign_id)
         try:
             report = preflight.run(conn, campaign, composer_factory=lambda c: composer_for(c, settings),
@@ -121,8 +123,9 @@ def run_preflight(campaign_id: int, conf: dict[str, Any], ses_client) -> dict[st
 
 
 def snapshot_recipients(campaign_id: int, conf: dict[str, Any]) -> dict[str, Any]:
-    options = RunOptions.from_conf(conf, get_settings())
-    with db.campaign_db(autocommit=True) as conn:
+    settings = get_settings()
+    options = RunOptions.from_conf(conf, settings)
+    with db.campaign_db(settings.db_conn_id, autocommit=True) as conn:
         campaign = definitions.load_campaign(conn, campaign_id)
         from campaigns.audience.filters import Audience
 
@@ -136,7 +139,7 @@ def plan_batches(campaign_id: int, conf: dict[str, Any], run_id: str, rate: floa
     """Small descriptors for the mapped send tasks; marks the campaign running (unless this is a dry run)."""
     settings = get_settings()
     options = RunOptions.from_conf(conf, settings)
-    with db.campaign_db(autocommit=True) as conn:
+    with db.campaign_db(settings.db_conn_id, autocommit=True) as conn:
         campaign = definitions.load_campaign(conn, campaign_id)
         page_size = (campaign["snapshot"] or {}).get("page_size", options.batch_size)
         tasks = plan(conn, campaign_id, page_size=page_size, rate=rate,
@@ -198,7 +201,7 @@ def finalize(campaign_id: int, run_id: str | None = None) -> dict[str, Any]:
     """
     from psycopg.types.json import Jsonb
 
-    with db.campaign_db(autocommit=True) as conn:
+    with db.campaign_db(get_settings().db_conn_id, autocommit=True) as conn:
         campaign = definitions.load_campaign(conn, campaign_id)
         summary = ledger.summarize(ledger.status_counts(conn, campaign_id))
         open_rows = summary[Row.PENDING] + summary[Row.SENDING]

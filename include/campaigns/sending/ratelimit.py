@@ -41,18 +41,15 @@ from typing import TYPE_CHECKING, Any
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
+from campaigns.config import Settings
 from campaigns.errors import LimiterUnavailable, RateUnavailable
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
-    from campaigns.config import Settings
-
 log = logging.getLogger(__name__)
 
-DEFAULT_RATE = 14.0  # SES's smallest production MaxSendRate
-DEFAULT_SAFETY_FACTOR = 0.9
-DEFAULT_REFRESH_SECONDS = 300.0
+_DECLARED = Settings()  # the declared defaults (SES_SENDING_RATE, SES_RATE_*), nothing read from the environment
 MAX_RATE = 1_000_000.0  # one slot per microsecond, the script's resolution
 MIN_PENALTY_FACTOR = 0.01  # a throttle may slow sending down, never stop it for good
 SCRIPT_PATH = Path(__file__).with_name("lua") / "gcra.lua"
@@ -249,11 +246,11 @@ class RateSource:
 
     def __init__(
         self,
-        rate: float | str = DEFAULT_RATE,
+        rate: float | str = _DECLARED.sending_rate,
         *,
         ses_client: Any = None,
-        safety_factor: float = DEFAULT_SAFETY_FACTOR,
-        refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+        safety_factor: float = _DECLARED.rate_safety_factor,
+        refresh_seconds: float = _DECLARED.rate_refresh_seconds,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`ses_client` is a boto3 sesv2 client or a zero-argument factory of one (needed only for "auto")."""

@@ -1,7 +1,8 @@
 """Resources a send task needs inside Airflow, built through the providers' hooks from the configured connections.
 
 sesv2 client: Amazon provider's AwsBaseHook (`aws_default`); limiter: Redis provider's RedisHook (`redis_default`),
-one key per SES account and region so every worker of every campaign shares it.
+one key per SES account and region so every worker of every campaign shares it. The connection ids and the rate
+come from the Settings the DAG task passes in.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from campaigns import db
-from campaigns.config import get_settings
+from campaigns.config import Settings, get_settings
 from campaigns.sending.ratelimit import RateLimiter, RateSource, default_thread_count, limiter_key
 from campaigns.sending.ses import ses_client_from_airflow
 
@@ -26,9 +27,8 @@ class SendResources:
     threads: int
 
 
-def sending_rate(ses_client: Any = None) -> float:
+def sending_rate(settings: Settings, ses_client: Any = None) -> float:
     """The rate to send at now: SES_SENDING_RATE, or `auto` (GetAccount MaxSendRate x safety factor)."""
-    settings = get_settings()
     client = ses_client or (lambda: ses_client_from_airflow(settings.aws_conn_id))
     return RateSource.from_settings(settings, client).rate()
 
@@ -37,7 +37,8 @@ def account_ses_client() -> Any:
     """A sesv2 client for account reads (GetAccount) through `aws_default`, with botocore's usual retries.
 
     Unlike the sending client (ses.client_config turns retries off so a timeout cannot send twice), a read may be
-    retried safely.
+    retried safely. Takes no arguments (ses_account_guard's tests replace it with a stub): it is a DAG task's
+    resource and reads the process's settings itself.
     """
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
@@ -51,19 +52,20 @@ def _account_id(aws_conn_id: str) -> str:
 
 
 @contextmanager
-def send_resources(sibling_tasks: int = 1) -> Iterator[SendResources]:
+def send_resources(sibling_tasks: int = 1, settings: Settings | None = None) -> Iterator[SendResources]:
     """The SES client, the global limiter and the thread count for one send task.
 
     `sibling_tasks`: how many send tasks of the campaign run side by side (its plan's task count, at most
     SEND_TASK_PARALLELISM). They share the rate, so each needs threads for its share only: more threads than that
     just wait on the limiter and cost CPU (context switches, GIL hand-offs) that the sending itself needs.
+    `settings`: the DAG task's; None (tests) means the process's, get_settings().
     """
-    settings = get_settings()
-    rate = sending_rate()
+    settings = settings or get_settings()
+    rate = sending_rate(settings)
     share = rate / max(1, min(sibling_tasks, settings.parallel_send_tasks))
     threads = settings.send_threads or default_thread_count(share)
     client = ses_client_from_airflow(settings.aws_conn_id, max_connections=threads)
-    redis_client = db.resolve_redis(settings.redis_conn_id)  # REDIS_URL, else the Redis provider's hook
+    redis_client = db.resolve_redis(settings.redis_conn_id, settings)  # REDIS_URL, else the Redis provider's hook
     key = limiter_key(_account_id(settings.aws_conn_id), client.meta.region_name)
     limiter = RateLimiter(redis_client, key, rate, burst=settings.rate_burst)
     try:
