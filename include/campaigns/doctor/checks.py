@@ -564,15 +564,15 @@ def check_redis(settings: Settings) -> Check:
 def check_postgres(settings: Settings) -> Check:
     from alembic.script import ScriptDirectory
 
-    from campaigns import db, schema
+    from campaigns import db, queries, schema
 
     name = "postgresql"
     try:
         dsn = db.resolve_postgres_dsn(settings.db_conn_id)
         with db.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-            table = conn.execute("SELECT to_regclass('alembic_version') AS t").fetchone()["t"]
-            current = (conn.execute("SELECT version_num FROM alembic_version").fetchone() or {}).get(
-                "version_num") if table else None
+            named = queries.load("doctor")
+            table = conn.execute(named["migrations-table"]).fetchone()["t"]
+            current = (conn.execute(named["schema-version"]).fetchone() or {}).get("version_num") if table else None
     except Exception as exc:  # noqa: BLE001 - the error type and message, never the DSN (it holds the password)
         return Check(name, FAIL, f"{settings.db_conn_id} does not answer: {type(exc).__name__}",
                      "start PostgreSQL or fix the connection campaign_db")

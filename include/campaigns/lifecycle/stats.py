@@ -78,7 +78,8 @@ def refresh(conn: psycopg.Connection) -> dict[str, Any]:
             state = conn.execute(named["rollup-state"]).fetchone()
             first_run = state["previous"] is None
             params = {"current": state["current"], "previous": state["previous"]}
-            conn.execute(named["stage-all-events" if first_run else "stage-new-events"], params)
+            which = sql.SQL(named["stage-all-events" if first_run else "stage-new-events"])
+            conn.execute(sql.SQL(named["stage-events"]).format(which=which), params)
             events = conn.execute(named["count-batch"]).fetchone()["n"]
             if events:
                 _roll_up_events(conn)

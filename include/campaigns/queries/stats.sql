@@ -25,28 +25,26 @@ SELECT pg_current_snapshot()::text AS current, snapshot::text AS previous
  WHERE name = 'email_events'
    FOR UPDATE
 
--- name: stage-all-events
--- The first run: every event this transaction sees (rows from before migration 0003 have no txid).
+-- name: stage-events
+-- The run's batch of events, chosen by {which}: stage-all-events on the first run, stage-new-events after it.
 CREATE TEMP TABLE stats_batch ON COMMIT DROP AS
 SELECT e.id, e.campaign_id, e.recipient_id, e.type, e.subtype, e.link_id, e.is_machine, e.occurred_at,
        coalesce(c.started_at, c.created_at) AS started,
        campaign_stats_bucket(coalesce(c.started_at, c.created_at), e.occurred_at) AS bucket
   FROM email_events e
   LEFT JOIN campaigns c ON c.id = e.campaign_id
- WHERE e.txid IS NULL OR pg_visible_in_snapshot(e.txid, %(current)s::pg_snapshot)
+ WHERE {which}
+
+-- name: stage-all-events
+-- The first run: every event this transaction sees (rows from before migration 0003 have no txid).
+e.txid IS NULL OR pg_visible_in_snapshot(e.txid, %(current)s::pg_snapshot)
 
 -- name: stage-new-events
 -- Exactly the events committed between the previous run's snapshot and this one's, whatever their ids: an event
 -- of a transaction still running at the previous run (id lower than ones already counted) is not visible in that
 -- snapshot, so it is taken now. `txid >= xmin(previous)` lets the txid index skip everything older (every
 -- transaction below xmin had finished by the previous run); the cost follows the new events, not the history.
-CREATE TEMP TABLE stats_batch ON COMMIT DROP AS
-SELECT e.id, e.campaign_id, e.recipient_id, e.type, e.subtype, e.link_id, e.is_machine, e.occurred_at,
-       coalesce(c.started_at, c.created_at) AS started,
-       campaign_stats_bucket(coalesce(c.started_at, c.created_at), e.occurred_at) AS bucket
-  FROM email_events e
-  LEFT JOIN campaigns c ON c.id = e.campaign_id
- WHERE e.txid >= pg_snapshot_xmin(%(previous)s::pg_snapshot)
+e.txid >= pg_snapshot_xmin(%(previous)s::pg_snapshot)
    AND NOT pg_visible_in_snapshot(e.txid, %(previous)s::pg_snapshot)
    AND pg_visible_in_snapshot(e.txid, %(current)s::pg_snapshot)
 
