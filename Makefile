@@ -15,6 +15,7 @@ help:
 	@echo "make demo    make up, import sample contacts, trigger a sample campaign through the REST API"
 	@echo "make down    stop exactly what make up started"
 	@echo "make status  what is running"
+	@echo "make clean   stop everything and delete what the stack made (.local, and its folder in /var/tmp)"
 
 $(PY):
 	@command -v $(PYTHON3) >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 || \
@@ -61,8 +62,11 @@ lock:
 	.local/lock-venv/bin/pip freeze > .local/freeze.txt
 	@echo "new resolve in .local/freeze.txt: merge it into requirements.txt"
 
-clean: down
-	rm -rf .local
+# Everything the stack made, wherever it put it: .local, and PostgreSQL's folder under /var/tmp when it had to live
+# outside the checkout. Without .venv the system Python runs the same command (devstack needs only the stdlib here).
+clean:
+	@if [ -x $(PY) ]; then $(STACK) clean; \
+	else PYTHONPATH=include $$(command -v $(PYTHON3) || command -v python3) -m devstack clean; fi
 
 # Keep Airflow's metadata database small: every run leaves dag_run, task_instance, log and XCom rows behind (a
 # per-minute dispatcher alone makes 1,440 runs a day, and the scheduler slows as they pile up). Deletes those older

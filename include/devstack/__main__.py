@@ -1,4 +1,5 @@
-"""`python -m devstack COMMAND`: what the Makefile's targets run."""
+"""`python -m devstack COMMAND`: what the Makefile's targets run (on the stack instance STACK_INSTANCE names, by
+default the user's stack)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ COMMANDS = {
     "up": lambda: stack.up(SETTINGS),
     "down": lambda: stack.down(SETTINGS),
     "status": lambda: stack.status(SETTINGS),
+    "reset": lambda: stack.reset(SETTINGS),
+    "clean": lambda: stack.clean(SETTINGS),
 }
 
 

@@ -75,6 +75,8 @@ def _pg_os_user() -> str | None:
 def _as_pg_user(argv: list[str], user: str | None, **kwargs) -> subprocess.CompletedProcess:
     if user is not None:
         argv = ["runuser", "-u", user, "--", *argv]
+        # PostgreSQL's tools chdir back to where they started: start them where that user may be (not the checkout)
+        kwargs.setdefault("cwd", "/")
     return subprocess.run(argv, **kwargs)
 
 
@@ -83,18 +85,54 @@ def _user_can_use(user: str, folder: Path) -> bool:
     return result.returncode == 0
 
 
-def pg_data_dir(s: StackSettings, user: str | None) -> Path:
-    """The data folder, normally .local/pg. When the server's OS user cannot enter the checkout (a root-only
-    home), the data lives under /var/tmp instead and .local/pg is a symlink to it, so `make` still finds it."""
-    link = s.state_dir / "pg"
-    if link.is_symlink() or user is None or _user_can_use(user, s.state_dir):
-        return link
-    digest = hashlib.sha256(str(s.state_dir).encode()).hexdigest()[:10]
-    target = Path(f"/var/tmp/email-campaigns-pg-{digest}")
-    target.mkdir(mode=0o700, exist_ok=True)
-    shutil.chown(target, user=user)
-    link.symlink_to(target)
-    return link
+OUTSIDE_PREFIX = "/var/tmp/email-campaigns-"
+
+
+def pg_outside_dir(s: StackSettings) -> Path:
+    """Where PostgreSQL's data and log live when its OS user cannot enter the checkout (one folder per checkout)."""
+    digest = hashlib.sha256(str(s.server_dir.absolute()).encode()).hexdigest()[:10]
+    return Path(f"{OUTSIDE_PREFIX}{digest}")
+
+
+def pg_paths(s: StackSettings, user: str | None) -> tuple[Path, Path]:
+    """(data folder, log file) of the project's PostgreSQL, normally .local/pg and .local/log/postgres.log.
+
+    When the server's OS user cannot enter the checkout (a root-only home, `mktemp -d`), both live in
+    /var/tmp/email-campaigns-<hash>/ (owned by that user, 0700) instead, and .local/pg and .local/log/postgres.log
+    are symlinks to them, so `make`, `make clean` and a person reading the logs still find them where they were.
+    """
+    data_link, log_link = s.server_dir / "pg", s.server_log_dir / "postgres.log"
+    s.server_log_dir.mkdir(parents=True, exist_ok=True)
+    inside = user is None or (not data_link.is_symlink() and _user_can_use(user, s.server_dir)
+                              and _user_can_use(user, s.server_log_dir))
+    if inside:
+        return data_link, log_link
+    outside = pg_outside_dir(s)
+    if not outside.is_dir():
+        outside.mkdir(mode=0o700)
+        shutil.chown(outside, user=user)
+        print(f"[stack] the {user} user cannot enter {s.server_dir}: PostgreSQL's data and log live in {outside} "
+              f"({data_link} and {log_link} link there)", flush=True)
+    if not data_link.is_symlink():
+        data_link.symlink_to(outside / "pg")
+    if not log_link.is_symlink():
+        log_link.unlink(missing_ok=True)  # a log the server never could write to
+        log_link.symlink_to(outside / "postgres.log")
+    return data_link, log_link.resolve()
+
+
+def stack_made_outside(s: StackSettings) -> list[Path]:
+    """The folders outside the state folder that the stack made for this checkout (see pg_paths)."""
+    found = {pg_outside_dir(s)}
+    top = Path(OUTSIDE_PREFIX).parent
+    # an older layout put the data folder itself at /var/tmp/email-campaigns-pg-<hash>: follow the links
+    for link in (s.server_dir / "pg", s.server_log_dir / "postgres.log"):
+        target = link.resolve() if link.is_symlink() else None
+        if target is not None and top in target.parents:
+            folder = top / target.relative_to(top).parts[0]
+            if str(folder).startswith(OUTSIDE_PREFIX):
+                found.add(folder)
+    return sorted(path for path in found if path.exists())
 
 
 def _port_open(port: int) -> bool:
@@ -106,8 +144,8 @@ def _port_open(port: int) -> bool:
 def start_postgres(s: StackSettings) -> None:
     bin_dir = ensure_servers()
     user = _pg_os_user()
-    s.state_dir.mkdir(parents=True, exist_ok=True)
-    data = pg_data_dir(s, user)
+    s.server_dir.mkdir(parents=True, exist_ok=True)
+    data, log = pg_paths(s, user)
     data.mkdir(exist_ok=True)
     if user is not None:
         shutil.chown(data.resolve(), user=user)
@@ -126,8 +164,6 @@ def start_postgres(s: StackSettings) -> None:
             pwfile.unlink(missing_ok=True)
     if (data / "postmaster.pid").exists() and _port_open(s.pg_port):
         return
-    s.log_dir.mkdir(parents=True, exist_ok=True)
-    log = s.log_dir / "postgres.log"
     if user is not None:
         log.touch()
         shutil.chown(log, user=user)
@@ -147,7 +183,7 @@ def start_postgres(s: StackSettings) -> None:
 
 
 def stop_postgres(s: StackSettings) -> bool:
-    data = s.state_dir / "pg"
+    data = s.server_dir / "pg"
     if not (data / "postmaster.pid").exists():
         return False
     bin_dir = pg_bin_dir()
@@ -160,34 +196,34 @@ def stop_postgres(s: StackSettings) -> bool:
 
 def start_redis(s: StackSettings) -> None:
     ensure_servers()
-    pid_file = s.run_dir / "redis.pid"
+    pid_file = s.server_run_dir / "redis.pid"
     if running(pid_file):
         return
-    data = s.state_dir / "redis"
-    for folder in (data, s.run_dir, s.log_dir):
+    data = s.server_dir / "redis"
+    for folder in (data, s.server_run_dir, s.server_log_dir):
         folder.mkdir(parents=True, exist_ok=True)
     # AOF with fsync every second: the tracking service's buffered events must survive a restart.
     subprocess.run(
         ["redis-server", "--port", str(s.redis_port), "--bind", "127.0.0.1", "--dir", str(data),
-         "--pidfile", str(pid_file), "--logfile", str(s.log_dir / "redis.log"), "--daemonize", "yes",
+         "--pidfile", str(pid_file), "--logfile", str(s.server_log_dir / "redis.log"), "--daemonize", "yes",
          "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
         check=True,
     )
     wait_until(lambda: _port_open(s.redis_port) and running(pid_file), what="Redis", timeout=20,
-               log=s.log_dir / "redis.log")
+               log=s.server_log_dir / "redis.log")
 
 
 def stop_redis(s: StackSettings) -> bool:
-    return stop(s.run_dir / "redis.pid", timeout=15)
+    return stop(s.server_run_dir / "redis.pid", timeout=15)
 
 
 def ensure_databases(s: StackSettings) -> None:
-    """Create the campaign, test and Airflow metadata databases if they do not exist."""
+    """Create the instance's campaign databases and its Airflow metadata database if they do not exist."""
     import psycopg
 
     with psycopg.connect(s.pg_dsn("postgres"), autocommit=True) as conn:
         existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
-        for name in (s.campaign_db, s.test_campaign_db, s.airflow_db):
+        for name in (*s.campaign_databases, s.airflow_db):
             if name not in existing:
                 conn.execute(f'CREATE DATABASE "{name}"')  # identifiers cannot be bound; names come from settings
 
@@ -195,8 +231,38 @@ def ensure_databases(s: StackSettings) -> None:
 def migrate(s: StackSettings) -> None:
     from campaigns.schema import upgrade
 
-    for name in (s.campaign_db, s.test_campaign_db):
+    for name in s.campaign_databases:
         upgrade(s.pg_dsn(name))
+
+
+def servers_running(s: StackSettings) -> bool:
+    """Whether the project's PostgreSQL and Redis answer on their ports."""
+    return _port_open(s.pg_port) and _port_open(s.redis_port)
+
+
+def drop_databases(s: StackSettings, *names: str) -> None:
+    """Drop databases of a named stack instance, whoever is still connected; never the user's stack's."""
+    import psycopg
+    from psycopg import sql
+
+    if not s.instance:
+        raise StackError("only a named stack instance's databases are ever dropped, never the user's stack's")
+    with psycopg.connect(s.pg_dsn("postgres"), autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def flush_redis_db(s: StackSettings) -> None:
+    """Empty a named stack instance's Redis db (its limiter keys); never the user's stack's db."""
+    import redis
+
+    if not s.instance or s.redis_db == 0:
+        raise StackError("only a named stack instance's Redis db is ever flushed, never the user's stack's")
+    client = redis.Redis.from_url(s.redis_url(s.redis_db))
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 @contextmanager

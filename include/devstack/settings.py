@@ -1,9 +1,15 @@
-"""Where the local stack lives and which ports it uses; every value can be overridden from the environment."""
+"""Where the local stack lives and which ports it uses; every value can be overridden from the environment.
+
+One PostgreSQL and one Redis serve any number of named stack instances: the user's stack (no name, what `make up`
+starts) and e.g. the `test` instance the end-to-end tests start beside it, with its own databases, Redis db, app
+ports and state folder (`STACK_INSTANCE=test python -m devstack up`).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +51,28 @@ class StackSettings:
     test_campaign_db: str = os.environ.get("STACK_TEST_CAMPAIGN_DB", "campaigns_test")
     test_redis_db: int = _int("STACK_TEST_REDIS_DB", 1)
     airflow_db: str = "airflow"
+    # "" is the user's stack; a named instance keeps its apps' state in state_dir, its servers' in servers_dir
+    instance: str = ""
+    servers_dir: Path | None = None
+    redis_db: int = 0
+
+    @property
+    def server_dir(self) -> Path:
+        """Where the shared PostgreSQL and Redis keep their data, pid files and logs (the user's .local)."""
+        return self.servers_dir or self.state_dir
+
+    @property
+    def server_run_dir(self) -> Path:
+        return self.server_dir / "run"
+
+    @property
+    def server_log_dir(self) -> Path:
+        return self.server_dir / "log"
+
+    @property
+    def campaign_databases(self) -> tuple[str, ...]:
+        """The campaign databases this instance creates and migrates (the user's stack also the unit tests' one)."""
+        return (self.campaign_db,) if self.instance else (self.campaign_db, self.test_campaign_db)
 
     @property
     def run_dir(self) -> Path:
@@ -79,4 +107,28 @@ class StackSettings:
         return f"http://127.0.0.1:{self.ses_port}"
 
 
-SETTINGS = StackSettings()
+TEST_INSTANCE = "test"
+_INSTANCE_NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
+
+
+def for_instance(name: str) -> StackSettings:
+    """The settings of stack instance `name` ("" is the user's stack)."""
+    # Same PostgreSQL and Redis as the user's stack; its apps on ports STACK_INSTANCE_PORT_OFFSET above the user's,
+    # databases <name>_<instance>_stack, its own Redis db and its state in <STACK_STATE_DIR>/instances/<instance>.
+    base = StackSettings()
+    if not name:
+        return base
+    if not _INSTANCE_NAME.fullmatch(name):
+        raise SystemExit(f"STACK_INSTANCE must be a lower-case name of letters and digits, got {name!r}")
+    offset = _int("STACK_INSTANCE_PORT_OFFSET", 100)
+    return replace(
+        base, instance=name, servers_dir=base.state_dir, state_dir=base.state_dir / "instances" / name,
+        airflow_port=base.airflow_port + offset, tracking_port=base.tracking_port + offset,
+        ses_port=base.ses_port + offset,
+        # a suffix, not "campaigns_test": that name is the unit tests' database, truncated before every test
+        campaign_db=f"{base.campaign_db}_{name}_stack", airflow_db=f"{base.airflow_db}_{name}_stack",
+        redis_db=_int("STACK_INSTANCE_REDIS_DB", 9),
+    )
+
+
+SETTINGS = for_instance(os.environ.get("STACK_INSTANCE", ""))

@@ -7,9 +7,11 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 from devstack import services
@@ -46,7 +48,8 @@ def connections(s: StackSettings, database: str | None = None) -> dict[str, dict
             "conn_type": "postgres", "host": "127.0.0.1", "port": s.pg_port, "login": s.pg_user,
             "password": s.pg_password, "schema": database or s.campaign_db,
         },
-        "redis_default": {"conn_type": "redis", "host": "127.0.0.1", "port": s.redis_port, "extra": {"db": 0}},
+        "redis_default": {"conn_type": "redis", "host": "127.0.0.1", "port": s.redis_port,
+                          "extra": {"db": s.redis_db}},
         "aws_default": {
             "conn_type": "aws", "login": "testing", "password": "testing",
             "extra": {"region_name": "us-east-1", "endpoint_url": s.ses_endpoint},
@@ -238,14 +241,15 @@ def up(s: StackSettings) -> None:
     write_env_file(s)
     password = _secret(s, "airflow-admin-password")
     print(
-        "\nLocal stack is up.\n"
+        f"\nLocal stack{f' instance {s.instance!r}' if s.instance else ''} is up.\n"
         f"  Airflow UI        {s.airflow_url}   login: admin / {password}\n"
         f"  Tracking service  {s.tracking_base_url}/healthz   (self-signed certificate)\n"
         f"  Local SES         {s.ses_endpoint}   (moto server; messages: {s.ses_endpoint}/moto-api/data.json)\n"
         f"  PostgreSQL        {s.pg_dsn()}\n"
-        f"  Redis             {s.redis_url()}\n"
+        f"  Redis             {s.redis_url(s.redis_db)}\n"
         f"  Settings          {s.state_dir / 'stack.env'} (source it to use the CLI against this stack)\n"
-        "Stop everything with `make down`.",
+        + (f"Stop it with `STACK_INSTANCE={s.instance} python -m devstack down`." if s.instance
+           else "Stop everything with `make down`."),
         flush=True,
     )
 
@@ -280,17 +284,66 @@ def apps_running(s: StackSettings) -> bool:
 
 
 def down(s: StackSettings) -> None:
+    """Stop what `up` started; a named instance stops only its apps (the servers are the user's stack's)."""
     stopped = stop_apps(s)
-    if services.stop_redis(s):
+    if not s.instance and services.stop_redis(s):
         stopped.append("redis")
-    if services.stop_postgres(s):
+    if not s.instance and services.stop_postgres(s):
         stopped.append("postgresql")
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"), flush=True)
 
 
 def status(s: StackSettings) -> None:
-    names = [f"airflow-{c}" for c in AIRFLOW_COMPONENTS] + ["tracking", "ses", "redis"]
+    """One line per component: running or stopped."""
+    names = [f"airflow-{c}" for c in AIRFLOW_COMPONENTS] + ["tracking", "ses"]
     for name in names:
         print(f"{name:24} {'running' if running(s.run_dir / f'{name}.pid') else 'stopped'}")
-    pg = (s.state_dir / "pg" / "postmaster.pid").exists()
+    print(f"{'redis':24} {'running' if running(s.server_run_dir / 'redis.pid') else 'stopped'}")
+    pg = (s.server_dir / "pg" / "postmaster.pid").exists()
     print(f"{'postgresql':24} {'running' if pg else 'stopped'}")
+
+
+def _instance_only(s: StackSettings, what: str) -> None:
+    if not s.instance:
+        raise StackError(f"{what} is for a named stack instance (STACK_INSTANCE=...), never the user's stack")
+
+
+def reset(s: StackSettings) -> None:
+    """Empty a named instance's data: a new migrated campaign database, its Redis db flushed, its spool emptied."""
+    _instance_only(s, "reset")
+    stop_apps(s)  # nothing of the instance may hold the database or write the spool meanwhile
+    services.start_postgres(s)
+    services.start_redis(s)
+    services.drop_databases(s, s.campaign_db)
+    services.ensure_databases(s)
+    services.migrate(s)
+    services.flush_redis_db(s)
+    shutil.rmtree(s.state_dir / "tracking-spool", ignore_errors=True)
+
+
+def _instances(s: StackSettings) -> list[StackSettings]:
+    """The named instances that have a state folder under this stack's."""
+    folder = s.server_dir / "instances"
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [replace(s, instance=name, servers_dir=s.server_dir, state_dir=folder / name) for name in found]
+
+
+def clean(s: StackSettings) -> None:
+    """Stop everything and delete everything the stack made, wherever it put it (`make clean`)."""
+    if s.instance:
+        stop_apps(s)
+        if services.servers_running(s):
+            services.drop_databases(s, *s.campaign_databases, s.airflow_db)
+            services.flush_redis_db(s)
+        else:
+            print("PostgreSQL or Redis is not running: the instance's databases stay until `make clean`", flush=True)
+    else:
+        for instance in _instances(s):
+            stop_apps(instance)  # their pid files are about to go: nothing of theirs may outlive them
+        down(s)
+        for folder in services.stack_made_outside(s):
+            shutil.rmtree(folder)
+            print(f"removed {folder}", flush=True)
+    if s.state_dir.exists():
+        shutil.rmtree(s.state_dir)
+        print(f"removed {s.state_dir}", flush=True)
