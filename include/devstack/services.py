@@ -114,6 +114,8 @@ def pg_paths(s: StackSettings, user: str | None) -> tuple[Path, Path]:
         print(f"[stack] the {user} user cannot enter {s.server_dir}: PostgreSQL's data and log live in {outside} "
               f"({data_link} and {log_link} link there)", flush=True)
     if not data_link.is_symlink():
+        (outside / "pg").mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(outside / "pg", user=user)
         data_link.symlink_to(outside / "pg")
     if not log_link.is_symlink():
         log_link.unlink(missing_ok=True)  # a log the server never could write to
