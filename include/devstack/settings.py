@@ -132,3 +132,5 @@ def for_instance(name: str) -> StackSettings:
 
 
 SETTINGS = for_instance(os.environ.get("STACK_INSTANCE", ""))
+# the stack the end-to-end tests start beside the user's, on the same servers (tests/e2e/conftest.py)
+TEST_STACK = for_instance(TEST_INSTANCE)

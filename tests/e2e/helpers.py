@@ -14,7 +14,7 @@ import uuid
 
 from cryptography.hazmat.primitives import serialization
 
-from devstack.settings import SETTINGS
+from devstack.settings import TEST_STACK
 from devstack.stack import local_ses_messages
 from tests.sns_signing import signed_message
 
@@ -54,7 +54,7 @@ def messages_to(stack, addresses: set[str]) -> dict[str, list[email.message.Emai
 
 def signed_ses_event(event: dict) -> bytes:
     """An SNS Notification carrying `event`, signed with the dev stack's local SNS test key."""
-    key_path = SETTINGS.state_dir / "tls" / "sns-test.key"
+    key_path = TEST_STACK.state_dir / "tls" / "sns-test.key"
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     envelope = signed_message(key, kind="Notification", version="2", message_id=f"e2e-{uuid.uuid4()}",
                               body=json.dumps(event))
@@ -69,7 +69,7 @@ def ses_event(event_type: str, row: dict, **detail) -> dict:
 
 def post_ses_event(event: dict, tls) -> tuple[int, bytes]:
     """POST `event`, signed as SNS would send it, to the stack's /webhooks/ses; (status, body)."""
-    status, _, body = https(f"{SETTINGS.tracking_base_url}/webhooks/ses", tls, method="POST",
+    status, _, body = https(f"{TEST_STACK.tracking_base_url}/webhooks/ses", tls, method="POST",
                             body=signed_ses_event(event),
                             headers={"x-amz-sns-message-type": "Notification",
                                      "Content-Type": "text/plain; charset=UTF-8"})
