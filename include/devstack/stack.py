@@ -184,9 +184,10 @@ def self_signed_certificate(s: StackSettings) -> tuple[Path, Path]:
 
 
 def start_ses(s: StackSettings) -> None:
-    spawn("ses", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s.ses_port)],
+    # moto's own server app behind our recording layer and inbox (devstack.local_ses.server)
+    spawn("ses", [sys.executable, "-m", "devstack.local_ses", "--host", "127.0.0.1", "--port", str(s.ses_port)],
           run_dir=s.run_dir, log_dir=s.log_dir)
-    wait_until(lambda: _http_ok(f"{s.ses_endpoint}/moto-api/data.json"), what="local SES (moto server)",
+    wait_until(lambda: _http_ok(f"{s.ses_endpoint}/moto-api/data.json"), what="local SES (devstack.local_ses)",
                timeout=60, log=s.log_dir / "ses.log")
     import boto3
 
@@ -244,7 +245,8 @@ def up(s: StackSettings) -> None:
         f"\nLocal stack{f' instance {s.instance!r}' if s.instance else ''} is up.\n"
         f"  Airflow UI        {s.airflow_url}   login: admin / {password}\n"
         f"  Tracking service  {s.tracking_base_url}/healthz   (self-signed certificate)\n"
-        f"  Local SES         {s.ses_endpoint}   (moto server; messages: {s.ses_endpoint}/moto-api/data.json)\n"
+        f"  Local SES         {s.ses_endpoint}   (moto; accepted messages: {s.ses_endpoint}/local-ses/messages)\n"
+        f"  Local inbox       {s.ses_endpoint}/inbox   (every message the local SES accepted, rendered)\n"
         f"  PostgreSQL        {s.pg_dsn()}\n"
         f"  Redis             {s.redis_url(s.redis_db)}\n"
         f"  Settings          {s.state_dir / 'stack.env'} (source it to use the CLI against this stack)\n"

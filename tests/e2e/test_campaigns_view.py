@@ -19,9 +19,9 @@ import uuid
 import psycopg
 import pytest
 
-from devstack.processes import StackError, poll
-from devstack.services import ensure_chromium
+from devstack.processes import poll
 from devstack.settings import SETTINGS
+from tests.browser import headless_chromium
 from tests.e2e.helpers import https, messages_to, post_ses_event, ses_event
 
 pytestmark = pytest.mark.timeout(900)
@@ -33,17 +33,8 @@ HUMAN = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium from Debian's package (installed with apt-get where we can)."""
-    try:
-        chromium = ensure_chromium()
-    except StackError as exc:
-        pytest.fail(str(exc))
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # --no-sandbox: Chromium refuses its own sandbox as root, which CI and the dev containers are
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield browser
-        browser.close()
+    with headless_chromium() as chromium:
+        yield chromium
 
 
 def _campaign_with_activity(stack, api, stack_db, tls) -> dict:
