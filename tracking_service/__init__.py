@@ -51,6 +51,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(tracking.bp)
     app.register_blueprint(webhooks.bp)
+    webhooks.init_app(app)
     app.teardown_appcontext(tracking.close_db)
     if app.config["TRACKING_DRAINER"]:
         _start_drainer(app)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from campaigns import db
@@ -23,6 +23,7 @@ from campaigns.feedback.sns import (
     SnsVerifier,
     confirm_subscription,
     parse_envelope,
+    warn_test_confirm_url,
 )
 from tracking_service.errors import error_response
 
@@ -51,6 +52,11 @@ def verifier() -> SnsVerifier:
                                fetch=current_app.config.get("SNS_CERT_FETCH"))
         current_app.extensions[VERIFIER_KEY] = existing
     return existing
+
+
+def init_app(app: Flask) -> None:
+    """Start-up checks of the webhook's settings: the dev-only SNS_TEST_CONFIRM_URL is logged loudly."""
+    warn_test_confirm_url(app.config["SETTINGS"].sns_test_confirm_url)
 
 
 def _read_body() -> bytes | None:
@@ -101,8 +107,10 @@ def ses_webhook():
 def _confirm(message: dict[str, Any]) -> Response | tuple[Response, int]:
     get = current_app.config.get("SNS_HTTP_GET")
     kwargs = {"get": get} if get is not None else {}
+    settings: Settings = current_app.config["SETTINGS"]
     try:
-        status = confirm_subscription(message, verifier=verifier(), **kwargs)
+        status = confirm_subscription(message, verifier=verifier(), test_confirm_url=settings.sns_test_confirm_url,
+                                      **kwargs)
     except SnsVerificationError as exc:
         return _refuse(403, "SNS verification failed", str(exc), message["MessageId"])
     except OSError as exc:  # requests' errors are OSErrors: SNS could not be reached; it may resend the request

@@ -26,6 +26,7 @@ __all__ = ["MAX_BATCH_SIZE", "MIN_BATCH_SIZE", "ConfigError", "Setting", "Settin
 MIN_BATCH_SIZE, MAX_BATCH_SIZE = 1, 10_000
 
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 _OFF = ("0", "false", "no", "off")
 _SETTING = "campaigns.setting"  # the key of a field's declaration in its dataclass metadata
 
@@ -92,6 +93,14 @@ def _redis_url(name: str, raw: str) -> str:
     return raw
 
 
+def _loopback_url(name: str, raw: str) -> str:
+    # As narrow as the setting's purpose: the local stack's SNS on this host, never a host elsewhere.
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or parts.hostname not in LOOPBACK_HOSTS or parts.query or parts.fragment:
+        raise ConfigError(f"{name} must be an http(s) URL on 127.0.0.1, ::1 or localhost without a query, got {raw!r}")
+    return raw
+
+
 def declare(default: Any, env: str | None, doc: str, *, read: Reader = _text, aliases: tuple[str, ...] = (),
             shown_default: str | None = None, secret: bool = False) -> Any:
     """A Settings field carrying its declaration: env var, aliases, default, reader, one-line doc."""
@@ -154,6 +163,9 @@ class Settings:
     sns_test_cert_pem: str | None = declare(
         None, "SNS_TEST_CERT_PEM", "tests only: a PEM the SNS verifier uses instead of fetching the certificate",
         shown_default="(off)")
+    sns_test_confirm_url: str | None = declare(
+        None, "SNS_TEST_CONFIRM_URL", "dev stack only: a loopback URL that gets a checked SubscribeURL's query "
+        "instead of AWS", read=_loopback_url, shown_default="(off)")
     soft_bounce_limit: int = declare(
         3, "SOFT_BOUNCE_LIMIT", "soft bounces within SOFT_BOUNCE_DAYS after which an address is suppressed",
         read=_number(1, integer=True))
@@ -227,6 +239,8 @@ class Settings:
                 raise ConfigError(f"{name} must be a fraction above 0 and at most 1 (0.05 = 5 %), got {rate}")
         if self.batch_size > MAX_BATCH_SIZE:
             raise ConfigError(f"SES_BATCH_SIZE must be at most {MAX_BATCH_SIZE}, got {self.batch_size}")
+        if self.sns_test_confirm_url is not None:
+            _loopback_url("SNS_TEST_CONFIRM_URL", self.sns_test_confirm_url)
         parts = urlsplit(self.tracking_base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"TRACKING_BASE_URL must be an absolute http(s) URL, got {self.tracking_base_url!r}")

@@ -43,6 +43,10 @@ def test_auto_rate_and_key_rotation():
     ({"SES_BATCH_SIZE": "20000"}, "SES_BATCH_SIZE must be at most 10000"),
     ({"SES_SENDING_RATE": "-1"}, "SES_SENDING_RATE must be at least"),
     ({"TRACKING_BASE_URL": "track.example.com"}, "TRACKING_BASE_URL must be an absolute"),
+    ({"SNS_TEST_CONFIRM_URL": "https://sns.evil.example/confirm"}, "SNS_TEST_CONFIRM_URL must be an http"),
+    ({"SNS_TEST_CONFIRM_URL": "http://127.0.0.1.evil.example/"}, "SNS_TEST_CONFIRM_URL must be an http"),
+    ({"SNS_TEST_CONFIRM_URL": "http://127.0.0.1:25500/sns/confirm?next=x"}, "SNS_TEST_CONFIRM_URL must be an http"),
+    ({"SNS_TEST_CONFIRM_URL": "file:///etc/passwd"}, "SNS_TEST_CONFIRM_URL must be an http"),
 ])
 def test_bad_values_name_the_setting(env, message):
     with pytest.raises(ConfigError, match=message):
@@ -52,3 +56,9 @@ def test_bad_values_name_the_setting(env, message):
 def test_conf_overrides_environment():
     settings = Settings.from_env({"SES_BATCH_SIZE": "250"}).with_overrides(batch_size=100, from_email=None)
     assert settings.batch_size == 100
+
+
+def test_the_dev_confirm_url_is_off_by_default_and_takes_only_a_loopback_url():
+    assert Settings.from_env({}).sns_test_confirm_url is None
+    url = "http://127.0.0.1:25500/sns/confirm"
+    assert Settings.from_env({"SNS_TEST_CONFIRM_URL": url}).sns_test_confirm_url == url

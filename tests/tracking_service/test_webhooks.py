@@ -234,18 +234,55 @@ def test_valid_subscription_confirmation_gets_subscribe_url(client, db, key, htt
     assert snapshot(db) == before
 
 
-@pytest.mark.parametrize("url", [
+DEV_CONFIRM_URL = "http://127.0.0.1:25500/sns/confirm"
+BAD_SUBSCRIBE_URLS = [
     "https://169.254.169.254/latest/meta-data/?Action=ConfirmSubscription",
     "https://sns.us-east-1.amazonaws.com.evil.com/?Action=ConfirmSubscription",
     "http://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription",
     "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription",
-])
-def test_subscribe_url_elsewhere_is_never_fetched(client, db, key, http_get, url):
+    f"{DEV_CONFIRM_URL}?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=abc",
+]
+
+
+@pytest.fixture
+def dev_client(cert_file, http_get):
+    """A client of the service as the dev stack runs it: SNS_TEST_CONFIRM_URL set."""
+    settings = replace(Settings.from_env(), sns_topic_arns=(TOPIC,), sns_test_cert_pem=str(cert_file),
+                       sns_test_confirm_url=DEV_CONFIRM_URL)
+    return create_app(test_config={"TESTING": True, "SETTINGS": settings, "SNS_HTTP_GET": http_get,
+                                   "TRACKING_DRAINER": False}).test_client()
+
+
+@pytest.mark.parametrize("url", BAD_SUBSCRIBE_URLS)
+@pytest.mark.parametrize("service", ["client", "dev_client"])  # as in production, and with SNS_TEST_CONFIRM_URL
+def test_subscribe_url_elsewhere_is_never_fetched(request, db, key, http_get, url, service):
     before = snapshot(db)
-    response = post(client, envelope(key, kind="SubscriptionConfirmation", SubscribeURL=url))
+    response = post(request.getfixturevalue(service), envelope(key, kind="SubscriptionConfirmation", SubscribeURL=url))
     assert response.status_code == 403
     http_get.assert_not_called()
     assert snapshot(db) == before
+
+
+def test_dev_confirm_url_gets_the_checked_subscribe_urls_query_instead_of_aws(dev_client, key, http_get, caplog):
+    response = post(dev_client, envelope(key, kind="SubscriptionConfirmation"))
+    assert response.status_code == 200
+    http_get.assert_called_once_with(f"{DEV_CONFIRM_URL}?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=abc",
+                                     timeout=5, allow_redirects=False)
+    assert "through SNS_TEST_CONFIRM_URL" in caplog.text
+
+
+def test_dev_confirm_url_still_needs_a_verified_message(dev_client, other_key, http_get):
+    assert post(dev_client, envelope(other_key, kind="SubscriptionConfirmation")).status_code == 403
+    http_get.assert_not_called()
+
+
+def test_dev_confirm_url_is_logged_loudly_at_start_and_absent_otherwise(cert_file, http_get, caplog):
+    for confirm_url in (None, DEV_CONFIRM_URL):
+        caplog.clear()
+        settings = replace(Settings.from_env(), sns_topic_arns=(TOPIC,), sns_test_confirm_url=confirm_url)
+        create_app(test_config={"TESTING": True, "SETTINGS": settings, "TRACKING_DRAINER": False})
+        warned = [r for r in caplog.records if "SNS_TEST_CONFIRM_URL is set" in r.getMessage()]
+        assert [r.levelname for r in warned] == ([] if confirm_url is None else ["WARNING"])
 
 
 def test_unverified_subscription_is_never_fetched(client, key, other_key, http_get):

@@ -199,14 +199,31 @@ class SnsVerifier:
         return key
 
 
+def warn_test_confirm_url(test_confirm_url: str | None) -> None:
+    """Log loudly, once at start, that SubscribeURLs go to a local stand-in of SNS (SNS_TEST_CONFIRM_URL)."""
+    if test_confirm_url:
+        log.warning(
+            "SNS_TEST_CONFIRM_URL is set: subscription confirmations are sent to the LOCAL %s instead of AWS (after "
+            "the usual signature and SubscribeURL checks). This is for the dev stack only; never set it in "
+            "production.", test_confirm_url)
+
+
 def confirm_subscription(message: Mapping[str, Any], *, verifier: SnsVerifier,
-                         get: Callable[..., Any] = requests.get) -> int:
-    """Verify a SubscriptionConfirmation, check its SubscribeURL, then GET it; returns the HTTP status."""
+                         get: Callable[..., Any] = requests.get, test_confirm_url: str | None = None) -> int:
+    """Verify a SubscriptionConfirmation, check its SubscribeURL, then GET it; returns the HTTP status.
+
+    With `test_confirm_url` (SNS_TEST_CONFIRM_URL, dev stack only) every check runs unchanged and only the GET goes
+    to that local URL, carrying the SubscribeURL's query, instead of to AWS.
+    """
     if message.get("Type") != SUBSCRIPTION_CONFIRMATION:
         raise SnsVerificationError("not a SubscriptionConfirmation")
     verifier.verify(message)
     url = message.get("SubscribeURL")
     check_subscribe_url(url, topic_region(message["TopicArn"]))
+    if test_confirm_url:
+        log.warning("confirming SNS subscription to %s through SNS_TEST_CONFIRM_URL %s, not AWS",
+                    message["TopicArn"], test_confirm_url)
+        url = f"{test_confirm_url}?{urlsplit(url).query}"
     response = get(url, timeout=5, allow_redirects=False)
     response.raise_for_status()
     log.info("confirmed SNS subscription to %s", message["TopicArn"])
