@@ -1,4 +1,4 @@
-# The two commands a user needs: `make test` and `make up` (then `make demo`, `make down`).
+# The two commands a user needs: `make demo` (the local stack, a sample campaign and its funnel) and `make test`.
 # Everything runs from the project's own .venv and its own PostgreSQL/Redis under .local/ (git-ignored).
 
 PYTHON3 ?= python3.11
@@ -12,7 +12,7 @@ STACK   := $(PY) -m devstack
 help:
 	@echo "make test    install, start PostgreSQL + Redis, migrate, then ruff + pytest"
 	@echo "make up      the local stack: Airflow, tracking service (https), local SES, PostgreSQL, Redis"
-	@echo "make demo    make up, import sample contacts, trigger a sample campaign through the REST API"
+	@echo "make demo    make up, a sample list and campaign, SES feedback, simulated readers: the funnel"
 	@echo "make down    stop exactly what make up started"
 	@echo "make status  what is running"
 	@echo "make clean   stop everything and delete what the stack made (.local, and its folder in /var/tmp)"

@@ -3,6 +3,7 @@ service under gunicorn over HTTPS, and a local SES endpoint (moto server), all s
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -20,6 +21,8 @@ from devstack.settings import StackSettings
 
 VENV_BIN = Path(sys.executable).parent
 DEMO_SENDER_DOMAIN = "example.com"
+# The configuration set every send names; the local SES publishes its events to SNS_TOPIC_ARN, as SES would.
+CONFIGURATION_SET = "campaign-events"
 SNS_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:ses-events"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
@@ -73,6 +76,10 @@ def app_env(s: StackSettings) -> dict[str, str]:
         # Dev stack only: there is no real SNS here, so /webhooks/ses trusts a locally generated signing
         # certificate (the service logs a warning at start). The SigningCertURL and TopicArn checks still run.
         SNS_TEST_CERT_PEM=str(sns_test_signing_key(s)[1]),
+        # Dev stack only, as narrow: the service confirms the SNS subscription at the local SES instead of AWS,
+        # after the same SubscribeURL check as in production (it logs a warning at start).
+        SNS_TEST_CONFIRM_URL=f"{s.ses_endpoint}/sns/confirm",
+        SES_CONFIGURATION_SET=CONFIGURATION_SET,
     )
     return env
 
@@ -184,8 +191,12 @@ def self_signed_certificate(s: StackSettings) -> tuple[Path, Path]:
 
 
 def start_ses(s: StackSettings) -> None:
-    # moto's own server app behind our recording layer and inbox (devstack.local_ses.server)
-    spawn("ses", [sys.executable, "-m", "devstack.local_ses", "--host", "127.0.0.1", "--port", str(s.ses_port)],
+    # moto's own server app behind our recording layer, inbox and SNS event publisher (devstack.local_ses)
+    key, cert = sns_test_signing_key(s)
+    tracking_cert, _ = self_signed_certificate(s)
+    spawn("ses", [sys.executable, "-m", "devstack.local_ses", "--host", "127.0.0.1", "--port", str(s.ses_port),
+                  "--sns-endpoint", f"{s.tracking_base_url}/webhooks/ses", "--sns-topic-arn", SNS_TOPIC_ARN,
+                  "--sns-signing-key", str(key), "--sns-signing-cert", str(cert), "--sns-ca-file", str(tracking_cert)],
           run_dir=s.run_dir, log_dir=s.log_dir)
     wait_until(lambda: _http_ok(f"{s.ses_endpoint}/moto-api/data.json"), what="local SES (devstack.local_ses)",
                timeout=60, log=s.log_dir / "ses.log")
@@ -195,6 +206,24 @@ def start_ses(s: StackSettings) -> None:
                           aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106 - moto
     # A verified domain identity lets any address at it send, like a verified domain in real SES.
     client.create_email_identity(EmailIdentity=DEMO_SENDER_DOMAIN)
+    with contextlib.suppress(client.exceptions.AlreadyExistsException):  # it kept running across `make up`s
+        client.create_configuration_set(ConfigurationSetName=CONFIGURATION_SET)
+
+
+def subscribe_events(s: StackSettings, timeout: float = 90) -> None:
+    """Start the local SES's SNS subscription to the tracking service and wait until the service confirmed it (only
+    then are events delivered, as with SNS)."""
+
+    def status() -> dict:
+        with urllib.request.urlopen(f"{s.ses_endpoint}/sns/status", timeout=5) as response:  # noqa: S310
+            return json.load(response)
+
+    if status()["confirmed"]:
+        return
+    request = urllib.request.Request(f"{s.ses_endpoint}/sns/subscribe", method="POST")  # noqa: S310
+    urllib.request.urlopen(request, timeout=5).close()  # noqa: S310 - the local SES
+    wait_until(lambda: status()["confirmed"], what="the SNS subscription of /webhooks/ses (confirmed by the service)",
+               timeout=timeout, log=s.log_dir / "ses.log")
 
 
 def local_ses_messages(s: StackSettings, timeout: float = 600) -> list[dict]:
@@ -237,6 +266,7 @@ def up(s: StackSettings) -> None:
     services.migrate(s)
     start_ses(s)
     start_tracking(s)
+    subscribe_events(s)
     env = setup_airflow(s)
     start_airflow(s, env)
     write_env_file(s)

@@ -80,15 +80,35 @@ SELECT DISTINCT page_no
  ORDER BY page_no
 
 -- name: settle-stale-sending
--- A retried or resumed send task: rows another attempt left in `sending` may have reached SES. They become
--- `unknown` and are NOT resent; SES Send/Delivery events settle them later.
-UPDATE campaign_recipients
-   SET status = 'unknown', updated_at = now(),
-       error = 'attempt ' || coalesce(attempt, '?') || ' ended while sending; outcome unknown'
- WHERE campaign_id = %(campaign_id)s
-   AND page_no BETWEEN %(first_page)s AND %(last_page)s
-   AND status = 'sending'
-   AND attempt IS DISTINCT FROM %(attempt)s
+-- A retried or resumed send task: rows another attempt left in `sending` may have reached SES. They are NOT
+-- resent. One that SES already reported on (a Send, Delivery, bounce or complaint event recorded by its tags: SES
+-- publishes within seconds, long before Airflow retries the task, and the webhook leaves `sending` rows to their
+-- sender) is `sent` with that event's message id; the rest become `unknown` for later events to settle.
+WITH stale AS (
+    SELECT r.id,
+           (SELECT e.ses_message_id
+              FROM email_events e
+             WHERE e.recipient_id = r.id AND e.ses_message_id IS NOT NULL
+               AND e.type IN ('send', 'delivery', 'bounce', 'complaint', 'delivery_delay')
+             ORDER BY e.occurred_at
+             LIMIT 1) AS message_id
+      FROM campaign_recipients r
+     WHERE r.campaign_id = %(campaign_id)s
+       AND r.page_no BETWEEN %(first_page)s AND %(last_page)s
+       AND r.status = 'sending'
+       AND r.attempt IS DISTINCT FROM %(attempt)s
+       FOR UPDATE OF r
+)
+UPDATE campaign_recipients r
+   SET status = CASE WHEN s.message_id IS NULL THEN 'unknown' ELSE 'sent' END,
+       ses_message_id = coalesce(r.ses_message_id, s.message_id),
+       sent_at = CASE WHEN s.message_id IS NULL THEN r.sent_at ELSE coalesce(r.sent_at, now()) END,
+       error = CASE WHEN s.message_id IS NULL
+                    THEN 'attempt ' || coalesce(r.attempt, '?') || ' ended while sending; outcome unknown' END,
+       updated_at = now()
+  FROM stale s
+ WHERE r.id = s.id
+RETURNING r.status
 
 -- name: next-pending
 -- Keyset pagination on the (campaign_id, page_no, id) index: cost per chunk does not grow with progress.

@@ -90,11 +90,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def settle_stale(conn: psycopg.Connection, task: SendTask, attempt: Attempt) -> int:
-    """Rows of this task's pages left `sending` by another attempt become `unknown`; returns how many."""
-    return conn.execute(queries.load("ledger")["settle-stale-sending"], {
+def settle_stale(conn: psycopg.Connection, task: SendTask, attempt: Attempt) -> Counter[str]:
+    """Rows of this task's pages left `sending` by another attempt: `sent` when SES already reported on them,
+    otherwise `unknown` (never resent); returns how many became each."""
+    rows = conn.execute(queries.load("ledger")["settle-stale-sending"], {
         "campaign_id": task.campaign_id, "first_page": task.first_page, "last_page": task.last_page,
-        "attempt": str(attempt)}).rowcount
+        "attempt": str(attempt)}).fetchall()
+    return Counter(row["status"] for row in rows)
 
 
 def pending_rows(conn: psycopg.Connection, task: SendTask, *, chunk: int = 1000):

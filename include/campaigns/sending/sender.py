@@ -74,10 +74,12 @@ class SendReport:
     account_stopped: str | None = None
     error: BaseException | None = None
     settled_unknown: int = 0
+    settled_sent: int = 0  # left `sending` by an earlier attempt, and SES had already reported on them
 
     def as_dict(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "stop_reason": self.stop_reason,
                 "account_stopped": self.account_stopped, "settled_unknown": self.settled_unknown,
+                "settled_sent": self.settled_sent,
                 "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}"}
 
 
@@ -168,10 +170,12 @@ class SendBatch:
     def run(self) -> SendReport:
         """Send every pending row of the task; returns the report (raises nothing the pipeline must not see)."""
         with self.connect() as conn:
-            self.report.settled_unknown = ledger.settle_stale(conn, self.task, self.attempt)
-            if self.report.settled_unknown:
-                log.warning("%s: %d rows were left `sending` by an earlier attempt; marked unknown, not resent",
-                            self.task.label, self.report.settled_unknown)
+            settled = ledger.settle_stale(conn, self.task, self.attempt)
+            self.report.settled_unknown, self.report.settled_sent = settled["unknown"], settled["sent"]
+            if settled:
+                log.warning("%s: %d rows were left `sending` by an earlier attempt; not resent: %d sent (SES "
+                            "reported on them), %d unknown", self.task.label, sum(settled.values()),
+                            settled["sent"], settled["unknown"])
             workers = [threading.Thread(target=self._worker, name=f"send-{i}", daemon=True)
                        for i in range(self.threads)]
             for worker in workers:

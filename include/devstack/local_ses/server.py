@@ -177,6 +177,11 @@ class LocalSes:
         self._listeners: tuple[Listener, ...] = tuple(listeners)
         self._listeners_lock = threading.Lock()
         self._pages = _Pages(store)
+        self._mounts: dict[str, Callable] = {}
+
+    def mount(self, path: str, app: Callable) -> None:
+        """Serve exactly `path` with the WSGI app `app` (the event publisher's /sns/* routes)."""
+        self._mounts[path] = app
 
     def add_listener(self, listener: Listener) -> None:
         """Call `listener(message)` for every message accepted from now on."""
@@ -188,6 +193,8 @@ class LocalSes:
         received_at = dt.datetime.now(dt.UTC)
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
+        if path in self._mounts:
+            return self._mounts[path](environ, start_response)
         if path.startswith("/local-ses/") or path == "/inbox" or path.startswith("/inbox/"):
             return self._pages(environ, start_response)
         if method == "POST" and path == SEND_EMAIL_PATH:

@@ -129,6 +129,30 @@ def test_retry_never_resends_a_recipient_an_earlier_attempt_claimed(campaign, se
     assert set(messages_per_recipient().values()) == {1}
 
 
+def test_retry_settles_a_row_ses_already_reported_on_as_sent_and_never_resends_it(campaign, ses, limiter, db):
+    campaign_id, task = campaign
+    # An earlier attempt died after SES accepted two of its three in-flight messages; SES's Send events for those
+    # two arrived (matched by their tags) while the rows were still `sending`, so the webhook left them alone.
+    rows = db.execute("""UPDATE campaign_recipients SET status = 'sending', attempt = 'run-1/0/1', claimed_at = now()
+                          WHERE id IN (SELECT id FROM campaign_recipients WHERE campaign_id = %s ORDER BY id LIMIT 3)
+                         RETURNING id, email""", [campaign_id]).fetchall()
+    rows.sort(key=lambda row: row["id"])
+    for i, row in enumerate(rows[:2]):
+        db.execute("""INSERT INTO email_events (campaign_id, recipient_id, email, type, sns_message_id, ses_message_id,
+                                                occurred_at)
+                      VALUES (%s, %s, %s, 'send', %s, %s, now())""",
+                   [campaign_id, row["id"], row["email"], f"sns-{i}", f"ses-accepted-{i}"])
+
+    report = batch(task, ses, limiter, attempt=Attempt("run-1", 0, 2)).run()
+
+    assert (report.settled_sent, report.settled_unknown) == (2, 1)
+    settled = {row["id"]: (row["status"], row["ses_message_id"]) for row in db.execute(
+        "SELECT id, status, ses_message_id FROM campaign_recipients WHERE id = ANY(%s)", [[r["id"] for r in rows]])}
+    assert settled == {rows[0]["id"]: ("sent", "ses-accepted-0"), rows[1]["id"]: ("sent", "ses-accepted-1"),
+                       rows[2]["id"]: ("unknown", None)}
+    assert sum(messages_per_recipient().values()) == 37  # none of the three was sent again
+
+
 def test_injected_throttling_is_retried_to_success(campaign, ses, limiter, db):
     campaign_id, task = campaign
     chance = random.Random(7)
