@@ -245,6 +245,14 @@ def main() -> None:
 
         print("waiting for SES's deliveries, bounces and complaints (signed SNS notifications) ...", flush=True)
         wait_for(feedback, "the simulator's bounce and complaint in email_events")
+        # People read a little later than link scanners check: a click within SCANNER_SECONDS of the send is
+        # counted as a machine's (tracking_service.drainer), so the readers wait until the campaign is that old.
+        from tracking_service.drainer import SCANNER_SECONDS
+
+        wait_for(lambda: conn.execute("SELECT now() - max(sent_at) > make_interval(secs => %s) FROM "
+                                      "campaign_recipients WHERE campaign_id = %s",
+                                      [SCANNER_SECONDS, campaign_id]).fetchone()[0],
+                 f"the campaign's last send to be {SCANNER_SECONDS:.0f} s old")
         print("simulated readers ...", flush=True)
         readers = Readers(s)
         readers.read(campaign_messages(s, campaign_id), random.Random(7))  # noqa: S311 - sample behaviour
@@ -273,8 +281,8 @@ def main() -> None:
         f"  Ledger       psql {s.pg_dsn()} -c \"{ledger} GROUP BY 1, 2\"\n",
         flush=True,
     )
-    missing = [name for name in ("delivered", "bounced", "complained", "unique_opens", "unique_clicks",
-                                 "unsubscribes") if not numbers[name]]
+    missing = [name for name in ("delivered", "bounced", "complained", "unique_opens", "unique_human_opens",
+                                 "unique_clicks", "unique_human_clicks", "unsubscribes") if not numbers[name]]
     if missing:
         sys.exit(f"the demo's funnel has no {', '.join(missing)}: see {s.log_dir} (ses.log, tracking.log)")
 

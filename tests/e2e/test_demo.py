@@ -29,7 +29,8 @@ def test_the_demo_ends_with_a_whole_funnel_equal_to_the_database(stack, stack_db
     assert set(printed) == set(FUNNEL)
     stats = campaign_stats(stack_db, int(url.group(1)))
     assert printed == {name: stats[name] for name in FUNNEL}
-    for stage in ("delivered", "bounced", "complained", "unique_opens", "unique_clicks", "unsubscribes"):
+    for stage in ("delivered", "bounced", "complained", "unique_opens", "unique_human_opens", "unique_clicks",
+                  "unique_human_clicks", "unsubscribes"):
         assert printed[stage] > 0, stage
     # the privacy-proxy opens and scanner clicks are counted, but not as people
     assert printed["unique_human_opens"] < printed["unique_opens"]
