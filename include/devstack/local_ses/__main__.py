@@ -40,7 +40,9 @@ def attach_publisher(app: LocalSes, args: argparse.Namespace) -> Any:
     publisher = SnsPublisher(PublisherConfig(
         endpoint=args.sns_endpoint, topic_arn=args.sns_topic_arn, signing_key=Path(args.sns_signing_key),
         signing_cert=Path(args.sns_signing_cert), ca_file=Path(args.sns_ca_file) if args.sns_ca_file else None,
-        rules=EventRules(default_configuration_set=args.default_configuration_set))).start()
+        rules=EventRules(default_configuration_set=args.default_configuration_set,
+                         soft_bounce_share=args.soft_bounce_share,
+                         delivery_delay_share=args.delivery_delay_share))).start()
     app.add_listener(publisher.publish)
     app.mount("/sns/confirm", publisher.confirm_app)
 
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     events.add_argument("--sns-ca-file", help="the only certificate trusted for the endpoint")
     events.add_argument("--default-configuration-set",
                         help="publish events for messages sent without ConfigurationSetName too, as this set")
+    events.add_argument("--soft-bounce-share", type=float, default=0.0,
+                        help="share of ordinary addresses that soft-bounce instead of being delivered (realism; 0)")
+    events.add_argument("--delivery-delay-share", type=float, default=0.0,
+                        help="share of ordinary addresses delivered after a DeliveryDelay event (realism; 0)")
     args = parser.parse_args(argv)
     needed = ("sns_endpoint", "sns_topic_arn", "sns_signing_key", "sns_signing_cert")
     given = [name for name in needed if getattr(args, name)]
