@@ -18,20 +18,11 @@ import sys
 import time
 
 import common
-import psutil
 
 from campaigns.sending.ratelimit import default_thread_count
 from devstack import stack as devstack
+from devstack.processes import task_process
 from tests.e2e.helpers import post_ses_event
-
-
-def task_process(ti_id: str) -> psutil.Process | None:
-    """The process running task instance `ti_id`: the child of the LocalExecutor worker supervising it."""
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if ti_id in cmdline and "LocalExecutor" not in cmdline:
-            return proc
-    return None
 
 
 def send_event(message_id: str, address: str, campaign_id: int, recipient_id: int) -> dict:

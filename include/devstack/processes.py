@@ -142,3 +142,15 @@ def wait_until(check: Callable[[], bool], *, what: str, timeout: float, log: Pat
         if log is not None and log.exists():
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise StackError(f"{what} did not become ready within {timeout:.0f} s.\n{tail}") from None
+
+
+def task_process(ti_id: str):
+    """The process running Airflow task instance `ti_id` on the local stack (the LocalExecutor's child that
+    supervises it), or None; what the fault scripts and the end-to-end tests `kill -9`."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if ti_id in cmdline and "LocalExecutor" not in cmdline:
+            return proc
+    return None

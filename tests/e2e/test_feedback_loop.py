@@ -13,10 +13,9 @@ import urllib.request
 import uuid
 from collections import Counter
 
-import psutil
 import pytest
 
-from devstack.processes import poll
+from devstack.processes import poll, task_process
 
 SIMULATOR = "simulator.amazonses.com"
 pytestmark = pytest.mark.timeout(900)
@@ -113,15 +112,6 @@ def test_a_complaint_rate_over_the_threshold_pauses_the_campaign_through_the_rep
     assert status() == "paused"
 
 
-def _task_process(ti_id: str) -> psutil.Process | None:
-    """The process running task instance `ti_id` (the LocalExecutor's child supervising it)."""
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if ti_id in cmdline and "LocalExecutor" not in cmdline:
-            return proc
-    return None
-
-
 def test_after_kill_9_the_rows_whose_message_reached_ses_are_settled_by_its_events(stack, api, stack_db):
     stamp = uuid.uuid4().hex[:10]
     addresses = [f"kill-{stamp}-{i}@example.org" for i in range(3000)]
@@ -136,7 +126,7 @@ def test_after_kill_9_the_rows_whose_message_reached_ses_are_settled_by_its_even
     poll(lambda: sent() >= 300, timeout=300, interval=0.2, what="300 sends before the kill")
     running = [ti for ti in api.task_instances("send_campaign", run_id)
                if ti["task_id"] == "send_batch" and ti["state"] == "running"]
-    victim = next((p for p in (_task_process(ti["id"]) for ti in running) if p is not None), None)
+    victim = next((p for p in (task_process(ti["id"]) for ti in running) if p is not None), None)
     assert victim is not None, "no running send_batch task process"
 
     def kill_in_flight() -> bool:  # strike the moment sends are in flight, so the retry has rows to settle
