@@ -122,7 +122,8 @@ class CampaignWatch:
 
     def check_reputation(self) -> str | None:
         """When the guard is due and the campaign runs, judge its rates: the reason when this step paused it."""
-        if self.guard is None:
+        # Runs before every send: most calls are not due, and answer without taking the lock status() also takes.
+        if self.guard is None or not self.guard.due():
             return None
         # Under the lock on purpose: the other threads wait for the verdict instead of sending past it.
         with self._lock:
