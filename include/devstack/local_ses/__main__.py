@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from werkzeug.wrappers import Response
+
 from devstack.local_ses.server import DEFAULT_MAX_MESSAGES, LocalSes, create_app, make_server
 
 
@@ -26,10 +28,8 @@ def _exit(signum: int, frame: Any) -> None:
     sys.exit(0)  # as moto_server does: SIGTERM from `make down` ends the process cleanly
 
 
-def _json(start_response: Callable, status: str, body: dict[str, Any]) -> Iterable[bytes]:
-    payload = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
-    return [payload]
+def _json(environ: dict[str, Any], start_response: Callable, status: int, body: dict[str, Any]) -> Iterable[bytes]:
+    return Response(json.dumps(body), status=status, mimetype="application/json")(environ, start_response)
 
 
 def attach_publisher(app: LocalSes, args: argparse.Namespace) -> Any:
@@ -48,12 +48,12 @@ def attach_publisher(app: LocalSes, args: argparse.Namespace) -> Any:
 
     def subscribe(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST":
-            return _json(start_response, "405 Method Not Allowed", {"error": "POST to send the confirmation"})
-        return _json(start_response, "202 Accepted", {"message_id": publisher.subscribe()})
+            return _json(environ, start_response, 405, {"error": "POST to send the confirmation"})
+        return _json(environ, start_response, 202, {"message_id": publisher.subscribe()})
 
     def status(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
-        return _json(start_response, "200 OK", {"confirmed": publisher.confirmed,
-                                                "subscription_arn": publisher.subscription_arn})
+        return _json(environ, start_response, 200, {"confirmed": publisher.confirmed,
+                                                    "subscription_arn": publisher.subscription_arn})
 
     app.mount("/sns/subscribe", subscribe)
     app.mount("/sns/status", status)
