@@ -136,7 +136,19 @@ def test_after_kill_9_the_rows_whose_message_reached_ses_are_settled_by_its_even
         os.kill(victim.pid, signal.SIGKILL)
         return True
 
+    # a claim the victim had sent may still commit after the kill: its rows count once PostgreSQL has closed the
+    # victim's connections to the campaign database, which it does only after finishing what they had sent (the
+    # process also holds sockets inherited from its parent, such as Airflow's own database: those stay open)
+    def campaign_db_ports(ports: list[int]) -> list[int]:
+        return [row["client_port"] for row in stack_db.execute(
+            """SELECT client_port FROM pg_stat_activity
+                WHERE datname = current_database() AND client_port = ANY(%s)""", [ports])]
+
+    ports = campaign_db_ports([c.laddr.port for c in victim.net_connections(kind="tcp") if c.raddr])
+    assert ports, "the send task holds no connection to the campaign database"
     poll(kill_in_flight, timeout=30, interval=0.01, what="a send in flight to kill")
+    poll(lambda: not campaign_db_ports(ports), timeout=30, interval=0.05,
+         what="PostgreSQL to close the killed task's connections")
     in_flight = {r["id"]: r["email"] for r in _ledger(stack_db, key) if r["status"] == "sending"}
 
     assert api.wait("send_campaign", run_id, timeout=900)["state"] == "success"
