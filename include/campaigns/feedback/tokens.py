@@ -3,12 +3,14 @@
 Format (version 1), chosen to be compact in URLs and cheap enough to sign several per email:
 
     token  = base64url_nopad( header || varint(campaign_id) || varint(recipient_id) [|| varint(link_id)] || tag )
-    header = 0x10 | kind code        (high nibble: format version 1; low nibble: open=1, click=2, unsubscribe=3)
+    header = 0x10 | kind code        (high nibble: format version 1; low nibble: open=1, click=2, unsubscribe=3,
+                                      view=4)
     varint = unsigned LEB128, shortest form, 0 <= id < 2**63 (ids are PostgreSQL bigint/integer keys)
     tag    = HMAC-SHA256(key, b"campaigns/token/v1/" + kind + b"\\0" + header || ids)[:16]   (128 bits)
 
 A typical click token is about 32 characters. The kind is inside the MAC twice over (as the domain string and as the
-header byte), so an open token can never be replayed as an unsubscribe or click token. Key rotation: the first key
+header byte), so an open token can never be replayed as an unsubscribe, click or view ("view in browser") token,
+nor the other way round. Key rotation: the first key
 signs, every key verifies, so an old key can stay in the list until the mail that carries it no longer matters.
 Tokens do not expire: an unsubscribe link must keep working for as long as the mail sits in an inbox.
 
@@ -31,11 +33,13 @@ from campaigns.errors import InvalidToken
 OPEN = "open"
 CLICK = "click"
 UNSUBSCRIBE = "unsubscribe"
-KINDS = (OPEN, CLICK, UNSUBSCRIBE)
+VIEW = "view"
+KINDS = (OPEN, CLICK, UNSUBSCRIBE, VIEW)
 
 _VERSION = 1
-_HEADERS = {OPEN: (_VERSION << 4) | 1, CLICK: (_VERSION << 4) | 2, UNSUBSCRIBE: (_VERSION << 4) | 3}
-_ID_COUNT = {OPEN: 2, CLICK: 3, UNSUBSCRIBE: 2}
+_HEADERS = {OPEN: (_VERSION << 4) | 1, CLICK: (_VERSION << 4) | 2, UNSUBSCRIBE: (_VERSION << 4) | 3,
+            VIEW: (_VERSION << 4) | 4}
+_ID_COUNT = {OPEN: 2, CLICK: 3, UNSUBSCRIBE: 2, VIEW: 2}
 _TAG_BYTES = 16
 _MAX_ID = (1 << 63) - 1
 # header + 2 one-byte ids + tag .. header + 3 ten-byte ids + tag, as base64url without padding
@@ -75,6 +79,11 @@ def _check_id(name: str, value: int) -> int:
     if type(value) is not int or not 0 <= value <= _MAX_ID:
         raise ValueError(f"{name} must be an integer between 0 and 2**63-1, got {value!r}")
     return value
+
+
+def _message_ids(campaign_id: int, recipient_id: int) -> bytes:
+    """The id bytes every token of one email starts with."""
+    return _varint(_check_id("campaign_id", campaign_id)) + _varint(_check_id("recipient_id", recipient_id))
 
 
 def _read_varints(data: bytes, count: int) -> list[int]:
@@ -130,7 +139,7 @@ class _Signer:
 
 
 class TokenCodec:
-    """Signs and verifies open, click and unsubscribe tokens; the first key signs, all keys verify."""
+    """Signs and verifies open, click, unsubscribe and view tokens; the first key signs, all keys verify."""
 
     def __init__(self, secret_keys: Sequence[str]) -> None:
         if isinstance(secret_keys, str | bytes):
@@ -154,23 +163,27 @@ class TokenCodec:
 
     def open_token(self, campaign_id: int, recipient_id: int) -> str:
         """The token of the open pixel of one email."""
-        ids = _varint(_check_id("campaign_id", campaign_id)) + _varint(_check_id("recipient_id", recipient_id))
+        ids = _message_ids(campaign_id, recipient_id)
         return self._encode(OPEN, ids)
 
     def click_token(self, campaign_id: int, recipient_id: int, link_id: int) -> str:
         """The token of one tracked link (`link_id` indexes the campaign's links) in one email."""
-        ids = (_varint(_check_id("campaign_id", campaign_id)) + _varint(_check_id("recipient_id", recipient_id))
-               + _varint(_check_id("link_id", link_id)))
+        ids = _message_ids(campaign_id, recipient_id) + _varint(_check_id("link_id", link_id))
         return self._encode(CLICK, ids)
 
     def unsubscribe_token(self, campaign_id: int, recipient_id: int) -> str:
         """The token of the unsubscribe URL (body link and List-Unsubscribe) of one email."""
-        ids = _varint(_check_id("campaign_id", campaign_id)) + _varint(_check_id("recipient_id", recipient_id))
+        ids = _message_ids(campaign_id, recipient_id)
         return self._encode(UNSUBSCRIBE, ids)
+
+    def view_token(self, campaign_id: int, recipient_id: int) -> str:
+        """The token of the "view in browser" URL of one email (the tracking service shows that recipient's copy)."""
+        ids = _message_ids(campaign_id, recipient_id)
+        return self._encode(VIEW, ids)
 
     def message_tokens(self, campaign_id: int, recipient_id: int, link_count: int) -> tuple[str, str, list[str]]:
         """(open, unsubscribe, [click for link 0..link_count-1]) of one email, sharing the id encoding."""
-        ids = _varint(_check_id("campaign_id", campaign_id)) + _varint(_check_id("recipient_id", recipient_id))
+        ids = _message_ids(campaign_id, recipient_id)
         encode = self._encode
         # the click loop is the hot spot of composing an email: HMAC inlined, names bound locally
         inner, outer = self._signer._inner[CLICK], self._signer._outer

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from campaigns.feedback.tokens import CLICK, OPEN, UNSUBSCRIBE, InvalidToken, TokenCodec, TokenPayload
+from campaigns.feedback.tokens import CLICK, OPEN, UNSUBSCRIBE, VIEW, InvalidToken, TokenCodec, TokenPayload
 
 KEYS = ["current-signing-key", "previous-key"]
 
@@ -23,6 +23,7 @@ def test_each_kind_round_trips(codec):
     assert codec.decode(OPEN, codec.open_token(12, 34)) == TokenPayload(OPEN, 12, 34)
     assert codec.decode(CLICK, codec.click_token(12, 34, 5)) == TokenPayload(CLICK, 12, 34, 5)
     assert codec.decode(UNSUBSCRIBE, codec.unsubscribe_token(12, 34)) == TokenPayload(UNSUBSCRIBE, 12, 34)
+    assert codec.decode(VIEW, codec.view_token(12, 34)) == TokenPayload(VIEW, 12, 34)
 
 
 @pytest.mark.parametrize("ids", [(0, 0, 0), (1, 2**31, 127), (2**63 - 1, 2**63 - 1, 2**31 - 1), (128, 16384, 128)])
@@ -127,7 +128,7 @@ def test_non_canonical_base64_spelling_is_rejected(codec):
     None, 12345, b"bytes-token-bytes-token-bytes-token", ["list"],
 ])
 def test_garbage_only_ever_raises_invalid_token(codec, garbage):
-    for kind in (OPEN, CLICK, UNSUBSCRIBE):
+    for kind in (OPEN, CLICK, UNSUBSCRIBE, VIEW):
         with pytest.raises(InvalidToken):
             codec.decode(kind, garbage)
 
@@ -170,3 +171,48 @@ def test_out_of_range_ids_are_refused_when_signing(codec, bad):
 
 def test_repr_does_not_show_keys(codec):
     assert "current-signing-key" not in repr(codec)
+
+
+def test_view_token_header_is_version_1_kind_4_and_its_tag_is_hmac_over_the_view_domain(codec):
+    token = codec.view_token(1, 2)
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    body, tag = raw[:-16], raw[-16:]
+    assert body[0] == 0x14
+    assert tag == hmac.new(KEYS[0].encode(), b"campaigns/token/v1/view\0" + body, hashlib.sha256).digest()[:16]
+
+
+def test_view_tokens_and_the_other_kinds_are_never_accepted_for_each_other(codec):
+    view = codec.view_token(12, 34)
+    others = {OPEN: codec.open_token(12, 34), CLICK: codec.click_token(12, 34, 0),
+              UNSUBSCRIBE: codec.unsubscribe_token(12, 34)}
+    for kind, token in others.items():
+        with pytest.raises(InvalidToken):
+            codec.decode(VIEW, token)
+        with pytest.raises(InvalidToken):
+            codec.decode(kind, view)
+
+
+@pytest.mark.parametrize("kind", [OPEN, UNSUBSCRIBE])
+def test_a_token_whose_header_byte_is_rewritten_to_view_is_rejected(codec, kind):
+    # same two ids: only the kind's MAC domain tells them apart, and it does
+    token = codec.open_token(12, 34) if kind == OPEN else codec.unsubscribe_token(12, 34)
+    raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    raw[0] = 0x14
+    forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    with pytest.raises(InvalidToken, match="signature"):
+        codec.decode(VIEW, forged)
+
+
+def test_tampered_view_token_is_rejected(codec):
+    token = codec.view_token(12, 34)
+    for position in range(len(token)):
+        replacement = "A" if token[position] != "A" else "B"
+        with pytest.raises(InvalidToken):
+            codec.decode(VIEW, token[:position] + replacement + token[position + 1:])
+
+
+def test_view_token_signed_with_a_rotated_key_verifies_and_an_unknown_key_does_not():
+    token = TokenCodec(["previous-key"]).view_token(7, 8)
+    assert TokenCodec(KEYS).decode(VIEW, token) == TokenPayload(VIEW, 7, 8)
+    with pytest.raises(InvalidToken):
+        TokenCodec(["current-signing-key"]).decode(VIEW, token)
