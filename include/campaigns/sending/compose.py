@@ -12,7 +12,13 @@ Everything that is the same for every recipient is done once, when the Composer 
   includes `{{ unsubscribe_url }}`), mailto: and other schemes, links carrying a `data-no-track` attribute (the
   attribute is removed from the output), hrefs spanning lines, and links inside `{% raw %}` or `{# #}`.
 - The open pixel and, unless the template places `{{ unsubscribe_url }}` itself, an unsubscribe footer are
-  inserted before `</body>` (or appended).
+  inserted before `</body>` (or appended). With `view_in_browser_footer`, a "View this email in your browser" link
+  (`{{ view_in_browser_url }}`, `{base}/v/{view_token}`: the tracking service shows that recipient's copy) goes
+  before the unsubscribe footer, unless the template places `{{ view_in_browser_url }}` itself; both merge tags
+  are reserved (merge data cannot override them) and the view token is only signed when a part uses it.
+- The preheader (a one-line text template like the subject) becomes part of the compiled html template: the
+  standard hidden block as the first thing inside `<body>`, its literal text html-escaped and its expressions
+  autoescaped, so it costs no extra step per recipient. It is not in the text part.
 - With `text=None` (or blank), the text part is derived ONCE from the html template: Jinja tags are shielded, the
   html is converted with inscriptis (links shown as `[label](url)`), and the tags are put back, giving a text
   template. Converting every rendered html would cost ~0.5 ms per email. If the derived template does not compile
@@ -39,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import meta
+from jinja2 import Environment, meta
 
 from campaigns.errors import AddressProblem, TemplateProblem
 from campaigns.feedback.tokens import TokenCodec
@@ -51,6 +57,7 @@ from campaigns.sending.templates import (
     RecordingUndefined,
     TemplatePart,
     environment,
+    escape_text_template,
     html_to_text,
     text_source_from_html,
     unguarded_names,
@@ -58,12 +65,18 @@ from campaigns.sending.templates import (
 from campaigns.sending.tracked_links import (
     CLICK_VAR,
     HTML_FOOTER,
+    HTML_VIEW_FOOTER,
     OPEN_PIXEL,
     OPEN_VAR,
     RESERVED_PREFIX,
+    RESERVED_VARS,
     TEXT_FOOTER,
+    TEXT_VIEW_FOOTER,
     UNSUBSCRIBE_VAR,
+    VIEW_VAR,
+    insert_after_body_start,
     insert_before_body_end,
+    preheader_block,
     rewrite_links,
 )
 
@@ -88,6 +101,9 @@ class CampaignContent:
     # Add an unsubscribe footer to each part whose template does not place {{ unsubscribe_url }}. When off, the
     # html template must place it (Composer refuses otherwise); a text template without it is left as written.
     auto_footer: bool = True
+    preheader: str | None = None  # Jinja2 template, one line; None or blank -> no preheader
+    # Add a "View this email in your browser" link to each part whose template does not place it.
+    view_in_browser_footer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +142,7 @@ class Composer:
         self._click_prefix = f"{base}/c/"
         self._open_prefix = f"{base}/o/"
         self._unsubscribe_prefix = f"{base}/u/"
+        self._view_prefix = f"{base}/v/"
         # validate the campaign id once (token encoding would refuse it per recipient otherwise)
         codec.open_token(content.campaign_id, 0)
 
@@ -139,11 +156,19 @@ class Composer:
                                   "(a visible unsubscribe link is required)", part="html")
 
         html_source, self.links = rewrite_links(content.html, track_clicks)
+        view_footer = (content.view_in_browser_footer
+                       and VIEW_VAR not in meta.find_undeclared_variables(original_html.ast))
+        if view_footer:
+            html_source = insert_before_body_end(html_source, HTML_VIEW_FOOTER)
         if not html_has_unsubscribe:
             html_source = insert_before_body_end(html_source, HTML_FOOTER)
-        text_base_html = html_source  # the text part shows tracked links too, but never the pixel
+        text_base_html = html_source  # the text part shows tracked links too, but never the pixel or the preheader
         if track_opens:
             html_source = insert_before_body_end(html_source, OPEN_PIXEL)
+        self._preheader = _preheader_part(text_env, content.preheader)
+        if self._preheader is not None:
+            html_source = insert_after_body_start(html_source, preheader_block(
+                escape_text_template(self._preheader.source)))
         self._click_vars = [CLICK_VAR.format(i) for i in range(len(self.links))]
 
         self._subject = TemplatePart(text_env, "subject", content.subject)
@@ -152,12 +177,7 @@ class Composer:
         # a blank text template (an empty form field) means "none given", like None
         self._text_derived = content.text is None or not content.text.strip()
         if not self._text_derived:
-            text_source = content.text or ""
-            probe = TemplatePart(text_env, "text", text_source)
-            if UNSUBSCRIBE_VAR not in meta.find_undeclared_variables(probe.ast) and content.auto_footer:
-                text_source = text_source.rstrip("\n") + TEXT_FOOTER
-                probe = TemplatePart(text_env, "text", text_source)
-            self._text = probe
+            self._text = _text_part(text_env, content)
         else:
             try:
                 self._text = TemplatePart(text_env, "text", text_source_from_html(text_base_html))
@@ -166,15 +186,18 @@ class Composer:
                             content.campaign_id, exc)
                 self._text = None
 
-        parts = [self._subject, original_html] + ([self._text] if self._text is not None else [])
+        parts = [self._subject, original_html] + [part for part in (self._preheader, self._text) if part is not None]
         required: set[str] = set()
         fields: set[str] = set()
         for part in parts:
             undeclared = meta.find_undeclared_variables(part.ast)
             unguarded = unguarded_names(part.ast)
-            undeclared = {n for n in undeclared if n != UNSUBSCRIBE_VAR and not n.startswith(RESERVED_PREFIX)}
+            undeclared = {n for n in undeclared if n not in RESERVED_VARS and not n.startswith(RESERVED_PREFIX)}
             fields |= undeclared
             required |= undeclared & unguarded
+        # the view token is one more signature per email: only sign it when a part shows the link
+        self._uses_view = any(VIEW_VAR in meta.find_undeclared_variables(part.ast)
+                              for part in (self._subject, self._html, self._text) if part is not None)
         self.fields = frozenset(fields)
         self._required = frozenset(required)
         self._recording: list[TemplatePart] | None = None
@@ -206,7 +229,13 @@ class Composer:
             context[name] = prefix + token
         if self.track_opens:
             context[OPEN_VAR] = f"{self._open_prefix}{open_token}.gif"
+        if self._uses_view:
+            context[VIEW_VAR] = self.view_in_browser_url(recipient_id)
         return context, unsubscribe_url
+
+    def view_in_browser_url(self, recipient_id: int) -> str:
+        """The "view in browser" URL of this campaign's email to `recipient_id` (ledger row id)."""
+        return self._view_prefix + self._codec.view_token(self.campaign_id, recipient_id)
 
     def render(self, recipient_id: int, merge_data: Mapping[str, Any]) -> Rendered:
         """Subject, html and text for one recipient, strictly (a missing field raises TemplateProblem)."""
@@ -279,3 +308,27 @@ class Composer:
                     parts.append(TemplatePart(text_env, "text", self._text.source))
                 self._recording = parts
             return self._recording
+
+
+def _preheader_part(env: Environment, source: str | None) -> TemplatePart | None:
+    """The preheader compiled on its own (so its errors name it), or None when there is none; one line only."""
+    if source is None or not source.strip():
+        return None
+    if "\n" in source or "\r" in source:
+        raise TemplateProblem("preheader template: the preheader must be one line (no line breaks)", part="preheader")
+    return TemplatePart(env, "preheader", source.strip())
+
+
+def _text_part(env: Environment, content: CampaignContent) -> TemplatePart:
+    """The campaign's own text template, with the footers it lacks (and the settings ask for) added."""
+    source = content.text or ""
+    probe = TemplatePart(env, "text", source)
+    used = meta.find_undeclared_variables(probe.ast)
+    footers = ""
+    if content.view_in_browser_footer and VIEW_VAR not in used:
+        footers += TEXT_VIEW_FOOTER
+    if UNSUBSCRIBE_VAR not in used and content.auto_footer:
+        footers += TEXT_FOOTER
+    if not footers:
+        return probe
+    return TemplatePart(env, "text", source.rstrip("\n") + footers.rstrip("\n") + "\n")

@@ -8,6 +8,7 @@ catches at render time raises TemplateProblem too. Merge values that are None re
 from __future__ import annotations
 
 import contextvars
+import html as html_lib
 import re
 import secrets
 from typing import Any
@@ -24,13 +25,14 @@ from campaigns.errors import TemplateProblem
 
 __all__ = [
     "BLANK_RUNS", "JINJA_TAGS", "RECORDED", "RecordingUndefined", "TemplatePart", "TemplateProblem", "environment",
-    "html_to_text", "text_source_from_html", "unguarded_names",
+    "escape_text_template", "html_to_text", "text_source_from_html", "unguarded_names",
 ]
 
 # Jinja tags, each ending at its first closing delimiter. Unambiguous on purpose: with `.*?` an unclosed `<a`
 # holding many `{{ }}` made the tag pattern backtrack exponentially.
 JINJA_TAGS = r"\{\{(?:[^}]|\}(?!\}))*\}\}|\{%(?:[^%]|%(?!\}))*%\}|\{\#(?:[^#]|\#(?!\}))*\#\}"
 _JINJA_TAG = re.compile(r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}|" + JINJA_TAGS, re.S)
+_JINJA_TAG_SPLIT = re.compile(f"({JINJA_TAGS})", re.S)
 BLANK_RUNS = re.compile(r"\n(?:[ \t]*\n){2,}")
 _LITERAL_BRACE = re.compile(r"\{(?=[{%#]|$)")
 _TEXT_CONFIG = ParserConfig(display_links=True)
@@ -221,3 +223,11 @@ def text_source_from_html(source: str) -> str:
     # Literal braces produced by the conversion (e.g. from &#123;) must not turn into template syntax.
     return "".join(blocks[int(piece)] if i % 2 else _LITERAL_BRACE.sub("{{ '{' }}", piece)
                    for i, piece in enumerate(pieces))
+
+
+def escape_text_template(source: str) -> str:
+    """A text template made fit for an autoescaped html template: its literal text html-escaped, its Jinja tags
+    left alone (their output is escaped by autoescape), so it renders in html to exactly the text it renders to
+    on its own (the preheader: a text like the subject, placed in the html part)."""
+    pieces = _JINJA_TAG_SPLIT.split(source)
+    return "".join(piece if i % 2 else html_lib.escape(piece, quote=False) for i, piece in enumerate(pieces))

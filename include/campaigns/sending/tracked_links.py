@@ -1,5 +1,6 @@
 """Click and open tracking in the html template source: tracked hrefs become template variables, the open pixel and
-the unsubscribe footer are inserted before `</body>` (the rules are in compose.py's docstring).
+the footers (unsubscribe, "view in browser") are inserted before `</body>`, the hidden preheader right after
+`<body>` (the rules are in compose.py's docstring).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from collections.abc import Iterator
 from campaigns.sending.templates import JINJA_TAGS
 
 UNSUBSCRIBE_VAR = "unsubscribe_url"
+VIEW_VAR = "view_in_browser_url"
+# Merge tags the Composer fills in per recipient: never merge fields, and merge data cannot override them.
+RESERVED_VARS = frozenset({UNSUBSCRIBE_VAR, VIEW_VAR})
 # Internal template variables; merge data cannot override them (they are set after it).
 CLICK_VAR = "__cmp_click_{}"
 OPEN_VAR = "__cmp_open_url"
@@ -33,6 +37,7 @@ _ATTR = re.compile(
 _RAW_OR_COMMENT = re.compile(r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}|\{\#.*?\#\}", re.S)
 _TEMPLATE_SYNTAX = ("{{", "{%", "{#")
 _BODY_END = re.compile(r"</body\s*>", re.I)
+_BODY_START = re.compile(r"<body(?=[\s>/])[^>]*>", re.I)
 
 OPEN_PIXEL = '<img src="{{ ' + OPEN_VAR + ' }}" width="1" height="1" alt="" style="display:none">'
 HTML_FOOTER = (
@@ -40,6 +45,20 @@ HTML_FOOTER = (
     'Don\'t want these emails? <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
 )
 TEXT_FOOTER = "\n\nUnsubscribe: {{ unsubscribe_url }}\n"
+HTML_VIEW_FOOTER = (
+    '<p style="margin:24px 0 0;font-size:12px;line-height:18px;color:#6b7280;text-align:center">'
+    '<a href="{{ view_in_browser_url }}">View this email in your browser</a></p>'
+)
+TEXT_VIEW_FOOTER = "\n\nView this email in your browser: {{ view_in_browser_url }}"
+
+# The hidden preview text inbox apps show after the subject: the first thing inside <body>, hidden everywhere
+# (mso-hide for Outlook), then zero-width-joiner + no-break-space padding so the apps do not fill the rest of the
+# preview with the body's first words. messages.read_message finds the text by PREHEADER_START.
+PREHEADER_START = ('<div data-preheader style="display:none;font-size:1px;line-height:1px;max-height:0;max-width:0;'
+                   'opacity:0;overflow:hidden;mso-hide:all">')
+PREHEADER_END = "</div>"
+_PREHEADER_PADDING = ('<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">'
+                      + "&zwnj;&nbsp;" * 90 + "</div>")
 
 
 def _a_tags(source: str) -> Iterator[re.Match[str]]:
@@ -97,6 +116,19 @@ def rewrite_links(source: str, track: bool) -> tuple[str, list[str]]:
         last = tag.end("attrs")
     out.append(source[last:])
     return "".join(out), list(link_ids)
+
+
+def insert_after_body_start(source: str, snippet: str) -> str:
+    """`snippet` put right after the first `<body ...>` tag of `source`, or prepended when there is none."""
+    start = _BODY_START.search(source)
+    at = start.end() if start else 0
+    return source[:at] + snippet + source[at:]
+
+
+def preheader_block(preheader_source: str) -> str:
+    """The hidden preheader block around an (html-safe) preheader template, each div on its own line (the
+    padding line is then the same bytes in every message, which the quoted-printable line cache keeps)."""
+    return f"\n{PREHEADER_START}{preheader_source}{PREHEADER_END}\n{_PREHEADER_PADDING}\n"
 
 
 def insert_before_body_end(source: str, snippet: str) -> str:
