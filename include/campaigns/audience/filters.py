@@ -1,6 +1,9 @@
-"""Compile a campaign's audience ({"lists": [...], "where": {...}}) into SQL with every value bound.
+"""Compile a campaign's audience ({"lists": [...], "where": {...}, "exclude_lists": [...]}) into SQL with every
+value bound.
 
 `where` filters on contact fields and attributes by equality or any-of: {"country": ["DE", "AT"], "plan": "pro"}.
+`exclude_lists` names lists whose members are left out (the snapshot keeps them as skipped rows with the reason
+`excluded:<list>`, so they are counted, never silently dropped).
 Raw SQL from a campaign definition is never executed: field names are checked against a pattern and bound as
 parameters (attributes) or mapped to fixed column expressions (email, first_name, last_name).
 """
@@ -26,17 +29,19 @@ MAX_VALUES = 1000
 
 @dataclass(frozen=True)
 class Audience:
-    """Which contacts a campaign goes to: members of any of `lists`, filtered by `where`."""
+    """Which contacts a campaign goes to: members of any of `lists`, filtered by `where`, minus members of any of
+    `exclude_lists`."""
 
     lists: tuple[str, ...]
     where: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    exclude_lists: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, raw: Any) -> Audience:
         """Validate an audience definition; errors name the offending field."""
         if not isinstance(raw, dict):
             raise CampaignDefinitionError("audience must be an object like {\"lists\": [\"newsletter\"]}")
-        unknown = set(raw) - {"lists", "where"}
+        unknown = set(raw) - {"lists", "where", "exclude_lists"}
         if unknown:
             raise CampaignDefinitionError(f"audience has unknown keys: {', '.join(sorted(unknown))}")
         lists = raw.get("lists")
@@ -57,10 +62,16 @@ class Audience:
             if not all(isinstance(v, str | int | float | bool) for v in values):
                 raise CampaignDefinitionError(f"audience.where.{field} values must be strings, numbers or booleans")
             where.append((field, tuple(_as_text(v) for v in values)))
-        return cls(lists=tuple(x.strip() for x in lists), where=tuple(where))
+        lists = tuple(x.strip() for x in lists)
+        return cls(lists=lists, where=tuple(where), exclude_lists=_exclude_lists(raw.get("exclude_lists"), lists))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"lists": list(self.lists), "where": {field: list(values) for field, values in self.where}}
+        """The stored form; `exclude_lists` only when there are any, so audiences stored before it compare equal."""
+        stored: dict[str, Any] = {"lists": list(self.lists),
+                                  "where": {field: list(values) for field, values in self.where}}
+        if self.exclude_lists:
+            stored["exclude_lists"] = list(self.exclude_lists)
+        return stored
 
     def filters(self) -> tuple[sql.Composable, dict[str, Any]]:
         """SQL conditions on contacts `c` (ANDed) and their bound parameters."""
@@ -78,6 +89,22 @@ class Audience:
                 parts.append(sql.SQL("c.attributes ->> {} = ANY({})").format(
                     sql.Placeholder(f"w{i}_key"), sql.Placeholder(f"w{i}_values")))
         return sql.SQL(" AND ").join(parts), params
+
+
+def _exclude_lists(raw: Any, lists: tuple[str, ...]) -> tuple[str, ...]:
+    """The validated exclude_lists (none when absent or empty); a list both sent to and excluded is refused."""
+    if raw is None or raw == []:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x.strip() for x in raw):
+        raise CampaignDefinitionError("audience.exclude_lists must be a list of list names")
+    names = tuple(dict.fromkeys(x.strip() for x in raw))
+    both = sorted(set(names) & set(lists))
+    if both:
+        raise CampaignDefinitionError(f"audience.exclude_lists names {', '.join(repr(x) for x in both)}, which "
+                                      "audience.lists also names: a list is either sent to or excluded")
+    return names
 
 
 def _as_text(value: str | int | float | bool) -> str:

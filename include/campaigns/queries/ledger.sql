@@ -2,9 +2,12 @@
 -- pending -> sending -> sent | failed | skipped | cancelled | unknown
 
 -- name: audience
--- The audience as CTEs `members` and `classified`, shared by the snapshot and the preflight preview so both
--- see exactly the same people. Contacts are unique by lower(email), so GROUP BY c.id dedupes addresses; a member
--- of several target lists counts as subscribed if any membership is. Excluded members carry a skip_reason.
+-- The audience as CTEs `members`, `excluded` and `classified`, shared by the snapshot and the preflight preview so
+-- both see exactly the same people. Contacts are unique by lower(email), so GROUP BY c.id dedupes addresses; a
+-- member of several target lists counts as subscribed if any membership is. Left-out members carry a skip_reason.
+-- Membership of an exclude list counts whatever its status (an unsubscribed customer is still a customer), named
+-- by the first such list; it is the last reason checked, so `excluded:<list>` counts exactly the people the
+-- exclusion kept from getting the campaign. With no exclude lists `excluded` is empty and costs nothing.
 -- {filters} is built by campaigns.audience.filters with bound parameters.
 members AS (
     SELECT c.id, c.email, c.first_name, c.last_name, c.attributes,
@@ -14,15 +17,23 @@ members AS (
       JOIN lists l ON l.id = lm.list_id
      WHERE l.name = ANY(%(lists)s) AND {filters}
      GROUP BY c.id
+), excluded AS (
+    SELECT lm.contact_id, min(l.name) AS list_name
+      FROM list_members lm
+      JOIN lists l ON l.id = lm.list_id
+     WHERE l.name = ANY(%(exclude_lists)s::text[])
+     GROUP BY lm.contact_id
 ), classified AS (
     SELECT m.id, m.email, m.first_name, m.last_name, m.attributes AS merge_data,
            CASE WHEN s.email IS NOT NULL THEN 'suppressed:' || s.reason
                 WHEN NOT m.subscribed THEN 'unsubscribed'
                 -- SES has no SMTPUTF8: the local part must be printable ASCII; IDN domains are punycoded later.
                 WHEN m.email !~ '^[!-?A-~]+@[^@[:space:]]+\.[^@[:space:]]+$' THEN 'invalid_address'
+                WHEN x.list_name IS NOT NULL THEN 'excluded:' || x.list_name
            END AS skip_reason
       FROM members m
       LEFT JOIN suppressions s ON s.email = lower(m.email)
+      LEFT JOIN excluded x ON x.contact_id = m.id
 )
 
 -- name: snapshot
@@ -63,6 +74,17 @@ SELECT id, email, first_name, last_name, merge_data, count(*) OVER () AS sendabl
  WHERE skip_reason IS NULL
  ORDER BY id
  LIMIT %(limit)s
+
+-- name: audience-counts
+-- The preflight's counts by reason, from the same CTEs as the snapshot: what the snapshot will store, before it does.
+WITH {audience}
+SELECT skip_reason, count(*) AS n
+  FROM classified
+ GROUP BY skip_reason
+
+-- name: known-lists
+-- Which of the named lists exist: preflight refuses an audience that names one that does not.
+SELECT name FROM lists WHERE name = ANY(%(names)s::text[])
 
 -- name: count-by-status
 SELECT status, skip_reason, count(*) AS n

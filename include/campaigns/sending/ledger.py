@@ -61,7 +61,8 @@ def audience_query(name: str, audience: Audience) -> tuple[sql.Composed, dict[st
     """A named query that starts `WITH {audience}`, with the audience's filters composed in and bound."""
     filters, params = audience.filters()
     ctes = sql.SQL(queries.load("ledger")["audience"]).format(filters=filters)
-    return sql.SQL(queries.load("ledger")[name]).format(audience=ctes), {**params, "lists": list(audience.lists)}
+    return sql.SQL(queries.load("ledger")[name]).format(audience=ctes), {
+        **params, "lists": list(audience.lists), "exclude_lists": list(audience.exclude_lists)}
 
 
 def preview(conn: psycopg.Connection, audience: Audience, limit: int) -> tuple[list[dict[str, Any]], int]:
@@ -69,6 +70,25 @@ def preview(conn: psycopg.Connection, audience: Audience, limit: int) -> tuple[l
     query, params = audience_query("audience-preview", audience)
     rows = conn.execute(query, {**params, "limit": limit}).fetchall()
     return rows, (rows[0]["sendable"] if rows else 0)
+
+
+def audience_counts(conn: psycopg.Connection, audience: Audience) -> dict[str, Any]:
+    """What a snapshot of `audience` would hold now: recipients, how many are sendable, the rest by skip reason
+    (the snapshot summary's `recipients`, `pending` and `skipped_by_reason`)."""
+    query, params = audience_query("audience-counts", audience)
+    counts = {row["skip_reason"]: row["n"] for row in conn.execute(query, params).fetchall()}
+    sendable = counts.pop(None, 0)
+    return {"recipients": sendable + sum(counts.values()), "sendable": sendable,
+            "skipped_by_reason": dict(sorted(counts.items()))}
+
+
+def missing_lists(conn: psycopg.Connection, audience: Audience) -> dict[str, list[str]]:
+    """The audience's list names that name no list, by field ("lists", "exclude_lists"); empty when all exist."""
+    names = [*audience.lists, *audience.exclude_lists]
+    known = {row["name"] for row in conn.execute(queries.load("ledger")["known-lists"], {"names": names})}
+    missing = {field: [name for name in getattr(audience, field) if name not in known]
+               for field in ("lists", "exclude_lists")}
+    return {field: names for field, names in missing.items() if names}
 
 
 def status_counts(conn: psycopg.Connection, campaign_id: int) -> list[dict[str, Any]]:

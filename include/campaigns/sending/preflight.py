@@ -1,9 +1,10 @@
 """Preflight: everything that can be known before the first email leaves, checked before it does.
 
 Refuses on: template errors (syntax, sandbox violations, per-recipient render failures), missing merge fields
-without a default, a missing unsubscribe link when the automatic footer is off, a tracking base URL that is not
-https (RFC 8058 needs an https List-Unsubscribe URI), an empty audience, no signing key, or a sending rate above
-the account's maximum (from SES, or from SES_LOCAL_MAX_SEND_RATE when the SES endpoint is local).
+without a default, an audience naming a list (in `lists` or `exclude_lists`) that does not exist, a missing
+unsubscribe link when the automatic footer is off, a tracking base URL that is not https (RFC 8058 needs an https
+List-Unsubscribe URI), an empty audience, no signing key, or a sending rate above the account's maximum (from SES,
+or from SES_LOCAL_MAX_SEND_RATE when the SES endpoint is local).
 
 Given the SES client, it also runs the cheap part of ses_doctor (the reads in ses_account.py) and refuses a
 campaign SES would not send: sending disabled for the account, more recipients than the 24-hour quota has left, a
@@ -72,8 +73,11 @@ def run(conn: psycopg.Connection, campaign: dict[str, Any], *, composer_factory,
         problems.append(f"template: {exc}")
 
     audience = Audience.parse(campaign["audience"])
+    problems.extend(_list_problems(conn, audience))
     rows, sendable = ledger.preview(conn, audience, RENDER_CAP)
-    report["audience"] = {"sendable": sendable, "rendered": len(rows)}
+    counts = ledger.audience_counts(conn, audience)
+    report["audience"] = {"sendable": sendable, "rendered": len(rows), "recipients": counts["recipients"],
+                          "skipped_by_reason": counts["skipped_by_reason"]}
     if sendable == 0:
         problems.append(f"the audience is empty: nobody sendable on lists {', '.join(audience.lists)}"
                         + (" with the given filters" if audience.where else ""))
@@ -95,6 +99,13 @@ def run(conn: psycopg.Connection, campaign: dict[str, Any], *, composer_factory,
     if problems:
         raise PreflightFailed("preflight refused the campaign:\n  - " + "\n  - ".join(problems), report)
     return report
+
+
+def _list_problems(conn: psycopg.Connection, audience: Audience) -> list[str]:
+    """Each audience field naming a list that does not exist (a typo would otherwise send to fewer people, or
+    exclude nobody)."""
+    return [f"audience.{field}: no list named {', '.join(repr(name) for name in names)}"
+            for field, names in ledger.missing_lists(conn, audience).items()]
 
 
 def _read_account(ses_client, settings: Settings, report: dict[str, Any]):
