@@ -1,4 +1,5 @@
-"""The tracking service: opens, clicks, one-click unsubscribe and SES notifications from SNS (Flask, gunicorn)."""
+"""The tracking service: opens, clicks, one-click unsubscribe, "view in browser" and SES notifications from SNS
+(Flask, gunicorn)."""
 
 from __future__ import annotations
 
@@ -45,11 +46,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     if app.config["TRUSTED_PROXY_HOPS"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXY_HOPS"])
 
-    from tracking_service import errors, health, tracking, webhooks
+    from tracking_service import errors, health, tracking, view, webhooks
 
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(tracking.bp)
+    app.register_blueprint(view.bp)
     app.register_blueprint(webhooks.bp)
     webhooks.init_app(app)
     app.teardown_appcontext(tracking.close_db)

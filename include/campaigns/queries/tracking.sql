@@ -125,3 +125,16 @@ DELETE FROM tracking_spool_segments WHERE finished_at < now() - make_interval(da
 -- name: health-check
 -- GET /healthz: PostgreSQL answers a query. Nothing is read, so the check costs the same on any database size.
 SELECT 1
+
+-- name: view-recipient
+-- The "view in browser" page: one ledger row with the merge data frozen at snapshot. Only a row that was sent (or
+-- may have been: unknown) has a message someone received; pending, skipped, failed and cancelled rows show nothing.
+SELECT id, email, first_name, last_name, merge_data
+  FROM campaign_recipients
+ WHERE id = %(recipient_id)s AND campaign_id = %(campaign_id)s AND status = ANY(%(statuses)s::text[])
+
+-- name: view-campaign
+-- The content the Composer is built from; updated_at keys the page's cache of built Composers.
+SELECT id, updated_at, subject, preheader, html, text, from_email, from_name, reply_to, settings
+  FROM campaigns
+ WHERE id = %(campaign_id)s
