@@ -75,7 +75,11 @@ class ComposerCache:
 
 
 def _composers() -> ComposerCache:
-    return current_app.extensions.setdefault("view_composers", ComposerCache())
+    """The app's Composer cache (one per worker process: gunicorn forks before the first request)."""
+    cache = current_app.extensions.get("view_composers")
+    if cache is None:
+        cache = current_app.extensions["view_composers"] = ComposerCache()
+    return cache
 
 
 def _page(title: str, message: str, status: int, **headers: str):

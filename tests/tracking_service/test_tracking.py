@@ -13,7 +13,6 @@ from psycopg.types.json import Jsonb
 
 from campaigns.config import ConfigError
 from campaigns.feedback.links import register_links
-from campaigns.feedback.tokens import TokenCodec
 from devstack.processes import poll
 from tests.helpers import add_contacts
 from tracking_service import create_app, tracking
@@ -23,30 +22,6 @@ from tracking_service.spool_format import encode_event, segments
 
 LINKS = ["https://example.com/offer", "http://example.org/a?b=1&c=%20d"]
 HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
-
-
-@pytest.fixture
-def spool_dir(tmp_path):
-    return tmp_path / "spool"
-
-
-@pytest.fixture
-def app(settings, spool_dir):
-    tracking._link_cache.clear()
-    app = create_app({"TESTING": True, "TRACKING_DRAINER": False, "TRACKING_SPOOL_DIR": spool_dir})
-    yield app
-    app.extensions["tracking_spool"].close()
-    tracking._link_cache.clear()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def codec(settings):
-    return TokenCodec(settings.tracking_secret_keys)
 
 
 def _campaign(conn, key: str, links: list[str], emails: list[str], *, sent_seconds_ago: float = 3600.0):

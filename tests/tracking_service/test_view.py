@@ -15,30 +15,12 @@ from campaigns.feedback.tokens import CLICK, TokenCodec
 from campaigns.sending import ledger
 from campaigns.sending.messages import composer_for, preheader_of, read_message
 from tests.helpers import add_contacts
-from tracking_service import create_app, tracking, view
+from tracking_service import view
 from tracking_service.spool_format import segments
 
 HTML = ('<html><body><h1>Hello {{ first_name }}!</h1><p>Your plan: {{ plan }}</p>'
         '<p><a href="https://shop.example.com/sale">Shop the sale</a></p>'
         '<img src="https://cdn.example.com/banner.png" alt="Spring"></body></html>')
-
-
-@pytest.fixture
-def app(settings, tmp_path):
-    tracking._link_cache.clear()
-    app = create_app({"TESTING": True, "TRACKING_DRAINER": False, "TRACKING_SPOOL_DIR": tmp_path / "spool"})
-    yield app
-    app.extensions["tracking_spool"].close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def codec(settings):
-    return TokenCodec(settings.tracking_secret_keys)
 
 
 def _load_campaign(db, campaign_id):
@@ -115,10 +97,9 @@ def test_view_page_links_are_the_recipients_tracked_links_and_they_redirect(clie
     assert f'href="https://track.example.test{_url(codec, campaign_id, ids["bob@example.com"])}"' in page
 
 
-def test_viewing_in_the_browser_records_no_open(client, codec, sent, app):
+def test_viewing_in_the_browser_records_no_open(client, codec, sent, spool_dir):
     campaign_id, ids = sent
     client.get(_url(codec, campaign_id, ids["ann@example.com"]))
-    spool_dir = app.config["TRACKING_SPOOL_DIR"]
     assert sum(path.stat().st_size for path in segments(spool_dir)) == 0
 
 
