@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("view", __name__)
 
-# A received message seen by its reader: nothing runs, nothing frames it, nothing is kept or told where it came from.
+# A received message seen by its reader: nothing runs, nothing loads (a remote image is a read receipt for whoever
+# serves it, and the page must count as no open), nothing frames it, nothing is kept or told where it came from.
 PAGE_HEADERS = {
-    "Content-Security-Policy": ("default-src 'none'; img-src https: data:; style-src 'unsafe-inline'; "
+    "Content-Security-Policy": ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                                 "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
