@@ -38,6 +38,7 @@ class ReadMessage:
     html: str
     text: str
     headers: list[tuple[str, str]]  # in order, decoded (RFC 2047 words as text)
+    preheader: str = ""  # placeholder until the MESSAGE part's read_message fills it (merged by the lead)
 
 
 def read_message(raw: bytes) -> ReadMessage:
