@@ -11,7 +11,7 @@
 | `pause` | running | sending stops within 5 seconds; pending recipients stay pending; the send run succeeds |
 | `resume` | paused | a new `send_campaign` run sends only what is still pending |
 | `release` | held (its send time passed while the scheduler was down) | a `send_campaign` run starts sending it |
-| `start` | draft, or scheduled (not recurring) | a `send_campaign` run sends it now (a refused preflight leaves it as it was) |
+| `start` | draft, scheduled (not recurring) | a `send_campaign` run sends it now (refused by preflight: unchanged) |
 
 Anything else (resume a cancelled campaign, cancel a sent one, release a running one) fails with the reason and
 changes nothing. Every action is recorded in `campaign_actions` with this run's id.

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from airflow.configuration import conf
 from fastapi import HTTPException, Request
 
-TOKEN_FIELD = "csrf_token"
+TOKEN_FIELD = "csrf_token"  # noqa: S105 (the form field's name, not a secret)
 _PURPOSE = b"campaigns-view-csrf:"
 
 
