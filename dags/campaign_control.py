@@ -11,11 +11,12 @@
 | `pause` | running | sending stops within 5 seconds; pending recipients stay pending; the send run succeeds |
 | `resume` | paused | a new `send_campaign` run sends only what is still pending |
 | `release` | held (its send time passed while the scheduler was down) | a `send_campaign` run starts sending it |
+| `start` | draft, scheduled (not recurring) | a `send_campaign` run sends it now (refused by preflight: unchanged) |
 
 Anything else (resume a cancelled campaign, cancel a sent one, release a running one) fails with the reason and
 changes nothing. Every action is recorded in `campaign_actions` with this run's id.
 
-`apply_action -> needs_send_run -> start_send_run` (the last two only do something for resume and release; the
+`apply_action -> needs_send_run -> start_send_run` (the last two only do something for resume, release and start; the
 send run's id is derived from the action row, so retrying this run never starts a second send).
 """
 
@@ -29,8 +30,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 PARAMS = {
     "campaign_id": Param(None, type="integer", minimum=1, description="The campaign's id."),
-    "action": Param(None, type="string", enum=["pause", "resume", "cancel", "release"],
-                    description="pause / resume / cancel, or release a held campaign."),
+    "action": Param(None, type="string", enum=["pause", "resume", "cancel", "release", "start"],
+                    description="pause / resume / cancel, release a held campaign, or start a draft now."),
 }
 
 
@@ -67,7 +68,7 @@ def campaign_control():
 
     @task.short_circuit
     def needs_send_run(trigger_run_id: str | None) -> bool:
-        """Only resume and release start a send run; for the other actions the run ends here."""
+        """Only resume, release and start start a send run; for the other actions the run ends here."""
         return bool(trigger_run_id)
 
     result = apply_action()

@@ -25,6 +25,7 @@ DEMO_SENDER_DOMAIN = "example.com"
 CONFIGURATION_SET = "campaign-events"
 SNS_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:ses-events"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+AIRFLOW_USERS = {"admin": "admin", "viewer": "viewer"}  # simple auth manager: user -> role
 
 
 def _secret(s: StackSettings, name: str, make=lambda: secrets.token_urlsafe(32)) -> str:
@@ -123,9 +124,11 @@ def airflow_env(s: StackSettings, home: Path | None = None) -> dict[str, str]:
     home = home or s.state_dir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     passwords = home / "passwords.json"
-    if not passwords.exists():
-        passwords.write_text(json.dumps({"admin": _secret(s, "airflow-admin-password",
-                                                            lambda: secrets.token_urlsafe(12))}))
+    # admin acts; viewer (the Viewer role) sees the Campaigns view and is refused every action. Both passwords are
+    # kept in .local/secrets/airflow-<user>-password; a stack made before the viewer existed gets it added.
+    wanted = {user: _secret(s, f"airflow-{user}-password", lambda: secrets.token_urlsafe(12)) for user in AIRFLOW_USERS}
+    if not passwords.exists() or json.loads(passwords.read_text()) != wanted:
+        passwords.write_text(json.dumps(wanted))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
     env.update(app_env(s))
     env.update(
@@ -137,7 +140,7 @@ def airflow_env(s: StackSettings, home: Path | None = None) -> dict[str, str]:
         AIRFLOW__CORE__PARALLELISM=str(s.airflow_parallelism),
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
         AIRFLOW__CORE__FERNET_KEY=_secret(s, "fernet-key", _fernet_key),
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=",".join(f"{user}:{role}" for user, role in AIRFLOW_USERS.items()),
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{s.airflow_url}/execution/",
         AIRFLOW__API__PORT=str(s.airflow_port),
@@ -273,7 +276,8 @@ def up(s: StackSettings) -> None:
     password = _secret(s, "airflow-admin-password")
     print(
         f"\nLocal stack{f' instance {s.instance!r}' if s.instance else ''} is up.\n"
-        f"  Airflow UI        {s.airflow_url}   login: admin / {password}\n"
+        f"  Airflow UI        {s.airflow_url}   login: admin / {password}  (read-only: viewer / "
+        f"{_secret(s, 'airflow-viewer-password')})\n"
         f"  Tracking service  {s.tracking_base_url}/healthz   (self-signed certificate)\n"
         f"  Local SES         {s.ses_endpoint}   (moto; accepted messages: {s.ses_endpoint}/local-ses/messages)\n"
         f"  Local inbox       {s.ses_endpoint}/inbox   (every message the local SES accepted, rendered)\n"

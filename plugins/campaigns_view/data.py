@@ -18,6 +18,7 @@ import psycopg
 from campaigns import queries, states
 from campaigns.errors import CampaignNotFound
 from campaigns.lifecycle.stats import COUNTS, LINK_METRICS, RATES, campaign_series, campaign_stats
+from campaigns.sending import ledger
 
 QUERIES = Path(__file__).with_name("queries")  # the plugin's own named SQL: queries.load("view", QUERIES)
 
@@ -26,12 +27,13 @@ CAMPAIGN_STATES = (states.DRAFT, states.SCHEDULED, states.HELD, states.RUNNING, 
 LEDGER_STATES = states.Row.ALL
 PAGE_SIZE = 50
 ACTIONS_SHOWN = 200
+TEST_SENDS_SHOWN = 20
 
 # SES puts an account under review at these rates (bounce: 5%, complaint: 0.1%); the charts draw them as lines.
 SES_REVIEW_BOUNCE_RATE = 0.05
 SES_REVIEW_COMPLAINT_RATE = 0.001
 
-__all__ = ["CampaignNotFound", "campaign_list", "campaign_page", "stats_csv"]
+__all__ = ["CampaignNotFound", "campaign_list", "campaign_page", "progress", "recent_test_sends", "stats_csv"]
 
 
 class BadFilter(ValueError):
@@ -89,6 +91,21 @@ def campaign_page(conn: psycopg.Connection, campaign_id: int) -> dict[str, Any]:
         "guard_actions": [a for a in actions if a["actor"] in ("reputation_guard", "ses_account_guard")],
         "send_runs": send_runs(campaign, actions),
     }
+
+
+def progress(conn: psycopg.Connection, campaign_id: int) -> dict[str, Any]:
+    """The campaign's state and its ledger counted now (not the rollup): what a running campaign's page polls."""
+    row = conn.execute(queries.load("view", QUERIES)["campaign-progress"], {"campaign_id": campaign_id}).fetchone()
+    if row is None:
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
+    counts = ledger.summarize(ledger.status_counts(conn, campaign_id))
+    return {**{name: _json_value(value) for name, value in row.items()}, "counts": counts}
+
+
+def recent_test_sends(conn: psycopg.Connection, campaign_id: int) -> list[dict[str, Any]]:
+    """The campaign's latest test emails, newest first: address, sent/failed, when, SES's answer."""
+    return conn.execute(queries.load("view", QUERIES)["test-sends"],
+                        {"campaign_id": campaign_id, "limit": TEST_SENDS_SHOWN}).fetchall()
 
 
 def fill_hours(buckets: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -155,7 +172,9 @@ def stats_csv(conn: psycopg.Connection, campaign_id: int) -> str:
     return out.getvalue()
 
 
+def _json_value(value: Any) -> Any:
+    return value.astimezone(UTC).isoformat() if isinstance(value, datetime) else value
+
+
 def _csv_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    return "" if value is None else value
+    return "" if value is None else _json_value(value)

@@ -1,4 +1,5 @@
-"""Pause, resume, cancel and release a campaign (the `campaign_control` DAG): one guarded move, one audit row.
+"""Pause, resume, cancel, release and start a campaign (the `campaign_control` DAG and the Campaigns view): one
+guarded move, one audit row; and the view's other two acts, duplicating a campaign and recording a test send.
 
 | action  | allowed from                            | to        | what else happens                           |
 |---------|-----------------------------------------|-----------|---------------------------------------------|
@@ -6,6 +7,11 @@
 | pause   | running                                 | paused    | pending rows stay pending                   |
 | resume  | paused                                  | running   | names a new send_campaign run               |
 | release | held                                    | running   | the same                                    |
+| start   | draft, scheduled (not recurring)        | (running) | the same; the send run moves it to running  |
+
+Start leaves the state to the send run it names (its plan step moves the campaign to running, as for any run by
+id), so a preflight that refuses the campaign leaves a draft a draft. A scheduled campaign's send_at becomes the
+request time, and the campaign's run_id names the new run, which keeps the dispatcher's own run from taking it.
 
 How sending stops: every send task re-reads the campaign's status at most every 0.5 s (sender.CampaignWatch) and
 stops taking rows once it is not `running`; a send already past that check finishes (at most one limiter slot
@@ -40,7 +46,10 @@ log = logging.getLogger(__name__)
 
 ACTOR = "campaign_control"
 SEND_DAG_ID = "send_campaign"
-CANCEL, PAUSE, RESUME, RELEASE = "cancel", "pause", "resume", "release"
+CANCEL, PAUSE, RESUME, RELEASE, START = "cancel", "pause", "resume", "release", "start"
+DUPLICATE, TEST_SEND = "duplicate", "test_send"
+COPY_SUFFIX = "-copy"
+MAX_KEY_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -49,10 +58,13 @@ class Action:
 
     name: str
     allowed_from: frozenset[str]
-    to: str
+    to: str  # where the campaign ends up: moved here at once, or by the send run (moves_now=False)
     starts_send_run: bool
     done: str  # past tense, for status_reason: "paused by campaign_control (run ...)"
     hint: str  # appended to the refusal: what the person probably wanted instead
+    moves_now: bool = True
+    # refusal tail while the campaign's last send run is still queued or running (None: not checked)
+    waits_for_run: str | None = None
 
 
 ACTIONS: dict[str, Action] = {
@@ -61,9 +73,15 @@ ACTIONS: dict[str, Action] = {
     PAUSE: Action(PAUSE, frozenset({states.RUNNING}), states.PAUSED, False, "paused",
                   "only a running campaign can be paused (cancel a scheduled or held one instead)"),
     RESUME: Action(RESUME, frozenset({states.PAUSED}), states.RUNNING, True, "resumed",
-                   "only a paused campaign can be resumed (a held one is released)"),
+                   "only a paused campaign can be resumed (a held one is released)",
+                   waits_for_run="is still finishing (its send tasks stop within seconds of a pause); try again "
+                                 "once that run has ended"),
     RELEASE: Action(RELEASE, frozenset({states.HELD}), states.RUNNING, True, "released",
                     "only a held campaign can be released (a paused one is resumed)"),
+    START: Action(START, frozenset({states.DRAFT, states.SCHEDULED}), states.RUNNING, True, "started",
+                  "only a draft or scheduled campaign can be started (a paused one is resumed, a held one released)",
+                  moves_now=False,
+                  waits_for_run="is still queued or running: the campaign is being started already"),
 }
 
 
@@ -75,7 +93,7 @@ class ActionResult:
     campaign_id: int
     action: str
     old_status: str
-    new_status: str
+    new_status: str | None  # None: the state is left to the send run (start)
     requested_at: datetime
     trigger_run_id: str | None
     cancelled: int
@@ -136,16 +154,22 @@ def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run
         name = f"campaign {campaign_id} ({campaign['key']!r})"
         if old not in spec.allowed_from:
             raise IllegalTransition(f"cannot {spec.name} {name}: it is {old}; {spec.hint}")
-        if spec.name == RESUME and campaign["run_id"] and run_is_active is not None \
+        if spec.name == START and campaign["recurrence"]:
+            raise IllegalTransition(f"cannot start {name}: it recurs ({campaign['recurrence']}); each occurrence "
+                                    "is its own campaign, started by dispatch_scheduled_campaigns")
+        if spec.waits_for_run and campaign["run_id"] and run_is_active is not None \
                 and run_is_active(campaign["run_id"]):
-            raise IllegalTransition(
-                f"cannot resume {name} yet: its previous send run {campaign['run_id']} is still finishing "
-                "(its send tasks stop within seconds of a pause); try again once that run has ended")
+            raise IllegalTransition(f"cannot {spec.name} {name} yet: its previous send run {campaign['run_id']} "
+                                    f"{spec.waits_for_run}")
         reason = f"{spec.done} by {actor}" + (f" (run {run_id})" if run_id else "")
+        new_status = spec.to if spec.moves_now else None
         row = states.record_action(conn, campaign_id, action=spec.name, actor=actor, run_id=run_id, old_status=old,
-                                   new_status=spec.to, reason=reason)
-        states.move_campaign(conn, campaign_id, spec.to, expected=old,
-                             reason=None if spec.to == states.RUNNING else reason)
+                                   new_status=new_status, reason=reason)
+        if spec.moves_now:
+            states.move_campaign(conn, campaign_id, spec.to, expected=old,
+                                 reason=None if spec.to == states.RUNNING else reason)
+        elif old == states.SCHEDULED:
+            conn.execute(sql["send-scheduled-now"], {"campaign_id": campaign_id})
         cancelled = ledger.cancel_pending(conn, campaign_id) if spec.name == CANCEL else 0
         trigger_run_id = None
         if spec.starts_send_run:
@@ -153,11 +177,11 @@ def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run
             conn.execute(sql["set-campaign-run"], {"campaign_id": campaign_id, "run_id": trigger_run_id})
         detail = {"cancelled": cancelled, "trigger_run_id": trigger_run_id, "previous_run_id": campaign["run_id"]}
         conn.execute(sql["set-action-detail"], {"id": row["id"], "detail": Jsonb(detail)})
-    log.info("%s: %s -> %s by %s%s", name, old, spec.to, spec.name,
+    log.info("%s: %s -> %s by %s%s", name, old, new_status or f"{spec.to} (by its send run)", spec.name,
              f"; {cancelled} pending recipient(s) cancelled" if spec.name == CANCEL else
              f"; send run {trigger_run_id}" if trigger_run_id else "")
     return ActionResult(action_id=row["id"], campaign_id=campaign_id, action=spec.name, old_status=old,
-                        new_status=spec.to, requested_at=row["requested_at"], trigger_run_id=trigger_run_id,
+                        new_status=new_status, requested_at=row["requested_at"], trigger_run_id=trigger_run_id,
                         cancelled=cancelled, repeated=False)
 
 
@@ -167,3 +191,53 @@ def _result(row: dict[str, Any], *, repeated: bool) -> ActionResult:
                         old_status=row["old_status"], new_status=row["new_status"],
                         requested_at=row["requested_at"], trigger_run_id=detail.get("trigger_run_id"),
                         cancelled=detail.get("cancelled", 0), repeated=repeated)
+
+
+def copy_key(key: str, taken: set[str]) -> str:
+    """The first free key of `<key>-copy`, `<key>-copy-2`, ...; the key's start is shortened to fit 128 characters."""
+    number = 1
+    while True:
+        suffix = COPY_SUFFIX if number == 1 else f"{COPY_SUFFIX}-{number}"
+        candidate = key[:MAX_KEY_LENGTH - len(suffix)] + suffix
+        if candidate not in taken:
+            return candidate
+        number += 1
+
+
+def duplicate_campaign(conn: psycopg.Connection, campaign_id: int, *, actor: str) -> dict[str, Any]:
+    """A new draft with the campaign's content, audience and settings under a new key; an action row on both.
+
+    The new campaign has no schedule, ledger or history: it is sent (or edited through send_campaign by its key)
+    like any draft. Returns the new row (id, key, name, status).
+    """
+    sql = queries.load("control")
+    with conn.transaction():
+        source = conn.execute(sql["lock-campaign"], {"campaign_id": campaign_id}).fetchone()
+        if source is None:
+            raise CampaignNotFound(f"campaign {campaign_id} does not exist")
+        base = source["key"][:MAX_KEY_LENGTH - len(COPY_SUFFIX)]
+        taken = {row["key"] for row in conn.execute(sql["keys-starting-with"], {"prefix": base})}
+        copy = conn.execute(sql["copy-campaign"], {"campaign_id": campaign_id,
+                                                   "key": copy_key(source["key"], taken)}).fetchone()
+        states.record_action(conn, campaign_id, action=DUPLICATE, actor=actor, old_status=source["status"],
+                             new_status=None, reason=f"duplicated by {actor} as campaign {copy['id']} "
+                                                     f"({copy['key']!r})", detail={"copy_id": copy["id"]})
+        states.record_action(conn, copy["id"], action=DUPLICATE, actor=actor, old_status=None,
+                             new_status=states.DRAFT, reason=f"created by {actor} as a copy of campaign "
+                                                             f"{campaign_id} ({source['key']!r})",
+                             detail={"source_id": campaign_id})
+    log.info("campaign %s (%r) duplicated as %s (%r) by %s", campaign_id, source["key"], copy["id"], copy["key"],
+             actor)
+    return copy
+
+
+def record_test_send(conn: psycopg.Connection, campaign_id: int, recipients: list[str], *, actor: str,
+                     run_id: str) -> dict[str, Any]:
+    """The campaign_actions row of a test send someone asked for (the send_test_email run `run_id` sends it)."""
+    campaign = conn.execute(queries.load("states")["campaign-status"], {"campaign_id": campaign_id}).fetchone()
+    if campaign is None:
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
+    return states.record_action(conn, campaign_id, action=TEST_SEND, actor=actor, run_id=None,
+                                old_status=campaign["status"], new_status=None,
+                                reason=f"test email to {len(recipients)} address(es) asked for by {actor}",
+                                detail={"test_run_id": run_id, "recipients": recipients})

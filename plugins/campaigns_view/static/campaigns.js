@@ -17,3 +17,31 @@ document.addEventListener("click", (event) => {
     // a parent of another origin: let the link navigate this frame
   }
 });
+
+// A campaign page follows its campaign while it can still change: every 2 s it reads progress.json, writes the
+// ledger counts into the "Progress now" table, and reloads the page once the state changes, so the buttons, the
+// reason and the charts match the new state (an action's result shows within one poll).
+const FINISHED = new Set(["sent", "cancelled", "failed"]);
+const head = document.querySelector("[data-progress-url]");
+if (head && !FINISHED.has(head.dataset.status)) {
+  const poll = async () => {
+    try {
+      const response = await fetch(head.dataset.progressUrl, { credentials: "same-origin", cache: "no-store" });
+      if (response.ok) {
+        const progress = await response.json();
+        if (progress.status !== head.dataset.status) {
+          window.location.replace(window.location.pathname);
+          return;
+        }
+        for (const cell of document.querySelectorAll("[data-live]")) {
+          const value = progress.counts[cell.dataset.live];
+          if (value !== undefined) cell.textContent = String(value);
+        }
+      }
+    } catch (err) {
+      // the api-server restarting: try again at the next tick
+    }
+    setTimeout(poll, 2000);
+  };
+  setTimeout(poll, 2000);
+}

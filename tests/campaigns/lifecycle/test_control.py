@@ -211,6 +211,9 @@ def test_cancel_without_a_run_cancels_the_pending_rows_directly(db, status):
     (states.SCHEDULED, "pause", "only a running campaign can be paused"),
     (states.FAILED, "cancel", "it is failed"),
     (states.PAUSED, "pause", "it is paused"),
+    (states.PAUSED, "start", "a paused one is resumed"),
+    (states.RUNNING, "start", "cannot start campaign 1 ('nov-news'): it is running"),
+    (states.SENT, "start", "it is sent"),
 ])
 def test_illegal_moves_fail_clearly_and_change_nothing(db, status, action, message):
     campaign_id = prepared_campaign(db, status)
@@ -225,7 +228,7 @@ def test_illegal_moves_fail_clearly_and_change_nothing(db, status, action, messa
 
 
 @pytest.mark.parametrize(("campaign_id", "action", "message"), [
-    (1, "stop", "action must be one of cancel, pause, resume, release, got 'stop'"),
+    (1, "stop", "action must be one of cancel, pause, resume, release, start, got 'stop'"),
     ("1", "pause", "campaign_id must be a whole number"),
     (True, "pause", "campaign_id must be a whole number"),
     (0, "pause", "campaign_id must be a whole number"),
@@ -293,3 +296,99 @@ def test_every_action_agrees_with_the_campaign_state_machine():
         for old in action.allowed_from:
             assert states.can_move(old, action.to), (action.name, old)
         assert not action.allowed_from & states.TERMINAL, action.name  # a finished campaign stays finished
+
+
+@pytest.mark.parametrize("status", [states.DRAFT, states.SCHEDULED])
+def test_start_names_a_send_run_and_leaves_the_move_to_running_to_it(db, status):
+    campaign_id = prepared_campaign(db, status)
+    db.execute("UPDATE campaigns SET send_at = now() + interval '3 days' WHERE id = %s", [campaign_id])
+
+    result = control.apply_action(db, campaign_id, "start", actor="ana")
+
+    assert result.trigger_run_id.startswith(f"campaign_control__start__campaign_{campaign_id}__action_")
+    assert result.as_xcom()["send_conf"] == {"campaign_id": campaign_id}
+    row = campaign(db, campaign_id)
+    assert (row["status"], row["run_id"]) == (status, result.trigger_run_id)  # the send run moves it
+    if status == states.SCHEDULED:  # due now: the send run's resolve step takes it at once
+        assert row["send_at"] <= result.requested_at
+    [action] = actions(db, campaign_id)
+    assert (action["action"], action["actor"], action["old_status"], action["new_status"]) == (
+        "start", "ana", status, None)
+    assert action["reason"] == "started by ana"
+
+
+def test_a_started_draft_is_sent_by_the_run_start_names(db, ses, monkeypatch):
+    monkeypatch.setenv("SES_SENDING_RATE", "500")
+    get_settings.cache_clear()
+    add_contacts(db, [f"d{i}@example.org" for i in range(4)])
+    campaign_id = definitions.upsert_campaign(db, definitions.CampaignDefinition.parse(inline_campaign()))["id"]
+
+    result = control.apply_action(db, campaign_id, "start", actor="ana")
+    dag_run = run_send_dag(parse_dag("send_campaign"), result.as_xcom()["send_conf"], result.trigger_run_id)
+
+    assert dag_run.state == "success"
+    assert campaign(db, campaign_id)["status"] == states.SENT
+    assert counts(db, campaign_id) == {"sent": 4}
+
+
+def test_a_second_start_is_refused_while_the_first_run_is_queued(db):
+    campaign_id = prepared_campaign(db, states.DRAFT)
+    first = control.apply_action(db, campaign_id, "start", actor="ana")
+
+    with pytest.raises(IllegalTransition, match=f"its previous send run {first.trigger_run_id} is still queued or "
+                                                "running: the campaign is being started already"):
+        control.apply_action(db, campaign_id, "start", actor="ana", run_is_active=lambda run_id: True)
+
+    assert len(actions(db, campaign_id)) == 1
+
+
+def test_a_recurring_campaign_is_never_started_itself(db):
+    campaign_id = prepared_campaign(db, states.SCHEDULED)
+    db.execute("UPDATE campaigns SET recurrence = '0 9 * * 1', send_at = now() + interval '1 day' WHERE id = %s",
+               [campaign_id])
+
+    with pytest.raises(IllegalTransition, match="it recurs"):
+        control.apply_action(db, campaign_id, "start", actor="ana")
+
+    assert actions(db, campaign_id) == []
+
+
+def test_duplicate_makes_a_draft_with_the_same_content_under_the_next_free_copy_key(db):
+    campaign_id = prepared_campaign(db, states.SENT)
+    db.execute("UPDATE campaigns SET preheader = 'Only this week', settings = '{\"track_opens\": false}' "
+               "WHERE id = %s", [campaign_id])
+    source = campaign(db, campaign_id)
+
+    first = control.duplicate_campaign(db, campaign_id, actor="ana")
+    second = control.duplicate_campaign(db, campaign_id, actor="ana")
+
+    assert (first["key"], second["key"]) == ("nov-news-copy", "nov-news-copy-2")
+    copy = campaign(db, first["id"])
+    for column in ("subject", "preheader", "from_email", "from_name", "reply_to", "html", "text", "audience",
+                   "settings"):
+        assert copy[column] == source[column], column
+    assert copy["name"] == f"{source['name']} (copy)"
+    assert (copy["status"], copy["snapshot"], copy["send_at"], copy["run_id"]) == (states.DRAFT, None, None, None)
+    assert counts(db, first["id"]) == {}
+    [on_copy] = actions(db, first["id"])
+    assert (on_copy["action"], on_copy["actor"], on_copy["new_status"]) == ("duplicate", "ana", "draft")
+    assert on_copy["detail"] == {"source_id": campaign_id}
+    on_source = actions(db, campaign_id)
+    assert [a["detail"] for a in on_source] == [{"copy_id": first["id"]}, {"copy_id": second["id"]}]
+
+
+def test_copy_keys_stay_within_128_characters():
+    assert control.copy_key("k" * 128, set()) == "k" * 123 + "-copy"
+    assert control.copy_key("a", {"a-copy", "a-copy-2"}) == "a-copy-3"
+    assert len(control.copy_key("k" * 128, {"k" * 123 + "-copy"})) == 128
+
+
+def test_a_test_send_is_recorded_with_who_asked_and_its_run(db):
+    campaign_id = prepared_campaign(db, states.DRAFT)
+
+    control.record_test_send(db, campaign_id, ["me@example.com"], actor="ana", run_id="campaigns_view__test__1")
+
+    [action] = actions(db, campaign_id)
+    assert (action["action"], action["actor"], action["old_status"], action["new_status"]) == (
+        "test_send", "ana", "draft", None)
+    assert action["detail"] == {"test_run_id": "campaigns_view__test__1", "recipients": ["me@example.com"]}
