@@ -1,24 +1,49 @@
 """
 ### send_campaign: one email campaign, one DAG run
 
-Trigger it from the form, the REST API or the CLI with either an existing campaign or an inline definition:
+**From the Trigger form** (no JSON): fill the sections and press Trigger.
+
+- **Content**: name, key (optional: empty = the name's slug and the run's date, e.g. `nov-news-20261205`, logged
+  as "campaign key: ..."), subject, preheader, from name and address (empty: the configured defaults), reply-to,
+  HTML, plain text (optional: made from the HTML).
+- **Campaign**: an existing campaign's id, to send a stored draft instead of Content.
+- **Audience**: lists (one per line), filters (`country: DE, AT`, one per line; a contact must match every line),
+  exclude lists (their members are left out).
+- **When**: now, at a date and time (read as wall-clock time in Time zone; must be in the future), or recurring
+  (a cron in Time zone). Time zone is an IANA name; empty: CAMPAIGN_TIMEZONE.
+- **Options**: track opens, track clicks, a "view in browser" footer link, batch size, dry run (off).
+- **Test first**: up to 20 addresses: the campaign is stored as a draft, ONLY `[TEST]` copies go out and the run
+  stops; its log says how to send for real.
+
+Airflow draws each section as a collapsed item: open it by its title. The same key again revises a draft
+(test -> fix -> test -> send); a campaign that is sending or sent refuses new content for its key.
+
+**From the REST API or the CLI**: the conf keys `campaign_id` or `campaign` (an inline definition), as before:
 
 ```json
 {"campaign_id": 42}
 {"campaign": {"key": "nov-news", "subject": "Hi {{ first_name | default('there') }}",
-              "from_email": "news@example.com", "html": "<p>Hello</p>",
-              "audience": {"lists": ["newsletter"], "where": {"country": ["DE", "AT"]}}},
- "batch_size": 500, "dry_run": false}
+              "preheader": "Our November picks", "from_email": "news@example.com", "html": "<p>Hello</p>",
+              "audience": {"lists": ["newsletter"], "where": {"country": ["DE", "AT"]},
+                           "exclude_lists": ["vip"]}},
+ "batch_size": 500, "dry_run": false, "test_recipients": ["me@example.com"]}
 ```
 
-`resolve_campaign -> preflight -> snapshot_recipients -> plan_batches -> send_batch (mapped) -> finalize`
+`campaign` and `scheduled_for` (set by `dispatch_scheduled_campaigns`) are plain conf keys, not form fields;
+`campaign` is checked against the definition's JSON schema in `resolve_campaign`. Any form field may also be
+given as a conf key of the same name. Give exactly one of `campaign_id`, `campaign` or the form's fields.
 
-Nothing is sent before preflight passes. The ledger (`campaign_recipients`) guarantees that a recipient never
-gets the campaign twice, whatever crashes; `finalize` reports sent, failed, skipped by reason and unknown.
-A dry run stops after preflight, snapshot and plan.
+`resolve_campaign -> send_tests_first -> preflight -> snapshot_recipients -> plan_batches -> send_batch (mapped)
+-> finalize`
 
-An inline campaign with `send_at` (ISO 8601 with a timezone) or a cron `recurrence` is stored as `scheduled` and
-the run ends after resolve_campaign without sending; `dispatch_scheduled_campaigns` starts its send when it is due.
+Nothing is sent before preflight passes (or, for a test first, before every test copy renders). The ledger
+(`campaign_recipients`) guarantees that a recipient never gets the campaign twice, whatever crashes; `finalize`
+reports sent, failed, skipped by reason and unknown. A dry run stops after preflight, snapshot and plan.
+
+A campaign with a send time (`send_at` with a timezone in the inline JSON; When = at in the form) or a cron
+`recurrence` is stored as `scheduled` and the run ends after resolve_campaign without sending;
+`dispatch_scheduled_campaigns` starts its send when it is due. An inline `send_at` in the past means "send now";
+the form refuses a time in the past.
 """
 
 from __future__ import annotations
@@ -28,21 +53,17 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from campaigns.config import MAX_BATCH_SIZE, MIN_BATCH_SIZE
-from campaigns.lifecycle.definitions import CAMPAIGN_JSON_SCHEMA
+from campaigns.config import get_settings
+from campaigns.lifecycle.form import param_specs
 
-PARAMS = {
-    "campaign_id": Param(None, type=["null", "integer"], minimum=1,
-                         description="An existing campaign's id (leave empty when you define `campaign` inline)."),
-    "campaign": Param(None, **CAMPAIGN_JSON_SCHEMA,
-                      description="An inline campaign, created or updated by its `key`."),
-    "batch_size": Param(None, type=["null", "integer"], minimum=MIN_BATCH_SIZE, maximum=MAX_BATCH_SIZE,
-                        description="Recipients per page (default: SES_BATCH_SIZE, 500)."),
-    "dry_run": Param(False, type="boolean", description="Stop after preflight, snapshot and plan: send nothing."),
-    "scheduled_for": Param(None, type=["null", "string"],
-                           description="Set by dispatch_scheduled_campaigns: the send_at this run was started for "
-                                       "(leave empty when triggering by hand)."),
-}
+# The form's fields (campaigns.lifecycle.form); the configured defaults (from address, time zone) are read from the
+# environment, never from a database or a Variable.
+PARAMS = {name: Param(**spec) for name, spec in param_specs(get_settings()).items()}
+
+
+def run_conf(context) -> dict:
+    """The form's fields (params) with the machine-only conf keys (`campaign`, `scheduled_for`) on top."""
+    return {**dict(context["params"]), **(context["dag_run"].conf or {})}
 
 
 @dag(
@@ -65,10 +86,29 @@ def send_campaign():
         from campaigns.lifecycle.pipeline import resolve_campaign as resolve
 
         context = get_current_context()
+        dag_run = context["dag_run"]
         try:
-            return resolve(dict(context["params"]), context["run_id"])
+            return resolve(run_conf(context), context["run_id"], run_date=dag_run.logical_date or dag_run.run_after)
         except CampaignError as exc:  # a bad campaign fails once, clearly, before anything is sent
             raise AirflowFailException(str(exc)) from exc
+
+    # short_circuit: a run with test addresses sends only the [TEST] copies and ends here, successfully.
+    @task.short_circuit(retries=0)  # a retry would send the tests again
+    def send_tests_first(campaign_id: int) -> bool:
+        from campaigns.errors import CampaignError
+        from campaigns.lifecycle.pipeline import send_tests_first as send_tests
+
+        context = get_current_context()
+        try:
+            report = send_tests(campaign_id, run_conf(context), context["run_id"])
+        except CampaignError as exc:  # refused (suppressed address, template error): nothing was sent
+            raise AirflowFailException(str(exc)) from exc
+        if report is None:
+            return True
+        if report["failed"]:
+            failed = [f"{r['email']}: {r['error']}" for r in report["results"] if r["status"] == "failed"]
+            raise AirflowFailException(f"{report['failed']} test email(s) failed: " + "; ".join(failed))
+        return False
 
     @task(retries=0)
     def preflight(campaign_id: int) -> dict:
@@ -130,12 +170,14 @@ def send_campaign():
         raise AirflowFailException("a task of this campaign run failed; see its log")
 
     campaign_id = resolve_campaign()
+    tests_only = send_tests_first(campaign_id)
     report = preflight(campaign_id)
+    tests_only >> report
     snapshot = snapshot_recipients(campaign_id, report)
     batches = plan_batches(campaign_id, snapshot)
     sent = send_batch.expand(descriptor=batches)
     done = finalize(campaign_id, sent)
-    [campaign_id, report, snapshot, batches, sent, done] >> fail_run_if_a_task_failed()
+    [campaign_id, tests_only, report, snapshot, batches, sent, done] >> fail_run_if_a_task_failed()
 
 
 send_campaign()

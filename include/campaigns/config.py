@@ -17,6 +17,7 @@ from dataclasses import field as dataclass_field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from campaigns.errors import ConfigError
 
@@ -79,6 +80,14 @@ def _words(name: str, raw: str) -> tuple[str, ...]:
 
 def _flag(name: str, raw: str) -> bool:
     return raw.lower() not in _OFF
+
+
+def _zone(name: str, raw: str) -> str:
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{name} must be an IANA time zone such as Europe/Vienna or UTC, got {raw!r}") from exc
+    return raw
 
 
 def _base_url(name: str, raw: str) -> str:
@@ -174,6 +183,9 @@ class Settings:
     events_retention_days: int = declare(
         400, "EVENTS_RETENTION_DAYS", "email_events older than this are pruned once rolled up; 0 keeps them",
         read=_number(0, integer=True))
+    timezone: str = declare(
+        "UTC", "CAMPAIGN_TIMEZONE", "IANA time zone of the send_campaign form's send time and cron when it names "
+        "none", read=_zone)
     schedule_hold_after_hours: float = declare(
         6.0, "SCHEDULE_HOLD_AFTER_HOURS", "a scheduled campaign found later than this is held, not sent",
         read=_number(0.01))

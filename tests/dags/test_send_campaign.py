@@ -170,9 +170,6 @@ def test_suppressed_unsubscribed_and_duplicate_case_addresses_are_skipped_by_rea
     ("batch_size", "five hundred"),
     ("batch_size", 0),
     ("campaign_id", "42"),
-    ("campaign", {"key": "x", "subject": "s", "html": "<p>h</p>", "audience": {"lists": []}}),
-    ("campaign", {"key": "bad key!", "subject": "s", "html": "<p>h</p>", "audience": {"lists": ["a"]}}),
-    ("campaign", {"key": "k", "subject": "s", "html": "<p>h</p>", "audience": {"lists": ["a"]}, "sql": "x"}),
 ])
 def test_param_schema_rejects_wrong_types_and_values_at_trigger_time(send_dag, name, value):
     from airflow.sdk.definitions.param import ParamsDict
@@ -183,13 +180,47 @@ def test_param_schema_rejects_wrong_types_and_values_at_trigger_time(send_dag, n
         params[name] = value
 
 
+# `campaign` is a plain conf key now (not a form field): the same schema refuses it in resolve_campaign, before
+# anything is stored, with the field named. (Moved from the Param test above when `campaign` left the params.)
+@pytest.mark.parametrize(("value", "message"), [
+    ({"key": "x", "subject": "s", "html": "<p>h</p>", "audience": {"lists": []}},
+     r"campaign\.audience\.lists: \[\] should be non-empty"),
+    ({"key": "bad key!", "subject": "s", "html": "<p>h</p>", "audience": {"lists": ["a"]}},
+     r"campaign\.key: 'bad key!' does not match"),
+    ({"key": "k", "subject": "s", "html": "<p>h</p>", "audience": {"lists": ["a"]}, "sql": "x"},
+     r"campaign: Additional properties are not allowed \('sql' was unexpected\)"),
+    ({"key": "k", "subject": 5, "html": "<p>h</p>", "audience": {"lists": ["a"]}},
+     r"campaign\.subject: 5 is not of type 'string'"),
+])
+def test_inline_campaign_schema_refuses_wrong_types_and_values_naming_the_field(db, settings, value, message):
+    from campaigns.errors import CampaignDefinitionError
+    from campaigns.lifecycle.pipeline import resolve_campaign
+
+    with pytest.raises(CampaignDefinitionError, match=message):
+        resolve_campaign({"campaign": value}, "manual__1")
+
+    assert db.execute("SELECT count(*) AS n FROM campaigns").fetchone()["n"] == 0
+
+
+def test_an_inline_campaign_of_the_wrong_type_fails_the_run_and_stores_nothing(send_dag, db, ses):
+    dag_run = run(send_dag, {"campaign": {"key": "k", "subject": ["s"], "html": "<p>h</p>",
+                                          "audience": {"lists": ["newsletter"]}}})
+
+    assert dag_run.state == "failed"
+    assert db.execute("SELECT count(*) AS n FROM campaigns").fetchone()["n"] == 0
+    assert sent_messages() == []
+
+
 def test_param_schema_accepts_the_documented_conf(send_dag):
     from airflow.sdk.definitions.param import ParamsDict
 
+    from campaigns.lifecycle.definitions import validate_inline
+
     params = ParamsDict(send_dag.params)
-    params["campaign"] = inline_campaign(audience={"lists": ["newsletter"], "where": {"country": ["DE", "AT"]}})
     params["batch_size"] = 500
+    params["campaign_id"] = None
     assert params.validate()["batch_size"] == 500
+    validate_inline(inline_campaign(audience={"lists": ["newsletter"], "where": {"country": ["DE", "AT"]}}))
 
 
 def test_header_injection_through_a_merge_value_fails_preflight_with_the_reason(send_dag, db, ses):

@@ -1,4 +1,8 @@
-"""Campaign definitions: validate an inline campaign from a run's conf, create or update it by key, load it."""
+"""Campaign definitions: validate an inline campaign from a run's conf, create or update it by key, load it.
+
+Both ways to define a campaign end here: the inline `campaign` JSON of the REST API, and the send_campaign form,
+whose fields campaigns.lifecycle.form turns into the same dict. `parse` checks it and names the bad field.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from jsonschema import FormatChecker
+from jsonschema.exceptions import best_match
+from jsonschema.validators import validator_for
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -18,21 +25,23 @@ from campaigns.lifecycle import scheduling
 from campaigns.lifecycle.scheduling import Recurrence
 
 KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-CONTENT_FIELDS = ("name", "subject", "from_email", "from_name", "reply_to", "html", "text")
-SETTING_KEYS = {"track_opens": bool, "track_clicks": bool, "auto_footer": bool}
+CONTENT_FIELDS = ("name", "subject", "preheader", "from_email", "from_name", "reply_to", "html", "text")
+SETTING_KEYS = {"track_opens": bool, "track_clicks": bool, "auto_footer": bool, "view_in_browser_footer": bool}
 DEFINITION_KEYS = {"key", "audience", "settings", "send_at", "recurrence", *CONTENT_FIELDS}
 # An occurrence's key is the template's key plus ":YYYYMMDDTHHMMZ" (15 characters) and must still fit 128.
 MAX_RECURRING_KEY = 128 - 15
 
 _OPTIONAL_TEXT = {"type": ["string", "null"]}
-# The trigger form's schema for an inline campaign: wrong types and values are rejected when the run is
-# triggered (UI, REST API, CLI); rules across fields are checked by CampaignDefinition.parse.
+_LIST_NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}}
+# The schema of an inline campaign (dag_run.conf `campaign`): `validate_inline` refuses wrong types and values
+# before anything is stored; rules across fields are checked by CampaignDefinition.parse.
 CAMPAIGN_JSON_SCHEMA = {
     "type": ["null", "object"],
     "properties": {
         "key": {"type": "string", "pattern": KEY.pattern},
         "name": _OPTIONAL_TEXT,
         "subject": {"type": "string", "minLength": 1, "maxLength": 998},
+        "preheader": _OPTIONAL_TEXT,
         "from_email": _OPTIONAL_TEXT,
         "from_name": _OPTIONAL_TEXT,
         "reply_to": _OPTIONAL_TEXT,
@@ -41,7 +50,8 @@ CAMPAIGN_JSON_SCHEMA = {
         "audience": {
             "type": "object",
             "properties": {
-                "lists": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                "lists": {**_LIST_NAMES, "minItems": 1},
+                "exclude_lists": _LIST_NAMES,
                 "where": {"type": "object", "additionalProperties": {
                     "type": ["string", "number", "boolean", "array"],
                     "items": {"type": ["string", "number", "boolean"]}}},
@@ -51,8 +61,7 @@ CAMPAIGN_JSON_SCHEMA = {
         },
         "settings": {
             "type": "object",
-            "properties": {"track_opens": {"type": "boolean"}, "track_clicks": {"type": "boolean"},
-                           "auto_footer": {"type": "boolean"}},
+            "properties": {name: {"type": "boolean"} for name in SETTING_KEYS},
             "additionalProperties": False,
         },
         "send_at": {"type": ["string", "null"], "minLength": 1,
@@ -70,6 +79,15 @@ CAMPAIGN_JSON_SCHEMA = {
 }
 
 
+def validate_inline(raw: Any) -> None:
+    """Check an inline campaign against CAMPAIGN_JSON_SCHEMA; the error names the field (campaign.audience.lists)."""
+    validator = validator_for(CAMPAIGN_JSON_SCHEMA)(CAMPAIGN_JSON_SCHEMA, format_checker=FormatChecker())
+    error = best_match(validator.iter_errors(raw))
+    if error is not None:
+        where = ".".join(["campaign", *map(str, error.absolute_path)])
+        raise CampaignDefinitionError(f"{where}: {error.message}")
+
+
 @dataclass(frozen=True)
 class CampaignDefinition:
     """An inline campaign as given in a DAG run's conf; `parse` checks every field and names the bad one."""
@@ -80,6 +98,7 @@ class CampaignDefinition:
     from_email: str
     html: str
     audience: Audience
+    preheader: str | None = None
     from_name: str | None = None
     reply_to: str | None = None
     text: str | None = None
@@ -88,8 +107,10 @@ class CampaignDefinition:
     recurrence: Recurrence | None = None  # set: a recurring template whose occurrences are sent
 
     @classmethod
-    def parse(cls, raw: Any, *, default_from_email: str | None = None,
-              default_from_name: str | None = None, default_reply_to: str | None = None) -> CampaignDefinition:
+    def parse(cls, raw: Any, *, default_from_email: str | None = None, default_from_name: str | None = None,
+              default_reply_to: str | None = None, prefix: str = "campaign.") -> CampaignDefinition:
+        """`prefix` goes before every field an error names: "campaign." for the inline JSON, "" for the form,
+        whose fields are called like the definition's (subject, key, ...)."""
         if not isinstance(raw, dict):
             raise CampaignDefinitionError("campaign must be an object")
         unknown = set(raw) - DEFINITION_KEYS
@@ -98,12 +119,12 @@ class CampaignDefinition:
         key = raw.get("key")
         if not isinstance(key, str) or not KEY.match(key):
             raise CampaignDefinitionError(
-                "campaign.key is required: 1-128 characters of letters, digits and . _ : - (e.g. 'nov-news')")
+                f"{prefix}key is required: 1-128 characters of letters, digits and . _ : - (e.g. 'nov-news')")
         values: dict[str, Any] = {}
         for name in CONTENT_FIELDS:
             value = raw.get(name)
             if value is not None and not isinstance(value, str):
-                raise CampaignDefinitionError(f"campaign.{name} must be a string")
+                raise CampaignDefinitionError(f"{prefix}{name} must be a string")
             values[name] = value if value not in ("",) else None
         values["from_email"] = values["from_email"] or default_from_email
         values["from_name"] = values["from_name"] or default_from_name
@@ -112,29 +133,29 @@ class CampaignDefinition:
         for required in ("subject", "html", "from_email"):
             if not values[required]:
                 hint = " (or set SES_FROM_EMAIL)" if required == "from_email" else ""
-                raise CampaignDefinitionError(f"campaign.{required} is required{hint}")
+                raise CampaignDefinitionError(f"{prefix}{required} is required{hint}")
         settings = raw.get("settings") or {}
         if not isinstance(settings, dict):
-            raise CampaignDefinitionError("campaign.settings must be an object")
+            raise CampaignDefinitionError(f"{prefix}settings must be an object")
         for name, value in settings.items():
             if name not in SETTING_KEYS:
                 raise CampaignDefinitionError(
-                    f"campaign.settings.{name} is not a setting (known: {', '.join(sorted(SETTING_KEYS))})")
+                    f"{prefix}settings.{name} is not a setting (known: {', '.join(sorted(SETTING_KEYS))})")
             if not isinstance(value, SETTING_KEYS[name]):
-                raise CampaignDefinitionError(f"campaign.settings.{name} must be a {SETTING_KEYS[name].__name__}")
+                raise CampaignDefinitionError(f"{prefix}settings.{name} must be a {SETTING_KEYS[name].__name__}")
         if "audience" not in raw:
-            raise CampaignDefinitionError("campaign.audience is required, e.g. {\"lists\": [\"newsletter\"]}")
+            raise CampaignDefinitionError(f"{prefix}audience is required, e.g. {{\"lists\": [\"newsletter\"]}}")
         send_at = recurrence = None
         if raw.get("send_at") is not None and raw.get("recurrence") is not None:
             raise CampaignDefinitionError(
-                "give campaign.send_at (send once, then) or campaign.recurrence (send every occurrence), not both")
+                f"give {prefix}send_at (send once, then) or {prefix}recurrence (send every occurrence), not both")
         if raw.get("send_at") is not None:
-            send_at = scheduling.parse_send_at(raw["send_at"])
+            send_at = scheduling.parse_send_at(raw["send_at"], field=f"{prefix}send_at")
         if raw.get("recurrence") is not None:
-            recurrence = Recurrence.parse(raw["recurrence"])
+            recurrence = Recurrence.parse(raw["recurrence"], field=f"{prefix}recurrence")
             if len(key) > MAX_RECURRING_KEY:
                 raise CampaignDefinitionError(
-                    f"campaign.key of a recurring campaign may have at most {MAX_RECURRING_KEY} characters "
+                    f"{prefix}key of a recurring campaign may have at most {MAX_RECURRING_KEY} characters "
                     "(each occurrence's key adds its time)")
         return cls(key=key, audience=Audience.parse(raw["audience"]), settings=dict(settings), send_at=send_at,
                    recurrence=recurrence, **values)
@@ -177,19 +198,22 @@ class CampaignDefinition:
 
 
 def upsert_campaign(conn: psycopg.Connection, definition: CampaignDefinition,
-                    *, now: datetime | None = None) -> dict[str, Any]:
+                    *, now: datetime | None = None, keep_timing: bool = False) -> dict[str, Any]:
     """Create the campaign or update it by key; content and timing may change only while it is a draft or scheduled.
 
     A definition with send_at or recurrence stores the campaign as `scheduled` (a new send_at reschedules it);
-    `now` (default: the clock) is where a recurrence's next occurrence is counted from.
+    `now` (default: the clock) is where a recurrence's next occurrence is counted from. `keep_timing` (a run that
+    only sends tests first) stores the content alone: a new campaign is a draft, a stored one keeps its timing, so
+    a test never schedules anything.
     """
     now = now or datetime.now(UTC)
     with conn.transaction():
         row = conn.execute(queries.load("definitions")["lock-campaign-by-key"], {"key": definition.key}).fetchone()
         if row is None:
-            values = {**definition.row_values(), **definition.timing_values(None, now)}
+            timing = {"status": states.DRAFT} if keep_timing else definition.timing_values(None, now)
+            values = {**definition.row_values(), **timing}
             return conn.execute(_with_fields("insert-campaign", values), values).fetchone()
-        same_timing = definition.same_timing_as(row)
+        same_timing = keep_timing or definition.same_timing_as(row)
         if definition.same_content_as(row) and same_timing:
             return row
         if row["status"] not in (states.DRAFT, states.SCHEDULED):
@@ -199,9 +223,10 @@ def upsert_campaign(conn: psycopg.Connection, definition: CampaignDefinition,
                 raise IllegalTransition(
                     f"campaign {definition.key!r} is {row['status']}; it can no longer be rescheduled ({hint})")
             raise CampaignDefinitionError(
-                f"campaign {definition.key!r} is {row['status']}; its content can no longer change "
-                "(use a new key for a new campaign)")
-        values = {**definition.row_values(), **definition.timing_values(row, now)}
+                f"key {definition.key!r} belongs to a campaign that is {row['status']}; its content can no longer "
+                "change (give a new key for a new campaign)")
+        timing = {} if keep_timing else definition.timing_values(row, now)
+        values = {**definition.row_values(), **timing}
         # Guarded by the status read under the row lock: draft -> scheduled is the state machine's move.
         updated = conn.execute(_with_fields("update-campaign", values),
                                {**values, "id": row["id"], "old_status": row["status"]}).fetchone()

@@ -1,6 +1,7 @@
 """The send_campaign pipeline, one function per DAG task. DAG files only wire these together.
 
-resolve_campaign -> preflight -> snapshot_recipients -> plan_batches -> send_batch.expand(...) -> finalize
+resolve_campaign -> send_tests_first -> preflight -> snapshot_recipients -> plan_batches -> send_batch.expand(...)
+-> finalize
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from campaigns import db, queries, states
 from campaigns.config import MAX_BATCH_SIZE, MIN_BATCH_SIZE, Settings, get_settings
 from campaigns.errors import CampaignDefinitionError, IllegalTransition
 from campaigns.feedback.links import register_links
-from campaigns.lifecycle import definitions, scheduling
+from campaigns.lifecycle import definitions, form, scheduling, testsend
 from campaigns.lifecycle.reputation import ReputationGuard
 from campaigns.sending import ledger, preflight
 from campaigns.sending.ledger import Attempt
@@ -37,6 +38,7 @@ class RunOptions:
 
     batch_size: int
     dry_run: bool
+    test_recipients: tuple[str, ...] = ()  # given: the run sends only [TEST] copies to these, then stops
 
     @classmethod
     def from_conf(cls, conf: dict[str, Any], settings: Settings) -> RunOptions:
@@ -47,36 +49,69 @@ class RunOptions:
                 or not MIN_BATCH_SIZE <= batch_size <= MAX_BATCH_SIZE):
             raise CampaignDefinitionError(f"batch_size must be a whole number from {MIN_BATCH_SIZE} to "
                                           f"{MAX_BATCH_SIZE}, got {batch_size!r}")
-        return cls(batch_size=batch_size, dry_run=bool(conf.get("dry_run", False)))
+        tests = form.lines(conf, "test_recipients")
+        if len(tests) > testsend.MAX_RECIPIENTS:
+            raise CampaignDefinitionError(
+                f"test_recipients: at most {testsend.MAX_RECIPIENTS} addresses, got {len(tests)}")
+        return cls(batch_size=batch_size, dry_run=bool(conf.get("dry_run") or False), test_recipients=tuple(tests))
 
 
-def resolve_campaign(conf: dict[str, Any], run_id: str, *, now: datetime | None = None) -> int | None:
-    """Load the campaign by id, or create/update it from the inline definition by key.
+def definition_from_conf(conf: dict[str, Any], *, settings: Settings, now: datetime,
+                         run_date: datetime) -> definitions.CampaignDefinition | None:
+    """The run's campaign: the inline `campaign` JSON or the form's fields, parsed alike; None for `campaign_id`."""
+    filled = form.filled_fields(conf)
+    given = [name for name, present in (("`campaign_id`", conf.get("campaign_id") is not None),
+                                         ("`campaign`", conf.get("campaign") is not None),
+                                         (f"the form's fields ({', '.join(filled)})", bool(filled))) if present]
+    if len(given) != 1:
+        raise CampaignDefinitionError(
+            "give exactly one of `campaign_id` (an existing campaign), `campaign` (an inline definition) or the "
+            f"form's Content and Audience fields; got {' and '.join(given) or 'none of them'}")
+    defaults = {"default_from_email": settings.from_email, "default_from_name": settings.from_name,
+                "default_reply_to": settings.reply_to}
+    if conf.get("campaign") is not None:
+        definitions.validate_inline(conf["campaign"])
+        return definitions.CampaignDefinition.parse(conf["campaign"], **defaults)
+    if filled:
+        raw = form.form_definition(conf, run_date=run_date, now=now, settings=settings)
+        return definitions.CampaignDefinition.parse(raw, prefix="", **defaults)
+    if (conf.get("when") or form.NOW) != form.NOW:
+        raise CampaignDefinitionError(
+            "when: a stored campaign (campaign_id) is sent now; to schedule it, define it with a send time")
+    return None
 
-    Returns its id when this run sends it now, None when it must not be sent now: scheduled for later, a recurring
-    template, or (for a run the dispatcher started, conf `scheduled_for`) rescheduled, held or taken by another run.
+
+def resolve_campaign(conf: dict[str, Any], run_id: str, *, now: datetime | None = None,
+                     run_date: datetime | None = None) -> int | None:
+    """Load the campaign by id, or create/update it by key from the inline definition or the form's fields.
+
+    Returns its id when this run sends it (or, with test recipients, only its [TEST] copies) now, None when it
+    must not be sent now: scheduled for later, a recurring template, or (for a run the dispatcher started, conf
+    `scheduled_for`) rescheduled, held or taken by another run. `run_date` (default `now`) dates a derived key.
+    Every check runs before anything is stored; nothing here talks to SES.
     """
     settings = get_settings()
-    RunOptions.from_conf(conf, settings)  # rules across fields fail here, before anything is sent
-    has_id, has_inline = conf.get("campaign_id") is not None, conf.get("campaign") is not None
-    if has_id == has_inline:
-        raise CampaignDefinitionError(
-            "give exactly one of `campaign_id` (an existing campaign) or `campaign` (an inline definition); "
-            f"got {'both' if has_id else 'neither'}")
+    options = RunOptions.from_conf(conf, settings)  # rules across fields fail here, before anything is sent
+    now = now or datetime.now(UTC)
+    definition = definition_from_conf(conf, settings=settings, now=now, run_date=run_date or now)
+    if options.test_recipients:  # the addresses are checked before the campaign is stored
+        request_for_tests(options, campaign_id=conf.get("campaign_id"), key=definition and definition.key)
     scheduled_for = conf.get("scheduled_for")
     if scheduled_for is not None:
         scheduled_for = scheduling.parse_send_at(scheduled_for, field="scheduled_for")
-    now = now or datetime.now(UTC)
     with db.campaign_db(settings.db_conn_id) as conn:
         timed = False
-        if has_inline:
-            definition = definitions.CampaignDefinition.parse(
-                conf["campaign"], default_from_email=settings.from_email,
-                default_from_name=settings.from_name, default_reply_to=settings.reply_to)
-            campaign = definitions.upsert_campaign(conn, definition, now=now)
+        if definition is not None:
+            log.info("campaign key: %s", definition.key)
+            campaign = definitions.upsert_campaign(conn, definition, now=now,
+                                                   keep_timing=bool(options.test_recipients))
             timed = definition.send_at is not None or definition.recurrence is not None
         else:
             campaign = definitions.load_campaign(conn, conf["campaign_id"])
+        if options.test_recipients:
+            log.info("campaign %s (%r) is %s; this run sends only [TEST] copies to %s", campaign["id"],
+                     campaign["key"], campaign["status"], ", ".join(options.test_recipients))
+            return campaign["id"]
         status = campaign["status"]
         not_now = scheduling.skip_reason(conn, campaign, run_id=run_id, now=now, scheduled_for=scheduled_for,
                                          timed_definition=timed,
@@ -97,6 +132,38 @@ def resolve_campaign(conf: dict[str, Any], run_id: str, *, now: datetime | None 
                                     "(use a new key for a new campaign)")
         log.info("campaign %s (%r) is %s", campaign["id"], campaign["key"], status)
         return campaign["id"]
+
+
+def request_for_tests(options: RunOptions, *, campaign_id: int | None = None,
+                 key: str | None = None) -> testsend.TestSendRequest:
+    """The run's test recipients as the send_test_email DAG's request, checked (at most 20, valid addresses)."""
+    return testsend.TestSendRequest.parse({"campaign_id": campaign_id, "campaign_key": None if campaign_id else key,
+                                           "recipients": list(options.test_recipients)})
+
+
+def send_tests_first(campaign_id: int, conf: dict[str, Any], run_id: str) -> dict[str, Any] | None:
+    """With test recipients: send only the [TEST] copies (testsend, as send_test_email does); else None.
+
+    The log says how to send for real: test -> look -> send is the analyst's path.
+    """
+    from campaigns.sending.resources import send_resources
+    from campaigns.sending.ses import SesTransport
+
+    settings = get_settings()
+    options = RunOptions.from_conf(conf, settings)
+    if not options.test_recipients:
+        return None
+    request = request_for_tests(options, campaign_id=campaign_id)
+    with (send_resources(settings=settings) as resources,
+          db.campaign_db(settings.db_conn_id, autocommit=True) as conn):
+        transport = SesTransport(resources.ses_client, configuration_set=settings.configuration_set)
+        report = testsend.send_test(conn, request, run_id=run_id, transport=transport, limiter=resources.limiter,
+                                    settings=settings)
+    log.info("test first: %d [TEST] cop%s sent, %d failed; nothing else was sent. To send for real, trigger "
+             "send_campaign again with the same fields and no test addresses, or press Start on the Campaigns "
+             "page: campaign %s (%r)", report["sent"], "y" if report["sent"] == 1 else "ies", report["failed"],
+             campaign_id, report["key"])
+    return report
 
 
 def run_preflight(campaign_id: int, conf: dict[str, Any], ses_client) -> dict[str, Any]:

@@ -65,6 +65,37 @@ def parse_send_at(raw: Any, *, field: str = "campaign.send_at") -> datetime:
     return moment.astimezone(UTC)
 
 
+def zone_named(name: Any, *, field: str) -> ZoneInfo:
+    """The IANA time zone called `name`; the error names the field it came from."""
+    if not isinstance(name, str) or not name.strip():
+        raise CampaignDefinitionError(f"{field} is required: an IANA name such as 'Europe/Vienna' or 'UTC'")
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise CampaignDefinitionError(
+            f"{field} {name!r} is not a known IANA timezone (e.g. 'Europe/Vienna', 'UTC')") from exc
+
+
+def parse_wall_clock(raw: Any, zone: str, *, field: str = "send_at", zone_field: str = "timezone") -> datetime:
+    """A time read as wall-clock time in `zone`, in UTC; an explicit offset other than UTC's is honoured.
+
+    Airflow's date-time picker has no zone of its own and sends what was picked with a UTC offset ("+00:00" or
+    "Z"), so a zero offset means "no zone given": 09:00 picked with Europe/Vienna is 09:00 in Vienna. A time
+    typed by hand with another offset (2026-12-05T09:00:00+01:00) means exactly that moment.
+    """
+    tz = zone_named(zone, field=zone_field)
+    if not isinstance(raw, str) or not raw.strip():
+        raise CampaignDefinitionError(f"{field} is required: the date and time to send at")
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError as exc:
+        raise CampaignDefinitionError(
+            f"{field} must be a date and time such as 2026-12-05T09:00:00, got {raw!r}") from exc
+    if moment.utcoffset() in (None, timedelta(0)):
+        moment = moment.replace(tzinfo=tz)
+    return moment.astimezone(UTC)
+
+
 @dataclass(frozen=True)
 class Recurrence:
     """A 5-field cron expression evaluated in an IANA timezone (so 09:00 stays 09:00 across DST changes).
@@ -76,33 +107,28 @@ class Recurrence:
     timezone: str
 
     @classmethod
-    def parse(cls, raw: Any) -> Recurrence:
-        """From a definition: {"cron": "0 9 * * MON", "timezone": "Europe/Vienna"}."""
+    def parse(cls, raw: Any, *, field: str = "campaign.recurrence") -> Recurrence:
+        """From a definition: {"cron": "0 9 * * MON", "timezone": "Europe/Vienna"}; errors name `field`.cron/.timezone.
+
+        field="" names the parts alone, as the send_campaign form calls its fields `cron` and `timezone`.
+        """
         example = '{"cron": "0 9 * * MON", "timezone": "Europe/Vienna"}'
+        cron_field, zone_field = (f"{field}.cron", f"{field}.timezone") if field else ("cron", "timezone")
         if not isinstance(raw, dict) or set(raw) != {"cron", "timezone"}:
-            raise CampaignDefinitionError(f"campaign.recurrence must be an object like {example}")
+            raise CampaignDefinitionError(f"{field or 'recurrence'} must be an object like {example}")
         cron, zone = raw["cron"], raw["timezone"]
         if not isinstance(cron, str) or len(cron.split()) != 5:
             raise CampaignDefinitionError(
-                f"campaign.recurrence.cron must have 5 fields (minute hour day-of-month month day-of-week), "
-                f"got {cron!r}")
+                f"{cron_field} must have 5 fields (minute hour day-of-month month day-of-week), got {cron!r}")
         cron = " ".join(cron.split())
         if not croniter.is_valid(cron):
-            raise CampaignDefinitionError(f"campaign.recurrence.cron {cron!r} is not a valid cron expression")
-        if not isinstance(zone, str) or not zone.strip():
-            raise CampaignDefinitionError(
-                "campaign.recurrence.timezone is required: an IANA name such as 'Europe/Vienna' or 'UTC'")
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise CampaignDefinitionError(
-                f"campaign.recurrence.timezone {zone!r} is not a known IANA timezone (e.g. 'Europe/Vienna', 'UTC')"
-            ) from exc
-        recurrence = cls(cron=cron, timezone=zone)
+            raise CampaignDefinitionError(f"{cron_field} {cron!r} is not a valid cron expression")
+        zone_named(zone, field=zone_field)
+        recurrence = cls(cron=cron, timezone=zone.strip())
         try:
             recurrence.next_after(datetime.now(UTC))
         except CroniterError as exc:  # valid fields that never meet, e.g. 30 February
-            raise CampaignDefinitionError(f"campaign.recurrence.cron {cron!r} never occurs") from exc
+            raise CampaignDefinitionError(f"{cron_field} {cron!r} never occurs") from exc
         return recurrence
 
     @classmethod
