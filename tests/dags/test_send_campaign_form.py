@@ -104,7 +104,7 @@ def test_test_first_then_the_same_fields_without_addresses_sends_for_real(send_d
 def test_test_first_with_a_send_time_stores_a_draft_and_schedules_nothing(send_dag, db, ses):
     add_contacts(db, ["ana@example.org"])
 
-    dag_run = send_dag.test(run_conf=form(filters=[], when="at", send_at="2099-12-05T09:00:00+00:00",
+    dag_run = send_dag.test(run_conf=form(filters=[], when="at", send_date="2099-12-05", send_time="09:00",
                                           test_recipients=["me@example.com"]))
 
     assert dag_run.state == "success"
@@ -128,7 +128,7 @@ def test_a_stored_draft_is_tested_by_its_campaign_id(send_dag, db, ses):
 def test_a_scheduled_send_from_the_form_is_stored_in_utc_and_not_sent(send_dag, db, ses):
     add_contacts(db, ["ana@example.org"])
 
-    dag_run = send_dag.test(run_conf=form(filters=[], when="at", send_at="2099-12-05T09:00:00+00:00",
+    dag_run = send_dag.test(run_conf=form(filters=[], when="at", send_date="2099-12-05", send_time="09:00",
                                           timezone="Europe/Vienna"))
 
     assert dag_run.state == "success"
@@ -140,7 +140,7 @@ def test_a_scheduled_send_from_the_form_is_stored_in_utc_and_not_sent(send_dag, 
 
 @pytest.mark.parametrize("bad", [
     {"subject": None},
-    {"when": "at", "send_at": "2020-01-01T09:00:00+00:00"},
+    {"when": "at", "send_date": "2020-01-01", "send_time": "09:00"},
     {"filters": ["country DE"]},
     {"test_recipients": ["not an address"]},
 ])

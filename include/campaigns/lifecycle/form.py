@@ -29,12 +29,13 @@ NOW, AT, RECURRING = "now", "at", "recurring"
 TEXT_FIELDS = ("name", "key", "subject", "preheader", "from_name", "from_email", "reply_to", "html", "text")
 LIST_FIELDS = ("lists", "filters", "exclude_lists")
 # Filled in, these define a campaign in the form (rather than by `campaign_id` or the inline `campaign` JSON).
-DEFINING_FIELDS = (*TEXT_FIELDS, *LIST_FIELDS, "send_at", "cron")
+DEFINING_FIELDS = (*TEXT_FIELDS, *LIST_FIELDS, "send_date", "send_time", "cron")
 SETTING_FIELDS = ("track_opens", "track_clicks", "view_in_browser_footer")
 COMMON_ZONES = ("UTC", "Europe/London", "Europe/Berlin", "Europe/Vienna", "Europe/Paris", "Europe/Madrid",
                 "Europe/Warsaw", "Europe/Helsinki", "America/New_York", "America/Chicago", "America/Denver",
                 "America/Los_Angeles", "America/Sao_Paulo", "Asia/Dubai", "Asia/Kolkata", "Asia/Singapore",
                 "Asia/Tokyo", "Australia/Sydney")
+CLOCK_PATTERN = r"^([01]?[0-9]|2[0-3]):[0-5][0-9]$"
 FILTER_LINE = re.compile(r"^\s*(?P<field>[^:]+?)\s*:\s*(?P<values>.*?)\s*$")
 # A derived key is <slug>-YYYYMMDD and must leave room for a recurring occurrence's suffix.
 MAX_SLUG = MAX_RECURRING_KEY - len("-YYYYMMDD")
@@ -88,9 +89,15 @@ def param_specs(settings: Settings) -> dict[str, dict[str, Any]]:
                        type=_TEXT, enum=[NOW, AT, RECURRING, None],
                        values_display={NOW: "Now", AT: "At a date and time", RECURRING: "Recurring (cron)",
                                        "null": "(empty: now)"}),
-        "send_at": _field(WHEN, "Send at", "For 'at a date and time': read as wall-clock time in Time zone below "
-                          "(the picker's UTC offset is ignored; a time typed with another offset is kept). Must be "
-                          "in the future.", type=_TEXT, format="date-time"),
+        # A date and a time of day, not Airflow's date-time picker: that one converts what was picked from the UI's
+        # own time zone (the browser's, unless changed) to UTC, so the zone the analyst means would be applied
+        # twice. The time is text with proposals: JSON schema's "time" format demands a UTC offset ("09:00:00Z"),
+        # which the browser's time input never sends.
+        "send_date": _field(WHEN, "Send on", "For 'at a date and time': the day, in Time zone below.", type=_TEXT,
+                            format="date"),
+        "send_time": _field(WHEN, "Send at", "For 'at a date and time': the time of day, 24 h (e.g. 09:00 or "
+                            "17:30), on the clock of Time zone below. Must be in the future.", type=_TEXT,
+                            pattern=CLOCK_PATTERN, examples=[f"{hour:02d}:00" for hour in range(6, 23)]),
         "timezone": _field(WHEN, "Time zone", f"An IANA name, e.g. Europe/Vienna. Empty: {settings.timezone} "
                            "(CAMPAIGN_TIMEZONE).", default=settings.timezone, type=_TEXT,
                            examples=list(COMMON_ZONES)),
@@ -195,22 +202,22 @@ def form_definition(conf: dict[str, Any], *, run_date: datetime, now: datetime,
 
 
 def timing(conf: dict[str, Any], *, now: datetime, settings: Settings) -> dict[str, Any]:
-    """The definition's send_at or recurrence from When, Send at, Time zone and Cron."""
+    """The definition's send_at or recurrence from When, Send on/at, Time zone and Cron."""
     when = conf.get("when") or NOW
     zone = text(conf, "timezone") or settings.timezone
-    send_at, cron = text(conf, "send_at"), text(conf, "cron")
+    day, clock, cron = text(conf, "send_date"), text(conf, "send_time"), text(conf, "cron")
     if when not in (NOW, AT, RECURRING):
         raise CampaignDefinitionError(f"when must be one of {NOW}, {AT}, {RECURRING}; got {when!r}")
-    if send_at is not None and when != AT:
-        raise CampaignDefinitionError(f"send_at is filled in but when is {when!r}: pick 'at a date and time' or "
-                                      "clear send_at")
+    for name, value in (("send_date", day), ("send_time", clock)):
+        if value is not None and when != AT:
+            raise CampaignDefinitionError(f"{name} is filled in but when is {when!r}: pick 'at a date and time' "
+                                          f"or clear {name}")
     if cron is not None and when != RECURRING:
         raise CampaignDefinitionError(f"cron is filled in but when is {when!r}: pick 'recurring' or clear cron")
     if when == AT:
-        moment = scheduling.parse_wall_clock(send_at, zone)
+        moment = scheduling.wall_clock(day, clock, zone)
         if moment <= now:
-            local = moment.astimezone(scheduling.zone_named(zone, field="timezone"))
-            raise CampaignDefinitionError(f"send_at {local:%Y-%m-%d %H:%M} {zone} is in the past")
+            raise CampaignDefinitionError(f"send_date/send_time {day} {clock} {zone} is in the past")
         return {"send_at": scheduling.utc_text(moment)}
     if when == RECURRING:
         if cron is None:

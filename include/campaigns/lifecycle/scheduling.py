@@ -39,6 +39,8 @@ DISPATCH_LIMIT = 500
 # Counting skipped occurrences of a very frequent cron after a long outage is bounded; beyond it we say "at least".
 MISSED_COUNT_LIMIT = 10_000
 _STORED = re.compile(r"^CRON_TZ=(?P<tz>\S+) (?P<cron>.+)$")
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_CLOCK = re.compile(r"\d{1,2}:\d{2}(:\d{2})?")
 
 
 def utc_text(moment: datetime) -> str:
@@ -76,23 +78,28 @@ def zone_named(name: Any, *, field: str) -> ZoneInfo:
             f"{field} {name!r} is not a known IANA timezone (e.g. 'Europe/Vienna', 'UTC')") from exc
 
 
-def parse_wall_clock(raw: Any, zone: str, *, field: str = "send_at", zone_field: str = "timezone") -> datetime:
-    """A time read as wall-clock time in `zone`, in UTC; an explicit offset other than UTC's is honoured.
+def wall_clock(day: Any, clock: Any, zone: str) -> datetime:
+    """`day` (2026-12-05) at `clock` (09:00, 9:00 or 09:00:00) on the clock of `zone`, in UTC: the form's Send on/at.
 
-    Airflow's date-time picker has no zone of its own and sends what was picked with a UTC offset ("+00:00" or
-    "Z"), so a zero offset means "no zone given": 09:00 picked with Europe/Vienna is 09:00 in Vienna. A time
-    typed by hand with another offset (2026-12-05T09:00:00+01:00) means exactly that moment.
+    A clock time that a DST change skips (02:30 on the spring-forward night) is refused; one it repeats is the
+    first of the two (fold 0), as cron does.
     """
-    tz = zone_named(zone, field=zone_field)
-    if not isinstance(raw, str) or not raw.strip():
-        raise CampaignDefinitionError(f"{field} is required: the date and time to send at")
+    tz = zone_named(zone, field="timezone")
+    if not isinstance(day, str) or not _DAY.fullmatch(day.strip()):
+        raise CampaignDefinitionError(f"send_date is required: the day to send on, e.g. 2026-12-05; got {day!r}")
+    if not isinstance(clock, str) or not _CLOCK.fullmatch(clock.strip()):
+        raise CampaignDefinitionError(f"send_time is required: the time of day, e.g. 09:00; got {clock!r}")
+    day, clock = day.strip(), clock.strip()
+    if clock.index(":") == 1:  # 9:00 -> 09:00
+        clock = "0" + clock
     try:
-        moment = datetime.fromisoformat(raw.strip())
+        naive = datetime.fromisoformat(f"{day}T{clock}")
     except ValueError as exc:
-        raise CampaignDefinitionError(
-            f"{field} must be a date and time such as 2026-12-05T09:00:00, got {raw!r}") from exc
-    if moment.utcoffset() in (None, timedelta(0)):
-        moment = moment.replace(tzinfo=tz)
+        raise CampaignDefinitionError(f"send_date/send_time {day} {clock} is not a date and time: {exc}") from exc
+    moment = naive.replace(tzinfo=tz)
+    if moment.astimezone(UTC).astimezone(tz).replace(tzinfo=None) != naive:
+        raise CampaignDefinitionError(f"send_time {clock} does not exist on {day} in {zone} (the clocks skip it "
+                                      "for summer time): pick another time")
     return moment.astimezone(UTC)
 
 
