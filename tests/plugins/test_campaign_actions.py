@@ -248,3 +248,14 @@ def test_progress_json_equals_the_database(analyst, db):
 
 def test_progress_of_an_unknown_campaign_is_404(analyst, db):
     assert analyst.get("/999/progress.json").status_code == 404
+
+
+def test_a_draft_says_how_to_send_it_for_real_and_a_sent_campaign_does_not(admin, db):
+    campaign_id = prepared_campaign(db, states.DRAFT)
+
+    hint = lxml.html.fromstring(admin.get(f"/{campaign_id}").text).xpath("//*[@data-next-step]")
+    assert len(hint) == 1
+    assert "Start" in hint[0].text_content()
+    assert f"campaign id {campaign_id}" in hint[0].text_content()
+    db.execute("UPDATE campaigns SET status = 'sent' WHERE id = %s", [campaign_id])
+    assert lxml.html.fromstring(admin.get(f"/{campaign_id}").text).xpath("//*[@data-next-step]") == []
