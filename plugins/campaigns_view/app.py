@@ -44,7 +44,7 @@ from fastapi.templating import Jinja2Templates
 from campaigns import db
 from campaigns.config import Settings, get_settings
 from campaigns.errors import CampaignDefinitionError, CampaignNotFound, IllegalTransition
-from campaigns.lifecycle import control, definitions
+from campaigns.lifecycle import control, definitions, testsend
 from campaigns.lifecycle.testsend import MAX_RECIPIENTS, TestSendRequest
 from campaigns_view import charts, data, guard, preview, runs
 
@@ -150,7 +150,7 @@ def create_app(dsn: str | None = None, settings: Settings | None = None) -> Fast
                    "done": DONE.get(done or ""), "query": q or "",
                    "matches": preview.search(conn, campaign, q) if q else None,
                    "searches_ledger": campaign["snapshot"] is not None,
-                   "samples": preview.sample_values(campaign, settings, {}),
+                   "samples": testsend.sample_form_values(campaign, settings, {}),
                    "test_sends": data.recent_test_sends(conn, campaign_id),
                    "progress": data.progress(conn, campaign_id), "MAX_TEST_RECIPIENTS": MAX_RECIPIENTS}
         return templates.TemplateResponse(request, "campaign.html", context)
@@ -168,7 +168,7 @@ def create_app(dsn: str | None = None, settings: Settings | None = None) -> Fast
         query = urlencode(list(request.query_params.multi_items()))
         return templates.TemplateResponse(request, "preview.html", {
             **_links(request), "campaign": campaign, "preview": shown, "html_query": query,
-            "samples": preview.sample_values(campaign, settings, _sample_given(request))},
+            "samples": testsend.sample_form_values(campaign, settings, _sample_given(request))},
             status_code=422 if shown.error else 200)
 
     @app.get("/{campaign_id}/preview.html", dependencies=authorized)
@@ -207,7 +207,7 @@ def create_app(dsn: str | None = None, settings: Settings | None = None) -> Fast
                            recipients: Annotated[str, Form(max_length=20_000)] = "",
                            sample_values: Annotated[str, Form(max_length=20_000)] = "") -> Response:
         conf = {"campaign_id": campaign_id, "recipients": _lines(recipients.replace(",", "\n")),
-                "sample_values": _sample_lines(sample_values)}
+                "sample_values": testsend.parse_sample_lines(_lines(sample_values))}
         try:
             definitions.load_campaign(conn, campaign_id)
             checked = TestSendRequest.parse(conf)
@@ -291,12 +291,6 @@ def _sample_given(request: Request) -> dict[str, str]:
 
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _sample_lines(text: str) -> dict[str, str]:
-    """`name: value` lines (the test-send form's sample values) as a dict; a line without a colon is a name."""
-    pairs = (line.partition(":") for line in _lines(text))
-    return {name.strip(): value.strip() for name, _, value in pairs if name.strip()}
 
 
 def _back(request: Request, campaign_id: int, done: str) -> RedirectResponse:

@@ -31,7 +31,7 @@ from campaigns.audience.filters import Audience
 from campaigns.config import Settings
 from campaigns.errors import CampaignDefinitionError, CampaignNotFound, InvalidToken
 from campaigns.feedback.tokens import CLICK, TokenCodec
-from campaigns.lifecycle.testsend import TEST_RECIPIENT_ID
+from campaigns.lifecycle.testsend import TEST_RECIPIENT_ID, sample_values
 from campaigns.sending import ledger
 from campaigns.sending.messages import composer_for, read_message
 from campaigns_view.data import QUERIES
@@ -53,15 +53,6 @@ class Preview:
     html: str = ""
     links: list[str] = field(default_factory=list)
     error: str | None = None
-
-
-def sample_values(campaign: dict[str, Any], settings: Settings, given: dict[str, str]) -> dict[str, str]:
-    """A value for every merge field the templates use: the one given, else a readable stand-in."""
-    try:
-        fields = composer_for(campaign, settings).fields
-    except ValueError:  # the templates do not compile: the preview says why
-        fields = frozenset()
-    return {name: given.get(name, name.replace("_", " ").title()) for name in sorted(fields | set(given))}
 
 
 def render(campaign: dict[str, Any], settings: Settings, *, who: str, recipient_id: int, to: str,

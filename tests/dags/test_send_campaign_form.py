@@ -173,3 +173,15 @@ def test_a_list_that_does_not_exist_or_a_template_error_fails_preflight_with_not
     assert problem in str(campaign["preflight"]).lower()
     assert count(db, "campaign_recipients") == 0
     assert sent_messages() == []
+
+
+def test_a_test_address_that_is_not_a_contact_renders_with_the_forms_samples_or_stand_ins(send_dag, db, ses):
+    add_contacts(db, ["ana@example.org"])
+    conf = form(subject="Hi {{ first_name }} from {{ city }}", filters=[], test_recipients=["me@example.com"],
+                test_sample_values=["city: Graz"])
+
+    dag_run = send_dag.test(run_conf=conf)
+
+    assert dag_run.state == "success"
+    # `city` as the form gave it; `first_name`, a field the address has no contact for, as a stand-in
+    assert subjects(sent_messages()) == ["[TEST] Hi First Name from Graz"]

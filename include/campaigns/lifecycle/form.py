@@ -120,6 +120,10 @@ def param_specs(settings: Settings) -> dict[str, dict[str, Any]]:
                                   "line. Given: the campaign is stored as a draft and ONLY [TEST] copies go out; "
                                   "trigger again without addresses to send for real.", **_LINES,
                                   maxItems=MAX_RECIPIENTS),
+        "test_sample_values": _field(TEST_FIRST, "Sample values (optional)", "For test addresses that are not "
+                                     "contacts: one per line, field: value, e.g. first_name: Ana. Empty: a "
+                                     "stand-in per field (first_name -> First Name). A contact's test uses their "
+                                     "own data.", **_LINES),
     }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -153,9 +153,12 @@ def send_tests_first(campaign_id: int, conf: dict[str, Any], run_id: str) -> dic
     options = RunOptions.from_conf(conf, settings)
     if not options.test_recipients:
         return None
-    request = request_for_tests(options, campaign_id=campaign_id)
     with (send_resources(settings=settings) as resources,
           db.campaign_db(settings.db_conn_id, autocommit=True) as conn):
+        # a test address that is not a contact renders with the form's sample values, stand-ins for the rest
+        given = testsend.parse_sample_lines(form.lines(conf, "test_sample_values"))
+        samples = testsend.sample_values(definitions.load_campaign(conn, campaign_id), settings, given)
+        request = replace(request_for_tests(options, campaign_id=campaign_id), sample_values=samples)
         transport = SesTransport(resources.ses_client, configuration_set=settings.configuration_set)
         report = testsend.send_test(conn, request, run_id=run_id, transport=transport, limiter=resources.limiter,
                                     settings=settings)

@@ -113,6 +113,40 @@ def composer_for_test(campaign: dict[str, Any], settings: Settings):
                         settings)
 
 
+def sample_values(campaign: dict[str, Any], settings: Settings, given: dict[str, str]) -> dict[str, str]:
+    """Merge values for rendering without a contact: the non-empty ones given, and a readable stand-in
+    (`first_name` -> "First Name") for each field the templates use without a default; a field they guard
+    (`| default('there')`) is left out, so its default shows, as it would for a contact without it."""
+    values = {name: value for name, value in given.items() if value != ""}
+    for name in _template_fields(campaign, settings)[1] - set(values):
+        values[name] = name.replace("_", " ").title()
+    return dict(sorted(values.items()))
+
+
+def sample_form_values(campaign: dict[str, Any], settings: Settings, given: dict[str, str]) -> dict[str, str]:
+    """Every merge field the templates use, for a form of sample values: what `sample_values` renders with, ""
+    where the template's default applies."""
+    values = sample_values(campaign, settings, given)
+    return {name: values.get(name, "") for name in sorted(_template_fields(campaign, settings)[0] | set(values))}
+
+
+def _template_fields(campaign: dict[str, Any], settings: Settings) -> tuple[frozenset[str], frozenset[str]]:
+    """(every merge field the templates use, those used without a default); none when they do not compile (the
+    send, or the preview, says why)."""
+    try:
+        composer = composer_for(campaign, settings)
+    except ValueError:
+        return frozenset(), frozenset()
+    return composer.fields, composer.required_fields
+
+
+def parse_sample_lines(lines: list[str]) -> dict[str, str]:
+    """`name: value` lines (a form's sample values) as a dict; a line with no value is left out (the template's
+    default, or a stand-in, applies)."""
+    pairs = (line.partition(":") for line in lines)
+    return {name.strip(): value.strip() for name, _, value in pairs if name.strip() and value.strip()}
+
+
 def merge_data(contact: dict[str, Any] | None, address: str, sample: dict[str, Any]) -> dict[str, Any]:
     """A contact's data as the ledger would freeze it, else the sample values; `email` is always the address."""
     if contact is None:

@@ -199,7 +199,7 @@ class Composer:
         self._uses_view = any(VIEW_VAR in meta.find_undeclared_variables(part.ast)
                               for part in (self._subject, self._html, self._text) if part is not None)
         self.fields = frozenset(fields)
-        self._required = frozenset(required)
+        self.required_fields = frozenset(required)  # used outside `| default(...)` / `is defined`
         self._recording: list[TemplatePart] | None = None
         self._globals = dict(self._html.template.globals)
         self._qp_text: dict[str, str] = {}
@@ -282,7 +282,7 @@ class Composer:
         reason, all candidates are reported.
         """
         merge_data = merge_data or {}
-        candidates = {name for name in self._required if name not in merge_data}
+        candidates = {name for name in self.required_fields if name not in merge_data}
         if not candidates:
             return set()
         recorded: set[str] = set()
