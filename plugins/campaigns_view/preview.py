@@ -19,6 +19,7 @@ targets as text. The open pixel is removed outright.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +65,9 @@ def render(campaign: dict[str, Any], settings: Settings, *, who: str, recipient_
     except ValueError as exc:  # TemplateProblem, AddressProblem: the analyst fixes the campaign
         return Preview(who=who, error=str(exc))
     html, links = disarm(message.html, composer.links, settings)
-    return Preview(who=who, subject=message.subject, preheader=message.preheader, text=message.text,
-                   headers=message.headers, html=html, links=links)
+    return Preview(who=who, subject=message.subject, preheader=message.preheader,
+                   text=disarm_text(message.text, composer.links, settings), headers=message.headers, html=html,
+                   links=links)
 
 
 def for_ledger_row(conn: psycopg.Connection, campaign: dict[str, Any], settings: Settings, row_id: int) -> Preview:
@@ -141,6 +143,15 @@ def disarm(html: str, links: list[str], settings: Settings) -> tuple[str, list[s
         if (meta.get("http-equiv") or "").lower() == "refresh":
             meta.drop_tree()
     return lxml.html.tostring(doc, doctype="<!DOCTYPE html>", encoding="unicode"), list(dict.fromkeys(targets))
+
+
+def disarm_text(text: str, links: list[str], settings: Settings) -> str:
+    """The text part with each tracked link (click, unsubscribe) shown as where it leads, so copying one out of
+    the preview records nothing for the recipient."""
+    base = settings.tracking_base_url.rstrip("/")
+    codec = TokenCodec(settings.tracking_secret_keys)
+    tracked = re.compile(re.escape(base) + r"/[cu]/[A-Za-z0-9_-]+")
+    return tracked.sub(lambda match: link_target(match[0], base, codec, links), text)
 
 
 def link_target(href: str, base: str, codec: TokenCodec, links: list[str]) -> str:
