@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 STACK   := $(PY) -m devstack
 
-.PHONY: help install services test lint up down demo status lock clean
+.PHONY: help install services test lint up down demo status lock clean screenshots
 
 help:
 	@echo "make test    install, start PostgreSQL + Redis, migrate, then ruff + pytest"
@@ -16,6 +16,7 @@ help:
 	@echo "make down    stop exactly what make up started"
 	@echo "make status  what is running"
 	@echo "make clean   stop everything and delete what the stack made (.local, and its folder in /var/tmp)"
+	@echo "make screenshots  refresh docs/images/ from the analyst journey's browser test"
 
 $(PY):
 	@command -v $(PYTHON3) >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 || \
@@ -53,6 +54,12 @@ status: $(STAMP)
 
 demo: up
 	$(PY) -m devstack.demo
+
+# docs/images/: the analyst journey's screenshots (docs/analysts.md shows them), taken by its browser test on the
+# test stack. Not part of `make test`, whose screenshots go to artifacts/ (git-ignored).
+screenshots: $(STAMP)
+	$(STACK) prepare-tests
+	DOCS_SCREENSHOTS=$(CURDIR)/docs/images $(VENV)/bin/pytest -q tests/e2e/test_analyst_journey.py -k trigger_form
 
 # Re-resolve the pins: a fresh venv, the direct dependencies from requirements.txt, one pip resolve, one freeze.
 lock:

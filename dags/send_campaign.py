@@ -9,8 +9,8 @@
 - **Campaign**: an existing campaign's id, to send a stored draft instead of Content.
 - **Audience**: lists (one per line), filters (`country: DE, AT`, one per line; a contact must match every line),
   exclude lists (their members are left out).
-- **When**: now, at a date and time (Send on + Send at, read on the clock of Time zone; must be in the future), or recurring
-  (a cron in Time zone). Time zone is an IANA name; empty: CAMPAIGN_TIMEZONE.
+- **When**: now, at a date and time (Send on + Send at, read on the clock of Time zone; must be in the future), or
+  recurring (a cron in Time zone). Time zone is an IANA name; empty: CAMPAIGN_TIMEZONE.
 - **Options**: track opens, track clicks, a "view in browser" footer link, batch size, dry run (off).
 - **Test first**: up to 20 addresses: the campaign is stored as a draft, ONLY `[TEST]` copies go out and the run
   stops; its log says how to send for real.
