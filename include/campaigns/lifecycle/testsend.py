@@ -117,17 +117,22 @@ def sample_values(campaign: dict[str, Any], settings: Settings, given: dict[str,
     """Merge values for rendering without a contact: the non-empty ones given, and a readable stand-in
     (`first_name` -> "First Name") for each field the templates use without a default; a field they guard
     (`| default('there')`) is left out, so its default shows, as it would for a contact without it."""
-    values = {name: value for name, value in given.items() if value != ""}
-    for name in _template_fields(campaign, settings)[1] - set(values):
-        values[name] = name.replace("_", " ").title()
-    return dict(sorted(values.items()))
+    return _with_stand_ins(_template_fields(campaign, settings)[1], given)
 
 
 def sample_form_values(campaign: dict[str, Any], settings: Settings, given: dict[str, str]) -> dict[str, str]:
     """Every merge field the templates use, for a form of sample values: what `sample_values` renders with, ""
     where the template's default applies."""
-    values = sample_values(campaign, settings, given)
-    return {name: values.get(name, "") for name in sorted(_template_fields(campaign, settings)[0] | set(values))}
+    fields, required = _template_fields(campaign, settings)  # one Composer for both
+    values = _with_stand_ins(required, given)
+    return {name: values.get(name, "") for name in sorted(fields | set(values))}
+
+
+def _with_stand_ins(required: frozenset[str], given: dict[str, str]) -> dict[str, str]:
+    values = {name: value for name, value in given.items() if value != ""}
+    for name in required - set(values):
+        values[name] = name.replace("_", " ").title()
+    return dict(sorted(values.items()))
 
 
 def _template_fields(campaign: dict[str, Any], settings: Settings) -> tuple[frozenset[str], frozenset[str]]:
