@@ -24,6 +24,17 @@ Routes of our own (everything else is moto's):
     GET /inbox/<id>                      one message: its headers, text part, and HTML part in a sandboxed iframe
     GET /inbox/<id>/html                 the HTML part alone, for that iframe, under a strict Content-Security-Policy
 
+The SES account-level suppression list, which moto does not have (5.2.5 answers 404 to all four calls), is served
+by `AccountSuppressionList` on the REST paths of botocore's sesv2 model, with SES's answers and errors:
+
+    GET    /v2/email/suppression/addresses           ListSuppressedDestinations (StartDate, EndDate, Reason,
+                                                     PageSize, NextToken)
+    PUT    /v2/email/suppression/addresses           PutSuppressedDestination (BadRequestException: bad reason)
+    GET    /v2/email/suppression/addresses/<email>   GetSuppressedDestination (NotFoundException: not on it)
+    DELETE /v2/email/suppression/addresses/<email>   DeleteSuppressedDestination (NotFoundException: not on it)
+
+Tests seed it with a chosen LastUpdateTime: `app.suppressions.seed("ann@example.com", "BOUNCE", at)`.
+
 Why a page of our own rather than a mail catcher: the messages arrive by the SES API, not SMTP. Debian packages
 none of MailHog, Mailpit or MailDev; maildump (PyPI) and MailDev (npm) catch SMTP only, so they would need an SMTP
 relay hop per message, another process (maildump also brings gevent into Airflow's pinned environment, MailDev a
@@ -44,8 +55,10 @@ import io
 import json
 import logging
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
 from typing import Any
@@ -62,6 +75,9 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[AcceptedMessage], None]
 SEND_EMAIL_PATH = "/v2/email/outbound-emails"
+SUPPRESSION_PATH = "/v2/email/suppression/addresses"
+SUPPRESSION_REASONS = ("BOUNCE", "COMPLAINT")
+SUPPRESSION_MAX_PAGE_SIZE = 1000  # SES's own maximum and its default
 DEFAULT_MAX_MESSAGES = 100_000
 INBOX_PAGE_SIZE = 200
 # The HTML part runs with no scripts, no plugins, no forms and an opaque origin even when opened on its own (the
@@ -178,6 +194,7 @@ class LocalSes:
         self._listeners_lock = threading.Lock()
         self._pages = _Pages(store)
         self._mounts: dict[str, Callable] = {}
+        self.suppressions = AccountSuppressionList()
 
     def mount(self, path: str, app: Callable) -> None:
         """Serve exactly `path` with the WSGI app `app` (the event publisher's /sns/* routes)."""
@@ -199,8 +216,11 @@ class LocalSes:
             return self._pages(environ, start_response)
         if method == "POST" and path == SEND_EMAIL_PATH:
             return self._send_email(environ, start_response, received_at)
+        if path == SUPPRESSION_PATH or path.startswith(SUPPRESSION_PATH + "/"):
+            return self.suppressions(environ, start_response)
         if method == "POST" and path == "/moto-api/reset":
             self.store.clear()
+            self.suppressions.clear()
         return self.moto(environ, start_response)
 
     def _send_email(self, environ: dict[str, Any], start_response: Callable,
@@ -242,6 +262,173 @@ class LocalSes:
                 listener(message)
             except Exception:  # a listener never fails the SendEmail answer
                 log.exception("local SES: listener %r failed for message %s", listener, message.message_id)
+
+
+class SesApiError(Exception):
+    """An SES error answer: its code (SES's exception name), HTTP status and message."""
+
+    def __init__(self, code: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+    def response(self) -> Response:
+        """As SES v2 answers (rest-json): the code in x-amzn-ErrorType, the message in the body."""
+        return Response(json.dumps({"message": str(self)}), status=self.status, mimetype="application/json",
+                        headers={"x-amzn-ErrorType": self.code})
+
+
+@dataclass(frozen=True)
+class SuppressedDestination:
+    """One address on the account list, as SES keeps it."""
+
+    email: str
+    reason: str
+    last_update_time: dt.datetime
+    message_id: str | None = None
+    feedback_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def summary(self) -> dict[str, Any]:
+        """A SuppressedDestinationSummary; LastUpdateTime in Unix seconds, as SES sends timestamps."""
+        return {"EmailAddress": self.email, "Reason": self.reason,
+                "LastUpdateTime": self.last_update_time.timestamp()}
+
+
+class AccountSuppressionList:
+    """The SES account-level suppression list (the four calls moto lacks), in memory and thread-safe.
+
+    Listed oldest LastUpdateTime first; NextToken is the position after the last entry returned (not an offset), so
+    entries added while a caller pages never shift a page. Addresses are matched case-insensitively, as SES does.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, SuppressedDestination] = {}
+        self._lock = threading.Lock()
+        self.urls = Map([
+            Rule(SUPPRESSION_PATH, endpoint="collection", methods=["GET", "PUT"]),
+            Rule(f"{SUPPRESSION_PATH}/<path:email>", endpoint="address", methods=["GET", "DELETE"]),
+        ], strict_slashes=False)
+
+    def seed(self, email: str, reason: str, last_update_time: dt.datetime | None = None,
+             message_id: str | None = None) -> None:
+        """Put an address on the list as SES would have (a test's way to say when SES added it)."""
+        entry = SuppressedDestination(email, reason, last_update_time or dt.datetime.now(dt.UTC), message_id)
+        with self._lock:
+            self._entries[email.lower()] = entry
+
+    def entries(self) -> list[SuppressedDestination]:
+        """Every entry, in list order."""
+        with self._lock:
+            return sorted(self._entries.values(), key=lambda e: (e.last_update_time, e.email.lower()))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            try:
+                endpoint, args = self.urls.bind_to_environ(environ).match(request.path, method=request.method)
+            except HTTPException as exc:
+                raise SesApiError("BadRequestException", 400, f"unsupported request: {exc.name}") from exc
+            if endpoint == "collection":
+                body = self._list(request) if request.method == "GET" else self._put(request)
+            else:
+                body = self._get(args["email"]) if request.method == "GET" else self._delete(args["email"])
+            response = Response(json.dumps(body), mimetype="application/json")
+        except SesApiError as exc:
+            response = exc.response()
+        return response(environ, start_response)
+
+    def _list(self, request: Request) -> dict[str, Any]:
+        args = request.args
+        start, end = _query_time(args, "StartDate"), _query_time(args, "EndDate")
+        reasons = args.getlist("Reason")
+        for reason in reasons:
+            _check_reason(reason)
+        size = _page_size(args.get("PageSize"))
+        after = _next_token_position(args.get("NextToken"))
+        matching = [e for e in self.entries()
+                    if (start is None or e.last_update_time >= start) and (end is None or e.last_update_time <= end)
+                    and (not reasons or e.reason in reasons)
+                    and (after is None or (e.last_update_time.timestamp(), e.email.lower()) > after)]
+        page = matching[:size]
+        body: dict[str, Any] = {"SuppressedDestinationSummaries": [e.summary() for e in page]}
+        if len(matching) > size:
+            last = page[-1]
+            position = json.dumps([last.last_update_time.timestamp(), last.email.lower()])
+            body["NextToken"] = base64.urlsafe_b64encode(position.encode()).decode()
+        return body
+
+    def _put(self, request: Request) -> dict[str, Any]:
+        try:
+            payload = json.loads(request.get_data() or b"{}")
+        except ValueError as exc:
+            raise SesApiError("BadRequestException", 400, "the request body is not JSON") from exc
+        email, reason = payload.get("EmailAddress"), payload.get("Reason")
+        if not isinstance(email, str) or "@" not in email:
+            raise SesApiError("BadRequestException", 400, f"invalid EmailAddress: {email!r}")
+        _check_reason(reason)
+        self.seed(email, reason)
+        return {}
+
+    def _get(self, email: str) -> dict[str, Any]:
+        entry = self._find(email)
+        return {"SuppressedDestination": {**entry.summary(), "Attributes": {
+            **({"MessageId": entry.message_id} if entry.message_id else {}), "FeedbackId": entry.feedback_id}}}
+
+    def _delete(self, email: str) -> dict[str, Any]:
+        self._find(email)
+        with self._lock:
+            self._entries.pop(email.lower(), None)
+        return {}
+
+    def _find(self, email: str) -> SuppressedDestination:
+        with self._lock:
+            entry = self._entries.get(email.lower())
+        if entry is None:
+            raise SesApiError("NotFoundException", 404, f"Email address {email} does not exist on your "
+                              "suppression list.")
+        return entry
+
+
+def _check_reason(reason: Any) -> None:
+    if reason not in SUPPRESSION_REASONS:
+        raise SesApiError("BadRequestException", 400, f"Reason must be one of {', '.join(SUPPRESSION_REASONS)}, "
+                          f"got {reason!r}")
+
+
+def _query_time(args: Any, name: str) -> dt.datetime | None:
+    """A timestamp from the query string: ISO 8601, as botocore serialises it there (Unix seconds accepted too)."""
+    raw = args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = (dt.datetime.fromtimestamp(float(raw), dt.UTC) if raw.replace(".", "", 1).isdigit()
+                 else dt.datetime.fromisoformat(raw))
+    except ValueError as exc:
+        raise SesApiError("BadRequestException", 400, f"{name} is not a timestamp: {raw!r}") from exc
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _page_size(raw: str | None) -> int:
+    if raw is None:
+        return SUPPRESSION_MAX_PAGE_SIZE
+    if not raw.isdigit() or not 1 <= int(raw) <= SUPPRESSION_MAX_PAGE_SIZE:
+        raise SesApiError("BadRequestException", 400, f"PageSize must be 1 to {SUPPRESSION_MAX_PAGE_SIZE}, "
+                          f"got {raw!r}")
+    return int(raw)
+
+
+def _next_token_position(token: str | None) -> tuple[float, str] | None:
+    if token is None:
+        return None
+    try:
+        stamp, email = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return float(stamp), str(email)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise SesApiError("InvalidNextTokenException", 400, "The NextToken is not valid.") from exc
 
 
 def create_app(listeners: Iterable[Listener] = (), *, max_messages: int = DEFAULT_MAX_MESSAGES,
