@@ -7,13 +7,17 @@ Trigger from the form or with conf:
 ```json
 {"action": "add", "emails": ["ann@example.com"], "reason": "asked by phone, ticket 4711"}
 {"action": "remove", "emails": ["bob@example.com"], "reason": "typo fixed, confirmed by the customer"}
+{"action": "remove", "emails": ["bob@example.com"], "reason": "...", "remove_from_ses": true}
 {"action": "export"}
 ```
 
 - **add**: a `manual` suppression per address. An address already suppressed keeps its entry (a hard bounce
   stays a hard bounce) and is listed as `already_suppressed`.
 - **remove**: requires a reason. An address that is not suppressed is listed as `not_suppressed`. Removing a
-  complaint or unsubscribe suppression is logged as a warning: the person asked not to be mailed.
+  complaint or unsubscribe suppression is logged as a warning: the person asked not to be mailed. Each address is
+  also looked up on the SES account-level suppression list (SES drops mail to an address on it whatever the
+  product says): `ses_account_list` says per address whether it is still there; with `remove_from_ses` it is
+  removed there too.
 - **export**: writes `suppressions-<time>-<run id>.csv` (email, reason, source, detail, created_at in UTC) into
   `SUPPRESSIONS_EXPORT_DIR` on the worker and logs the path and the count.
 
@@ -35,6 +39,9 @@ PARAMS = {
                     description="One address per line (leave empty for export)"),
     "reason": Param("", type="string", maxLength=500, title="Reason",
                     description="Why (required to remove; kept in the audit log)"),
+    "remove_from_ses": Param(False, type="boolean", title="Also remove from the SES account list",
+                             description="remove only: also take the addresses off SES's account-level "
+                                         "suppression list"),
 }
 
 
@@ -55,18 +62,21 @@ def manage_suppressions():
         from campaigns import db
         from campaigns.config import get_settings
         from campaigns.errors import SuppressionRequestError
-        from campaigns.feedback.suppressions import Request, manage
+        from campaigns.feedback.suppressions import REMOVE, Request, manage
+        from campaigns.sending.resources import account_ses_client
 
         context = get_current_context()
         params = context["params"]
         try:
-            request = Request.parse(params.get("action"), params.get("emails"), params.get("reason"))
+            request = Request.parse(params.get("action"), params.get("emails"), params.get("reason"),
+                                    params.get("remove_from_ses", False))
         except SuppressionRequestError as exc:  # bad input fails once, clearly; a retry would fail the same way
             raise AirflowFailException(str(exc)) from exc
         actor = getattr(context["dag_run"], "triggering_user_name", None) or "manage_suppressions"
         settings = get_settings()
         with db.campaign_db(settings.db_conn_id, autocommit=True) as conn:
-            return manage(conn, request, actor=actor, run_id=context["run_id"], settings=settings)
+            ses = account_ses_client() if request.action == REMOVE else None  # only a remove asks SES
+            return manage(conn, request, actor=actor, run_id=context["run_id"], settings=settings, ses=ses)
 
     apply_request()
 

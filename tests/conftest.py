@@ -36,7 +36,7 @@ TABLES = ("campaign_recipient_link_activity", "campaign_recipient_activity", "ca
           "campaign_stats_series", "campaign_stats", "email_event_counts_hourly", "stats_rollup_state",
           "email_events", "campaign_links", "campaign_recipients", "campaign_actions", "test_sends", "campaigns",
           "suppression_changes", "suppressions", "list_members", "lists", "contacts",
-          "tracking_spool_segments", "tracking_spool_rejects")
+          "tracking_spool_segments", "tracking_spool_rejects", "ses_suppression_sync")
 
 
 @pytest.fixture(scope="session")

@@ -202,6 +202,11 @@ class Settings:
     suppressions_export_dir: str | None = declare(
         None, "SUPPRESSIONS_EXPORT_DIR", "folder of manage_suppressions' CSV exports; None: <AIRFLOW_HOME>/exports",
         shown_default="`<AIRFLOW_HOME>/exports`")
+    ses_suppression_sync_schedule: str = declare(
+        "@daily", "SES_SUPPRESSION_SYNC_SCHEDULE", "when sync_ses_suppressions runs: a cron expression or preset")
+    ses_suppression_push: bool = declare(
+        False, "SES_SUPPRESSION_PUSH", "sync_ses_suppressions also adds the product's hard bounces and complaints to "
+        "the SES account list", read=_flag)
     # Tracking service (tracking_service): the local-disk spool of opens and clicks, its drainers, proxies in front.
     tracking_spool_dir: str = declare(
         "tracking-spool", "TRACKING_SPOOL_DIR", "the spool folder; relative paths are relative to the working "

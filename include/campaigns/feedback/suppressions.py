@@ -3,7 +3,10 @@
 - add: each address becomes a `manual` suppression with the given reason as its detail. An address that is already
   suppressed keeps its entry (a hard bounce stays a hard bounce) and is reported as such.
 - remove: needs a reason. Each removal is audited with the reason the suppression had; an address that is not
-  suppressed is reported. Removing a suppression does not re-subscribe anyone to a list.
+  suppressed is reported. Removing a suppression does not re-subscribe anyone to a list. Each address is then
+  looked up on the SES account-level suppression list (GetSuppressedDestination), because SES drops mail to an
+  address on it whatever the product says; with `remove_from_ses` it is also removed there
+  (DeleteSuppressedDestination). The answer per address is in the log and the result's `ses_account_list`.
 - export: a CSV (email, reason, source, detail, created_at) of every suppression into the export folder.
 
 Every add and remove writes a `suppression_changes` row (actor, run id, reason, old reason) in the same statement.
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
 from email_validator import EmailNotValidError, validate_email
 
 from campaigns import queries
@@ -42,17 +46,23 @@ _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 @dataclass(frozen=True)
 class Request:
-    """A validated request: the action, normalised unique addresses in the order given, and the reason."""
+    """A validated request: the action, normalised unique addresses in the order given, the reason, and whether a
+    remove also removes the addresses from the SES account list."""
 
     action: str
     emails: tuple[str, ...]
     reason: str
+    remove_from_ses: bool = False
 
     @classmethod
-    def parse(cls, action: Any, emails: Any, reason: Any) -> Request:
+    def parse(cls, action: Any, emails: Any, reason: Any, remove_from_ses: Any = False) -> Request:
         """Validate everything up front and name every problem at once."""
         if action not in ACTIONS:
             raise SuppressionRequestError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        if not isinstance(remove_from_ses, bool):
+            raise SuppressionRequestError(f"remove_from_ses must be true or false, got {remove_from_ses!r}")
+        if remove_from_ses and action != REMOVE:
+            raise SuppressionRequestError(f"remove_from_ses applies to remove only, not to {action}")
         if emails is None:
             emails = []
         if not isinstance(emails, list | tuple) or not all(isinstance(e, str) for e in emails):
@@ -75,7 +85,7 @@ class Request:
         if invalid:
             listed = "; ".join(f"{address!r}: {why}" for address, why in invalid)
             raise SuppressionRequestError(f"{len(invalid)} invalid address(es), nothing changed: {listed}")
-        return cls(action, tuple(valid), reason or DEFAULT_ADD_REASON)
+        return cls(action, tuple(valid), reason or DEFAULT_ADD_REASON, remove_from_ses)
 
 
 def normalise(addresses: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -112,8 +122,10 @@ def add(conn: psycopg.Connection, request: Request, *, actor: str, run_id: str |
     return result
 
 
-def remove(conn: psycopg.Connection, request: Request, *, actor: str, run_id: str | None) -> dict[str, Any]:
-    """Lift the suppressions; returns what was removed (with its old reason) and what was not suppressed."""
+def remove(conn: psycopg.Connection, request: Request, *, actor: str, run_id: str | None,
+           ses: Any) -> dict[str, Any]:
+    """Lift the suppressions; returns what was removed (with its old reason), what was not suppressed, and what the
+    SES account list says about each address (`ses`: a sesv2 client)."""
     sql = queries.load("suppressions")
     with conn.transaction():
         removed = {row["email"]: row["old_reason"] for row in conn.execute(sql["remove"], {
@@ -130,7 +142,53 @@ def remove(conn: psycopg.Connection, request: Request, *, actor: str, run_id: st
                         entry["old_reason"], entry["email"])
     for email in result["not_suppressed"]:
         log.warning("not suppressed, nothing to remove: %s", email)
+    # After the commit: the product's removal stands even when SES cannot be asked, and the answer says so.
+    result["ses_account_list"] = [ses_account_status(ses, email, remove=request.remove_from_ses)
+                                  for email in request.emails]
     return result
+
+
+def ses_account_status(ses: Any, email: str, *, remove: bool) -> dict[str, Any]:
+    """Whether `email` is on the SES account-level suppression list (and, with `remove`, take it off), logged.
+
+    {"email", "on_list": bool | None (None: SES could not be asked), "reason", "since", "removed", "error"}.
+    """
+    answer: dict[str, Any] = {"email": email, "on_list": None, "reason": None, "since": None, "removed": False,
+                              "error": None}
+    try:
+        entry = ses.get_suppressed_destination(EmailAddress=email)["SuppressedDestination"]
+        answer.update(on_list=True, reason=entry.get("Reason"), since=_iso(entry.get("LastUpdateTime")))
+        if remove:
+            ses.delete_suppressed_destination(EmailAddress=email)
+            answer.update(on_list=False, removed=True)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        if error.get("Code") == "NotFoundException":  # SES's answer for "not on the list" (also: gone meanwhile)
+            answer["on_list"] = False
+        else:
+            answer["error"] = f"{error.get('Code')}: {error.get('Message', '')}"
+    except BotoCoreError as exc:  # endpoint unreachable, no credentials: say so, the removal above stands
+        answer["error"] = str(exc)
+    _log_status(answer)
+    return answer
+
+
+def _iso(value: Any) -> str | None:
+    return value.astimezone(UTC).isoformat() if isinstance(value, datetime) else None
+
+
+def _log_status(answer: dict[str, Any]) -> None:
+    email = answer["email"]
+    if answer["error"]:
+        log.error("could not ask the SES account suppression list about %s: %s", email, answer["error"])
+    elif answer["removed"]:
+        log.info("removed from the SES account suppression list too: %s (was %s since %s)", email,
+                 answer["reason"], answer["since"])
+    elif answer["on_list"]:
+        log.warning("still on the SES account suppression list (%s since %s): SES drops mail to %s; run remove "
+                    "with remove_from_ses to lift it there too", answer["reason"], answer["since"], email)
+    else:
+        log.info("not on the SES account suppression list: %s", email)
 
 
 def export_dir(settings: Settings) -> Path:
@@ -159,10 +217,10 @@ def export(conn: psycopg.Connection, folder: Path, *, run_id: str | None) -> dic
 
 
 def manage(conn: psycopg.Connection, request: Request, *, actor: str, run_id: str | None,
-           settings: Settings) -> dict[str, Any]:
-    """Carry out one validated request."""
+           settings: Settings, ses: Any = None) -> dict[str, Any]:
+    """Carry out one validated request; `ses` (a sesv2 client) is needed by remove only."""
     if request.action == ADD:
         return add(conn, request, actor=actor, run_id=run_id)
     if request.action == REMOVE:
-        return remove(conn, request, actor=actor, run_id=run_id)
+        return remove(conn, request, actor=actor, run_id=run_id, ses=ses)
     return export(conn, export_dir(settings), run_id=run_id)

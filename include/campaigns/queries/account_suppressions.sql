@@ -14,6 +14,7 @@ VALUES (true, %(high_water)s, now(), %(run_id)s)
     ON CONFLICT (id) DO UPDATE
    SET high_water = greatest(ses_suppression_sync.high_water, excluded.high_water),
        synced_at = excluded.synced_at, run_id = excluded.run_id
+RETURNING high_water
 
 -- name: import
 -- One page of the account list in one statement. A new address becomes a `ses-account` suppression; an existing
