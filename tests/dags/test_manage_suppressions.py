@@ -1,21 +1,36 @@
-"""The manage_suppressions DAG with dag.test(): add, remove (with its audit trail), export, and refused input."""
+"""The manage_suppressions DAG with dag.test(): add, remove (with its audit trail and the SES account list's
+answer, from the local SES served in-process), export, and refused input."""
 
 from __future__ import annotations
 
 import csv
+import json
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from campaigns.config import get_settings
 from campaigns.feedback.suppressions import Request, SuppressionRequestError
+from devstack.local_ses.server import create_app, serving
 from tests.helpers import parse_dag
 
 
 @pytest.fixture
 def dag():
     return parse_dag("manage_suppressions")
+
+
+@pytest.fixture(autouse=True)
+def account_list(monkeypatch):
+    """A remove asks SES's account suppression list: `aws_default` points at a local SES; yields its list."""
+    app, _ = create_app()
+    with serving(app) as endpoint:
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+            "conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"region_name": "us-east-1", "endpoint_url": endpoint}}))
+        yield app.suppressions
 
 
 @pytest.fixture
@@ -89,6 +104,44 @@ def test_remove_records_the_old_reason_and_reports_addresses_that_were_not_suppr
     assert change["reason"] == "complaint was a mistake, customer confirmed"
 
 
+def test_remove_says_which_addresses_are_still_on_the_ses_account_list(dag, db, account_list):
+    suppress(db, "ann@example.com", "hard_bounce")
+    since = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    account_list.seed("ann@example.com", "BOUNCE", since)
+
+    state, _, result = run(dag, {"action": "remove", "reason": "mailbox exists again, checked by phone",
+                                 "emails": ["ann@example.com", "bob@example.com"]})
+
+    assert state == "success"
+    assert [(a["email"], a["on_list"], a["reason"], a["since"], a["removed"]) for a in result["ses_account_list"]] == [
+        ("ann@example.com", True, "BOUNCE", since.isoformat(), False), ("bob@example.com", False, None, None, False)]
+    assert [e.email for e in account_list.entries()] == ["ann@example.com"]  # asked about, left on SES's list
+
+
+def test_remove_from_ses_lifts_the_account_list_entry_too(dag, db, account_list):
+    suppress(db, "ann@example.com", "hard_bounce")
+    account_list.seed("ann@example.com", "BOUNCE")
+
+    state, _, result = run(dag, {"action": "remove", "reason": "mailbox exists again, checked by phone",
+                                 "emails": ["ann@example.com"], "remove_from_ses": True})
+
+    assert state == "success"
+    [answer] = result["ses_account_list"]
+    assert (answer["on_list"], answer["removed"], answer["reason"]) == (False, True, "BOUNCE")
+    assert account_list.entries() == []
+    assert suppressions(db) == {}
+
+
+def test_remove_from_ses_with_another_action_fails_and_changes_nothing(dag, db, account_list):
+    account_list.seed("ann@example.com", "BOUNCE")
+
+    state, _, _ = run(dag, {"action": "add", "emails": ["ann@example.com"], "reason": "x", "remove_from_ses": True})
+
+    assert state == "failed"
+    assert suppressions(db) == {}
+    assert [e.email for e in account_list.entries()] == ["ann@example.com"]
+
+
 def test_remove_without_a_reason_fails_and_changes_nothing(dag, db):
     suppress(db, "ann@example.com", "hard_bounce")
 
@@ -118,6 +171,8 @@ def test_invalid_input_is_refused_with_every_problem_named():
         Request.parse("remove", ["ok@example.com"], "")
     with pytest.raises(SuppressionRequestError, match="leave emails empty"):
         Request.parse("export", ["ok@example.com"], "")
+    with pytest.raises(SuppressionRequestError, match="remove_from_ses must be true or false, got 'yes'"):
+        Request.parse("remove", ["ok@example.com"], "why", "yes")
     with pytest.raises(SuppressionRequestError, match="needs at least one address"):
         Request.parse("add", [""], "spam trap")
     with pytest.raises(SuppressionRequestError, match="action must be one of"):
