@@ -3,26 +3,13 @@ at it): the import, the push only when SES_SUPPRESSION_PUSH allows it, and a sec
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from devstack.local_ses.server import create_app, serving
+# the local SES served in-process, `aws_default` pointing at it (autouse there, so here too); yields its list
+from tests.dags.test_manage_suppressions import account_list  # noqa: F401
 from tests.helpers import parse_dag
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture
-def account_list(monkeypatch):
-    """The local SES's account suppression list, with `aws_default` pointing at the local SES."""
-    app, _ = create_app()
-    with serving(app) as endpoint:
-        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-            "conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"region_name": "us-east-1", "endpoint_url": endpoint}}))
-        yield app.suppressions
 
 
 def task_states(dag_run) -> dict[str, str]:
@@ -50,7 +37,7 @@ def test_the_schedule_is_a_setting(settings_env):
     assert parse_dag("sync_ses_suppressions").schedule == "0 3 * * *"
 
 
-def test_imports_the_account_list_and_leaves_the_push_off_by_default(db, settings, account_list):
+def test_imports_the_account_list_and_leaves_the_push_off_by_default(db, settings, account_list):  # noqa: F811
     account_list.seed("bounced@example.com", "BOUNCE", NOW - timedelta(days=2))
     account_list.seed("complained@example.com", "COMPLAINT", NOW - timedelta(days=1))
     db.execute("INSERT INTO suppressions (email, reason, source) VALUES ('ours@example.com', 'hard_bounce', 'ses')")
@@ -69,7 +56,7 @@ def test_imports_the_account_list_and_leaves_the_push_off_by_default(db, setting
 
 
 def test_with_the_push_allowed_the_product_suppressions_go_to_ses_and_a_second_run_reads_only_new_entries(
-        db, settings_env, account_list):
+        db, settings_env, account_list):  # noqa: F811
     settings_env(SES_SUPPRESSION_PUSH=1)
     account_list.seed("old@example.com", "BOUNCE", NOW - timedelta(days=3))
     db.execute("INSERT INTO suppressions (email, reason, source) VALUES ('ours@example.com', 'complaint', 'ses')")
