@@ -46,27 +46,27 @@ def sync_ses_suppressions():
     @task(execution_timeout=timedelta(hours=2))
     def import_account_list() -> dict:
         from campaigns import db
-        from campaigns.feedback.ses_account_list import import_account_list
+        from campaigns.feedback import ses_account_list
         from campaigns.sending.resources import account_ses_client
 
         context = get_current_context()
         with db.campaign_db(get_settings().db_conn_id, autocommit=True) as conn:
-            return import_account_list(conn, account_ses_client(), run_id=context["run_id"],
-                                       full=bool(context["params"].get("full")))
+            return ses_account_list.import_account_list(conn, account_ses_client(), run_id=context["run_id"],
+                                                        full=bool(context["params"].get("full")))
 
     @task(execution_timeout=timedelta(hours=2))
     def push_product_suppressions() -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from campaigns import db
-        from campaigns.feedback.ses_account_list import push_product_suppressions
+        from campaigns.feedback import ses_account_list
         from campaigns.sending.resources import account_ses_client
 
         settings = get_settings()
         if not settings.ses_suppression_push:
             raise AirflowSkipException("SES_SUPPRESSION_PUSH is off: the product's suppressions stay in the product")
         with db.campaign_db(settings.db_conn_id, autocommit=True) as conn:
-            return push_product_suppressions(conn, account_ses_client())
+            return ses_account_list.push_product_suppressions(conn, account_ses_client())
 
     # After the import, so an address SES already has is marked listed and never pushed back.
     import_account_list() >> push_product_suppressions()
