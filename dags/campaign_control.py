@@ -12,7 +12,7 @@
 | `resume` | paused | a new `send_campaign` run sends only what is still pending |
 | `release` | held (its send time passed while the scheduler was down) | a `send_campaign` run starts sending it |
 | `start` | draft, scheduled (not recurring) | a `send_campaign` run sends it now (refused by preflight: unchanged) |
-| `release_unknown` | sent, with `unknown` recipients no SES event settled within `UNKNOWN_SENDS_WINDOW_HOURS` | they become pending, the campaign `running`, and a `send_campaign` run sends exactly them once more (at-least-once: some may have had it already) |
+| `release_unknown` | sent, with old `unknown` rows | they become pending; a `send_campaign` run sends them once more |
 
 Anything else (resume a cancelled campaign, cancel a sent one, release a running one) fails with the reason and
 changes nothing. Every action is recorded in `campaign_actions` with this run's id.

@@ -8,7 +8,7 @@ one guarded move, one audit row; and the view's other two acts, duplicating a ca
 | resume          | paused                                  | running   | names a new send_campaign run               |
 | release         | held                                    | running   | the same                                    |
 | start           | draft, scheduled (not recurring)        | (running) | the same; the send run moves it to running  |
-| release_unknown | sent                                    | running   | unsettled unknown rows -> pending, same transaction; names a new send_campaign run |
+| release_unknown | sent                                    | running   | old unknown rows -> pending; names a run    |
 
 Start leaves the state to the send run it names (its plan step moves the campaign to running, as for any run by
 id), so a preflight that refuses the campaign leaves a draft a draft. A scheduled campaign's send_at becomes the
@@ -215,7 +215,8 @@ def _release_unknown(conn: psycopg.Connection, campaign_id: int, name: str,
     released = reconcile.release_unsettled(conn, campaign_id, window)
     if not released:
         raise IllegalTransition(f"cannot release unknown recipients of {name}: none is unknown for more than "
-                                f"{window} without an SES event (settled meanwhile, or released already)")
+                                f"{reconcile.hours_text(window)} without an SES event (settled meanwhile, or "
+                                "released already)")
     return released
 
 

@@ -55,6 +55,11 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def hours_text(window: timedelta) -> str:
+    """A window as people read it in the log and on the page: "24 h", "0.5 h"."""
+    return f"{window.total_seconds() / 3600:g} h"
+
+
 def _query(name: str) -> sql.Composed:
     """A reconcile query with the shared "unsettled" conditions composed in (their parameters stay bound)."""
     area = queries.load("reconcile")
@@ -101,8 +106,8 @@ def report(conn: psycopg.Connection, window: timedelta) -> list[dict[str, Any]]:
                            for row in campaign.sample)
         log.warning("campaign %s (%r, %s): %d recipient(s) unknown for more than %s with no SES event, the oldest "
                     "since %s; the Campaigns view can release them for one more send. Sample: %s",
-                    campaign.campaign_id, campaign.key, campaign.status, campaign.unknown, window,
+                    campaign.campaign_id, campaign.key, campaign.status, campaign.unknown, hours_text(window),
                     utc_text(campaign.oldest), sample)
     if not found:
-        log.info("no unknown recipients older than %s without an SES event", window)
+        log.info("no unknown recipients older than %s without an SES event", hours_text(window))
     return [campaign.as_xcom() for campaign in found]
