@@ -55,6 +55,10 @@ def status_of(db, row_id):
 
 @pytest.fixture
 def sent_with_unknown(db, settings):
+    return sent_campaign_with_unknown(db, settings)
+
+
+def sent_campaign_with_unknown(db, settings):
     """A sent campaign of 6: rows 0-1 unknown for 25 h, 2 unknown for 1 h, 3 unknown for 25 h but SES's Send event
     came while it was still `sending` (recorded, left to its sender), 4-5 sent."""
     campaign_id = prepared_campaign(db, states.RUNNING)
