@@ -1,5 +1,5 @@
 """
-### campaign_control: pause, resume, cancel or release a campaign
+### campaign_control: pause, resume, cancel or release a campaign, or release its unknown recipients
 
 ```json
 {"campaign_id": 42, "action": "pause"}
@@ -12,12 +12,13 @@
 | `resume` | paused | a new `send_campaign` run sends only what is still pending |
 | `release` | held (its send time passed while the scheduler was down) | a `send_campaign` run starts sending it |
 | `start` | draft, scheduled (not recurring) | a `send_campaign` run sends it now (refused by preflight: unchanged) |
+| `release_unknown` | sent, with old `unknown` rows | they become pending; a `send_campaign` run sends them once more |
 
 Anything else (resume a cancelled campaign, cancel a sent one, release a running one) fails with the reason and
 changes nothing. Every action is recorded in `campaign_actions` with this run's id.
 
-`apply_action -> needs_send_run -> start_send_run` (the last two only do something for resume, release and start; the
-send run's id is derived from the action row, so retrying this run never starts a second send).
+`apply_action -> needs_send_run -> start_send_run` (the last two only do something for resume, release, start and
+release_unknown; the send run's id is derived from the action row, so retrying this run never starts a second send).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from airflow.sdk.exceptions import AirflowFailException
 
 PARAMS = {
     "campaign_id": Param(None, type="integer", minimum=1, description="The campaign's id."),
-    "action": Param(None, type="string", enum=["pause", "resume", "cancel", "release", "start"],
-                    description="pause / resume / cancel, release a held campaign, or start a draft now."),
+    "action": Param(None, type="string", enum=["pause", "resume", "cancel", "release", "start", "release_unknown"],
+                    description="pause / resume / cancel, release a held campaign, start a draft now, or release "
+                                "a sent campaign's unknown recipients for one more send."),
 }
 
 
@@ -68,7 +70,7 @@ def campaign_control():
 
     @task.short_circuit
     def needs_send_run(trigger_run_id: str | None) -> bool:
-        """Only resume, release and start start a send run; for the other actions the run ends here."""
+        """Only resume, release, start and release_unknown start a send run; for the others the run ends here."""
         return bool(trigger_run_id)
 
     result = apply_action()

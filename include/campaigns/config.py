@@ -189,6 +189,13 @@ class Settings:
     schedule_hold_after_hours: float = declare(
         6.0, "SCHEDULE_HOLD_AFTER_HOURS", "a scheduled campaign found later than this is held, not sent",
         read=_number(0.01))
+    # reconcile_unknown (campaigns.lifecycle.reconcile): `unknown` ledger rows that no SES event settled.
+    unknown_window_hours: float = declare(
+        24.0, "UNKNOWN_SENDS_WINDOW_HOURS", "an `unknown` row no SES event settled this long after its claim is "
+        "reported by reconcile_unknown and may be released for one more send", read=_number(0.01))
+    reconcile_schedule: str = declare(
+        "@hourly", "RECONCILE_UNKNOWN_SCHEDULE", "when reconcile_unknown runs: a cron expression or an Airflow "
+        "preset")
     # Reputation guard (campaigns.lifecycle.reputation): pause a sending campaign whose rates exceed these.
     reputation_min_sample: int = declare(
         200, "REPUTATION_MIN_SAMPLE", "delivered-or-bounced messages before the rates are judged",

@@ -33,7 +33,8 @@ CAMPAIGN_MOVES: dict[str, frozenset[str]] = {
     HELD: frozenset({RUNNING, CANCELLED}),
     RUNNING: frozenset({PAUSED, SENT, CANCELLED, FAILED}),
     PAUSED: frozenset({RUNNING, CANCELLED}),
-    SENT: frozenset(),
+    # The one way out of sent: an analyst releases its `unknown` rows for one more send (control.RELEASE_UNKNOWN).
+    SENT: frozenset({RUNNING}),
     CANCELLED: frozenset(),
     FAILED: frozenset(),
 }

@@ -7,7 +7,7 @@
     GET  /{campaign_id}/preview      the message for ?recipient=<ledger id>, ?contact=<id> or sample.<field>=...
     GET  /{campaign_id}/preview.html its html, disarmed, under a CSP that lets nothing load
     GET  /{campaign_id}/stats.csv    the campaign's stats as CSV
-    POST /{campaign_id}/actions/{pause|resume|cancel|release|start}
+    POST /{campaign_id}/actions/{pause|resume|cancel|release|start|release_unknown}
     POST /{campaign_id}/test-send    send_test_email to up to 20 addresses
     POST /{campaign_id}/duplicate    a new draft with the same content; redirects to it
     GET  /static/...                 the view's stylesheet, script and icon (no data)
@@ -44,7 +44,7 @@ from fastapi.templating import Jinja2Templates
 from campaigns import db
 from campaigns.config import Settings, get_settings
 from campaigns.errors import CampaignDefinitionError, CampaignNotFound, IllegalTransition
-from campaigns.lifecycle import control, definitions, testsend
+from campaigns.lifecycle import control, definitions, reconcile, testsend
 from campaigns.lifecycle.testsend import MAX_RECIPIENTS, TestSendRequest
 from campaigns_view import charts, data, guard, preview, runs
 
@@ -57,6 +57,8 @@ SAMPLE_PREFIX = "sample."
 # say anything else
 DONE = {**{spec.done: f"Campaign {spec.done}." for spec in control.ACTIONS.values()},
         "started": "Campaign started: its send run is queued; this page follows it.",
+        control.ACTIONS[control.RELEASE_UNKNOWN].done: "Unknown recipients released: a send run is queued that sends "
+                                                        "them once more; this page follows it.",
         "test_sent": "Test email asked for: the results appear under Test sends within seconds.",
         "duplicated": "This draft is a copy: same content, audience and settings, a new key."}
 
@@ -146,7 +148,10 @@ def create_app(dsn: str | None = None, settings: Settings | None = None) -> Fast
             campaign = definitions.load_campaign(conn, campaign_id)
         except CampaignNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
+        window = reconcile.window_for(settings)
         context = {**_links(request), **page, **_campaign_charts(page), **_controls(campaign, user),
+                   "unsettled": reconcile.unsettled_of(conn, campaign_id, window),
+                   "unknown_window": reconcile.hours_text(window), "RELEASE_UNKNOWN": control.RELEASE_UNKNOWN,
                    "done": DONE.get(done or ""), "query": q or "",
                    "matches": preview.search(conn, campaign, q) if q else None,
                    "searches_ledger": campaign["snapshot"] is not None,
@@ -181,12 +186,14 @@ def create_app(dsn: str | None = None, settings: Settings | None = None) -> Fast
     acting = [Depends(can_act_on_campaigns)]
 
     @app.post("/{campaign_id}/actions/{action}", dependencies=acting)
-    def campaign_action(request: Request, conn: Conn, actor: Actor, campaign_id: int, action: str) -> Response:
+    def campaign_action(request: Request, conn: Conn, settings: AppSettings, actor: Actor, campaign_id: int,
+                        action: str) -> Response:
         if action not in control.ACTIONS:
             raise HTTPException(404, f"no action {action!r}; actions are: {', '.join(control.ACTIONS)}")
         try:
             result = control.apply_action(conn, campaign_id, action, actor=actor,
-                                          run_is_active=lambda run_id: runs.run_is_active(SEND_DAG_ID, run_id))
+                                          run_is_active=lambda run_id: runs.run_is_active(SEND_DAG_ID, run_id),
+                                          unknown_window=reconcile.window_for(settings))
         except CampaignNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         except IllegalTransition as exc:

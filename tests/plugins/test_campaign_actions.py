@@ -14,6 +14,7 @@ from campaigns.lifecycle import control
 from tests.campaigns.lifecycle.test_control import actions, campaign, prepared_campaign
 
 POSTS = ["/{id}/actions/pause", "/{id}/actions/resume", "/{id}/actions/cancel", "/{id}/actions/release",
+         "/{id}/actions/release_unknown",
          "/{id}/actions/start", "/{id}/test-send", "/{id}/duplicate"]
 
 

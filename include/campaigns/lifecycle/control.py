@@ -1,13 +1,14 @@
-"""Pause, resume, cancel, release and start a campaign (the `campaign_control` DAG and the Campaigns view): one
-guarded move, one audit row; and the view's other two acts, duplicating a campaign and recording a test send.
+"""Pause, resume, cancel, release, start and release_unknown (the `campaign_control` DAG and the Campaigns view):
+one guarded move, one audit row; and the view's other two acts, duplicating a campaign and recording a test send.
 
-| action  | allowed from                            | to        | what else happens                           |
-|---------|-----------------------------------------|-----------|---------------------------------------------|
-| cancel  | draft, scheduled, held, running, paused | cancelled | pending rows -> cancelled, same transaction |
-| pause   | running                                 | paused    | pending rows stay pending                   |
-| resume  | paused                                  | running   | names a new send_campaign run               |
-| release | held                                    | running   | the same                                    |
-| start   | draft, scheduled (not recurring)        | (running) | the same; the send run moves it to running  |
+| action          | allowed from                            | to        | what else happens                           |
+|-----------------|-----------------------------------------|-----------|---------------------------------------------|
+| cancel          | draft, scheduled, held, running, paused | cancelled | pending rows -> cancelled, same transaction |
+| pause           | running                                 | paused    | pending rows stay pending                   |
+| resume          | paused                                  | running   | names a new send_campaign run               |
+| release         | held                                    | running   | the same                                    |
+| start           | draft, scheduled (not recurring)        | (running) | the same; the send run moves it to running  |
+| release_unknown | sent                                    | running   | old unknown rows -> pending; names a run    |
 
 Start leaves the state to the send run it names (its plan step moves the campaign to running, as for any run by
 id), so a preflight that refuses the campaign leaves a draft a draft. A scheduled campaign's send_at becomes the
@@ -23,6 +24,13 @@ action row, and set `campaigns.run_id` to the send run they are about to start. 
 second resume finds the campaign running and is refused, and send_campaign's resolve step accepts the campaign
 only for that run. The run id is derived from the action row, so a retried control run cannot start two sends.
 
+Release_unknown is the analyst's explicit choice of at-least-once for the rows whose SES call may or may not have
+happened (reconcile.py): only rows still `unknown`, older than UNKNOWN_SENDS_WINDOW_HOURS and without any SES event
+go back to `pending`, in one guarded statement under the row lock, and the count is recorded in the action's detail.
+With no such row left (all settled meanwhile, or released already) it is refused and changes nothing. The send run
+it starts snapshots nothing again (the campaign's snapshot is taken) and plans only pages with pending rows, so it
+sends exactly the released rows.
+
 Every action writes one campaign_actions row (actor, run_id, old/new status, requested_at = the start of the
 transaction, the clock the "within 5 seconds" promises are measured from). A refused action writes nothing.
 """
@@ -32,14 +40,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from campaigns import queries, states
+from campaigns.config import get_settings
 from campaigns.errors import CampaignDefinitionError, CampaignNotFound, IllegalTransition
+from campaigns.lifecycle import reconcile
 from campaigns.sending import ledger
 
 log = logging.getLogger(__name__)
@@ -47,6 +57,7 @@ log = logging.getLogger(__name__)
 ACTOR = "campaign_control"
 SEND_DAG_ID = "send_campaign"
 CANCEL, PAUSE, RESUME, RELEASE, START = "cancel", "pause", "resume", "release", "start"
+RELEASE_UNKNOWN = "release_unknown"
 DUPLICATE, TEST_SEND = "duplicate", "test_send"
 COPY_SUFFIX = "-copy"
 MAX_KEY_LENGTH = 128
@@ -82,6 +93,10 @@ ACTIONS: dict[str, Action] = {
                   "only a draft or scheduled campaign can be started (a paused one is resumed, a held one released)",
                   moves_now=False,
                   waits_for_run="is still queued or running: the campaign is being started already"),
+    RELEASE_UNKNOWN: Action(RELEASE_UNKNOWN, frozenset({states.SENT}), states.RUNNING, True,
+                            "reopened",
+                            "only a sent campaign's unknown recipients are released (a paused one is resumed first)",
+                            waits_for_run="is still finishing; try again once that run has ended"),
 }
 
 
@@ -98,6 +113,7 @@ class ActionResult:
     trigger_run_id: str | None
     cancelled: int
     repeated: bool  # a retried control task found its own earlier action and did nothing again
+    released: int = 0  # release_unknown: unknown rows made pending again
 
     def as_xcom(self) -> dict[str, Any]:
         """JSON-safe, for the DAG's XCom (the TriggerDagRunOperator reads trigger_run_id and send_conf)."""
@@ -106,7 +122,7 @@ class ActionResult:
             "old_status": self.old_status, "new_status": self.new_status,
             "requested_at": self.requested_at.isoformat(), "trigger_run_id": self.trigger_run_id,
             "send_conf": {"campaign_id": self.campaign_id} if self.trigger_run_id else None,
-            "cancelled": self.cancelled, "repeated": self.repeated,
+            "cancelled": self.cancelled, "released": self.released, "repeated": self.repeated,
         }
 
 
@@ -130,12 +146,14 @@ def parse_request(campaign_id: Any, action: Any) -> tuple[int, Action]:
 
 
 def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run_id: str | None = None,
-                 actor: str = ACTOR, run_is_active: Callable[[str], bool] | None = None) -> ActionResult:
+                 actor: str = ACTOR, run_is_active: Callable[[str], bool] | None = None,
+                 unknown_window: timedelta | None = None) -> ActionResult:
     """Apply one control action in one transaction; IllegalTransition (nothing changed) when it is not allowed.
 
     `run_is_active(run_id)` says whether a send_campaign run is still queued or running; resume refuses while the
     run that was paused is still winding down, because that run's finalize would otherwise settle the resumed
-    campaign as its own.
+    campaign as its own. `unknown_window` (default UNKNOWN_SENDS_WINDOW_HOURS): how old the unknown rows
+    release_unknown releases must be.
     """
     campaign_id, spec = parse_request(campaign_id, action)
     sql = queries.load("control")
@@ -161,7 +179,9 @@ def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run
                 and run_is_active(campaign["run_id"]):
             raise IllegalTransition(f"cannot {spec.name} {name} yet: its previous send run {campaign['run_id']} "
                                     f"{spec.waits_for_run}")
-        reason = f"{spec.done} by {actor}" + (f" (run {run_id})" if run_id else "")
+        released = _release_unknown(conn, campaign_id, name, unknown_window) if spec.name == RELEASE_UNKNOWN else []
+        reason = f"{spec.done} by {actor}" + (f" (run {run_id})" if run_id else "") + (
+            f" to send {len(released)} unknown recipient(s) once more" if released else "")
         new_status = spec.to if spec.moves_now else None
         row = states.record_action(conn, campaign_id, action=spec.name, actor=actor, run_id=run_id, old_status=old,
                                    new_status=new_status, reason=reason)
@@ -176,13 +196,28 @@ def apply_action(conn: psycopg.Connection, campaign_id: Any, action: Any, *, run
             trigger_run_id = trigger_run_id_for(spec.name, campaign_id, row["id"], row["requested_at"])
             conn.execute(sql["set-campaign-run"], {"campaign_id": campaign_id, "run_id": trigger_run_id})
         detail = {"cancelled": cancelled, "trigger_run_id": trigger_run_id, "previous_run_id": campaign["run_id"]}
+        if spec.name == RELEASE_UNKNOWN:
+            detail.update(released=len(released), released_sample=released[:reconcile.SAMPLE_SIZE])
         conn.execute(sql["set-action-detail"], {"id": row["id"], "detail": Jsonb(detail)})
     log.info("%s: %s -> %s by %s%s", name, old, new_status or f"{spec.to} (by its send run)", spec.name,
              f"; {cancelled} pending recipient(s) cancelled" if spec.name == CANCEL else
+             f"; {len(released)} unknown recipient(s) pending again, send run {trigger_run_id}" if released else
              f"; send run {trigger_run_id}" if trigger_run_id else "")
     return ActionResult(action_id=row["id"], campaign_id=campaign_id, action=spec.name, old_status=old,
                         new_status=new_status, requested_at=row["requested_at"], trigger_run_id=trigger_run_id,
-                        cancelled=cancelled, repeated=False)
+                        cancelled=cancelled, repeated=False, released=len(released))
+
+
+def _release_unknown(conn: psycopg.Connection, campaign_id: int, name: str,
+                     unknown_window: timedelta | None) -> list[int]:
+    """release_unknown's rows, made pending in the action's transaction; refused when there is none to release."""
+    window = unknown_window if unknown_window is not None else reconcile.window_for(get_settings())
+    released = reconcile.release_unsettled(conn, campaign_id, window)
+    if not released:
+        raise IllegalTransition(f"cannot release unknown recipients of {name}: none is unknown for more than "
+                                f"{reconcile.hours_text(window)} without an SES event (settled meanwhile, or "
+                                "released already)")
+    return released
 
 
 def _result(row: dict[str, Any], *, repeated: bool) -> ActionResult:
@@ -190,7 +225,8 @@ def _result(row: dict[str, Any], *, repeated: bool) -> ActionResult:
     return ActionResult(action_id=row["id"], campaign_id=row["campaign_id"], action=row["action"],
                         old_status=row["old_status"], new_status=row["new_status"],
                         requested_at=row["requested_at"], trigger_run_id=detail.get("trigger_run_id"),
-                        cancelled=detail.get("cancelled", 0), repeated=repeated)
+                        cancelled=detail.get("cancelled", 0), repeated=repeated,
+                        released=detail.get("released", 0))
 
 
 def copy_key(key: str, taken: set[str]) -> str:

@@ -263,6 +263,15 @@ def send_batch(descriptor: dict[str, Any], *, attempt: Attempt, resources: SendR
     return {"label": task.label, **report.as_dict()}
 
 
+def unknown_remaining(unknown: int) -> str | None:
+    """A sent campaign's status_reason while recipients are unknown: how many, and what a person can do."""
+    if not unknown:
+        return None
+    return (f"{unknown} recipient(s) unknown: SES's answer was lost and they are never resent by themselves; "
+            "reconcile_unknown reports those no SES event settles, and the Campaigns view can release them for one "
+            "more send")
+
+
 def finalize(campaign_id: int, run_id: str | None = None) -> dict[str, Any]:
     """Count the ledger, settle the campaign's final state, return the summary (also stored on the campaign).
 
@@ -285,7 +294,8 @@ def finalize(campaign_id: int, run_id: str | None = None) -> dict[str, Any]:
             return summary
         if campaign["status"] == states.RUNNING:
             if open_rows == 0:
-                states.move_campaign(conn, campaign_id, states.SENT, expected=states.RUNNING)
+                states.move_campaign(conn, campaign_id, states.SENT, expected=states.RUNNING,
+                                     reason=unknown_remaining(summary[Row.UNKNOWN]))
             else:
                 incomplete = (f"{open_rows} recipient(s) still pending after the send tasks ended; "
                               "resume the campaign to send them")
@@ -298,6 +308,6 @@ def finalize(campaign_id: int, run_id: str | None = None) -> dict[str, Any]:
                        status_reason=final["status_reason"], incomplete=incomplete)
         conn.execute(queries.load("pipeline")["save-summary"],
                      {"summary": Jsonb(summary), "campaign_id": campaign_id})
-    log.info("campaign %s (%r) is %s: %s", campaign_id, summary["key"], summary["status"],
-             {k: summary[k] for k in ("recipients", *Row.ALL)})
+    log.info("campaign %s (%r) is %s: %s; %d unknown remain", campaign_id, summary["key"], summary["status"],
+             {k: summary[k] for k in ("recipients", *Row.ALL)}, summary[Row.UNKNOWN])
     return summary

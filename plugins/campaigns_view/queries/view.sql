@@ -7,13 +7,14 @@
 -- name: campaign-list
 -- Newest first, keyset paged by id (an OFFSET would read every skipped row). No recipient address is selected:
 -- list pages never show one. The rates are computed in Python from these counts (campaign_view.data.rates).
+-- `unknown` (the rolled-up ledger count) marks campaigns with sends whose outcome was lost.
 SELECT c.id, c.key, c.name, c.status, c.status_reason, c.run_id, c.send_at, c.created_at, c.started_at,
        c.finished_at,
        coalesce(s.recipients, 0) AS recipients, coalesce(s.sent, 0) AS sent, coalesce(s.pending, 0) AS pending,
        coalesce(s.bounced, 0) AS bounced, coalesce(s.complained, 0) AS complained,
        coalesce(s.unique_opens, 0) AS unique_opens, coalesce(s.unique_human_opens, 0) AS unique_human_opens,
        coalesce(s.unique_clicks, 0) AS unique_clicks, coalesce(s.unsubscribes, 0) AS unsubscribes,
-       s.ledger_counted_at
+       coalesce(s.unknown, 0) AS unknown, s.ledger_counted_at
   FROM campaigns c
   LEFT JOIN campaign_stats s ON s.campaign_id = c.id
  WHERE (%(status)s::text IS NULL OR c.status = %(status)s::text)

@@ -228,7 +228,7 @@ def test_illegal_moves_fail_clearly_and_change_nothing(db, status, action, messa
 
 
 @pytest.mark.parametrize(("campaign_id", "action", "message"), [
-    (1, "stop", "action must be one of cancel, pause, resume, release, start, got 'stop'"),
+    (1, "stop", "action must be one of cancel, pause, resume, release, start, release_unknown, got 'stop'"),
     ("1", "pause", "campaign_id must be a whole number"),
     (True, "pause", "campaign_id must be a whole number"),
     (0, "pause", "campaign_id must be a whole number"),
