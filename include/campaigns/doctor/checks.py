@@ -14,7 +14,8 @@ metadata database: the scheduler's host, or a shell that sourced .local/stack.en
 same checks inside a task, which cannot read pools in Airflow 3, so there the pool check says so.
 
 send_campaign's preflight reuses the cheap part (account, sender identity and authentication, configuration set):
-the reads both use live in sending/ses_account.py and sending/authentication.py (the doctor adds the fixes), the command line in cli.py.
+the reads both use live in sending/ses_account.py and sending/authentication.py (the doctor adds the fixes), the
+command line in cli.py.
 docs/aws-setup.md explains every fix; the IAM policy there covers exactly the calls made here.
 """
 

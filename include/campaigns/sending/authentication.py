@@ -124,7 +124,8 @@ def aligned(identifier: str, from_domain: str, mode: str) -> bool:
 
 def assess(address: str, own: Identity | None, domain: Identity | None, resolver: Resolver, *,
            local: bool) -> list[Finding]:
-    """DKIM, MAIL FROM, SPF and DMARC of `address`'s domain, given its SES identities (ses_account.sender_identities)."""
+    """DKIM, MAIL FROM, SPF and DMARC of `address`'s domain, given its SES identities (from
+    ses_account.sender_identities, the reads preflight and ses-doctor already make)."""
     from_domain = address.rpartition("@")[2].lower()
     dkim = dkim_finding(from_domain, domain, local=local)
     mail_from = verified_mail_from(domain)
@@ -264,15 +265,18 @@ def _alignment(from_domain: str, where: str, policy: str, tags: dict[str, str], 
         return Finding(DMARC, LOCAL, f"{record}: alignment rests on DKIM, which the local SES does not really sign")
     return Finding(DMARC, FAIL, f"{record}: neither DKIM ({', '.join(dkim_domains) or 'no aligned signature'}) nor "
                                 f"SPF (MAIL FROM {mail_from or SES_MAIL_FROM}) aligns with {from_domain}, so DMARC "
-                                "fails for every message", _alignment_fix(from_domain, where, adkim, dkim_domains))
+                                "fails for every message",
+                   _alignment_fix(from_domain, where, adkim, aspf, dkim_domains, mail_from))
 
 
-def _alignment_fix(from_domain: str, where: str, adkim: str, dkim_domains: list[str]) -> str:
+def _alignment_fix(from_domain: str, where: str, adkim: str, aspf: str, dkim_domains: list[str],
+                   mail_from: str | None) -> str:
     if adkim == "s" and any(aligned(d, from_domain, "r") for d in dkim_domains):
-        return (f"relax DKIM alignment: adkim=r in _dmarc.{where} (SES signs with d={dkim_domains[0]}), or verify "
-                f"{from_domain} itself as an SES identity with Easy DKIM")
-    return (f"verify {from_domain} as an SES domain identity with Easy DKIM (`aws sesv2 create-email-identity "
-            f"--email-identity {from_domain}`) and publish its DKIM records ({GUIDE}, 'Verify your domain')")
+        return f"relax DKIM alignment: adkim=r in _dmarc.{where} (SES signs with d={dkim_domains[0]})"
+    if aspf == "s" and mail_from and aligned(mail_from, from_domain, "r"):
+        return f"relax SPF alignment: aspf=r in _dmarc.{where} (the MAIL FROM is {mail_from})"
+    return (f"have SES sign with Easy DKIM for {from_domain}: the `{DKIM}` check names the command "
+            f"({GUIDE}, 'Verify your domain')")
 
 
 def _mode(value: str | None) -> str:
