@@ -127,10 +127,11 @@ def assess(address: str, own: Identity | None, domain: Identity | None, resolver
     """DKIM, MAIL FROM, SPF and DMARC of `address`'s domain, given its SES identities (from
     ses_account.sender_identities, the reads preflight and ses-doctor already make)."""
     from_domain = address.rpartition("@")[2].lower()
-    dkim = dkim_finding(from_domain, domain, local=local)
     mail_from = verified_mail_from(domain)
-    return [dkim, mail_from_finding(domain), spf_finding(mail_from, resolver),
-            dmarc_finding(from_domain, signing_domains(domain), mail_from, resolver, dkim_local=dkim.status == LOCAL)]
+    # a local SES's "signing on" signs nothing, so no alignment may rest on it
+    dkim_domains = [] if local else signing_domains(domain)
+    return [dkim_finding(from_domain, domain, local=local), mail_from_finding(domain), spf_finding(mail_from, resolver),
+            dmarc_finding(from_domain, dkim_domains, mail_from, resolver, dkim_local=local)]
 
 
 def refusals(findings: list[Finding], expected: int, threshold: int) -> list[Finding]:
