@@ -253,13 +253,18 @@ def report_lines(checks) -> dict[str, list[str]]:
     return lines
 
 
-def test_missing_dmarc_and_dkim_off_are_failures_with_their_fixes_in_the_output(stubs):
+def sender_report(stubs, resolver, **domain_identity) -> tuple[list[Check], dict[str, list[str]]]:
+    """check_sender for news@example.com (no address identity, example.com answering `identity(**domain_identity)`)
+    and the lines its findings render as."""
     aws, stub = stubs
     not_found(stub["ses"], "news@example.com")
-    stub["ses"].add_response("get_email_identity", identity(signing=False, dkim="NOT_STARTED"),
-                             {"EmailIdentity": "example.com"})
-    checks = doctor.check_sender(aws.ses, "news@example.com", local=False, resolver=FakeResolver())
-    lines = report_lines(checks)
+    stub["ses"].add_response("get_email_identity", identity(**domain_identity), {"EmailIdentity": "example.com"})
+    checks = doctor.check_sender(aws.ses, "news@example.com", local=False, resolver=resolver)
+    return checks, report_lines(checks)
+
+
+def test_missing_dmarc_and_dkim_off_are_failures_with_their_fixes_in_the_output(stubs):
+    checks, lines = sender_report(stubs, FakeResolver(), signing=False, dkim="NOT_STARTED")
     assert lines["dmarc"][0].startswith("[fail]")
     assert "no DMARC record at _dmarc.example.com" in lines["dmarc"][0]
     assert 'fix: add TXT _dmarc.example.com "v=DMARC1; p=none; rua=mailto:dmarc-reports@example.com"' in lines[
@@ -272,11 +277,7 @@ def test_missing_dmarc_and_dkim_off_are_failures_with_their_fixes_in_the_output(
 
 
 def test_unreachable_dns_is_not_checkable_in_the_output_and_fails_nothing(stubs):
-    aws, stub = stubs
-    not_found(stub["ses"], "news@example.com")
-    stub["ses"].add_response("get_email_identity", identity(), {"EmailIdentity": "example.com"})
-    checks = doctor.check_sender(aws.ses, "news@example.com", local=False, resolver=FakeResolver(unreachable=True))
-    lines = report_lines(checks)
+    checks, lines = sender_report(stubs, FakeResolver(unreachable=True))
     assert lines["dmarc"][0].startswith("[not checkable]")
     assert "DNS did not answer for _dmarc.example.com TXT" in lines["dmarc"][0]
     assert doctor.Report(checks).ok
@@ -284,14 +285,10 @@ def test_unreachable_dns_is_not_checkable_in_the_output_and_fails_nothing(stubs)
 
 
 def test_custom_mail_from_pending_is_a_warning_counted_in_the_output(stubs):
-    aws, stub = stubs
-    not_found(stub["ses"], "news@example.com")
-    stub["ses"].add_response("get_email_identity", identity(mail_from={
-        "MailFromDomain": "bounce.example.com", "MailFromDomainStatus": "PENDING",
-        "BehaviorOnMxFailure": "USE_DEFAULT_VALUE"}), {"EmailIdentity": "example.com"})
     resolver = FakeResolver({"_dmarc.example.com": ["v=DMARC1; p=quarantine; adkim=s"]})
-    checks = doctor.check_sender(aws.ses, "news@example.com", local=False, resolver=resolver)
-    lines = report_lines(checks)
+    checks, lines = sender_report(stubs, resolver, mail_from={
+        "MailFromDomain": "bounce.example.com", "MailFromDomainStatus": "PENDING",
+        "BehaviorOnMxFailure": "USE_DEFAULT_VALUE"})
     assert lines["mail from domain"][0].startswith("[warn]")
     assert "feedback-smtp.<region>.amazonses.com" in lines["mail from domain"][1]
     assert lines["dmarc"][0].startswith("[pass]")

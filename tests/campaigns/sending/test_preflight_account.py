@@ -48,11 +48,16 @@ def account(**changes):
 
 
 def verified_sender(stub, *, config_set=True, dkim=False):
-    stub.add_client_error("get_email_identity", "NotFoundException", "not found", http_status_code=404,
-                          expected_params={"EmailIdentity": "news@example.com"})
     answer = {"IdentityType": "DOMAIN", "VerifiedForSendingStatus": True, "VerificationStatus": "SUCCESS"}
     if dkim:
         answer["DkimAttributes"] = {"SigningEnabled": True, "Status": "SUCCESS"}
+    domain_sender(stub, answer, config_set=config_set)
+
+
+def domain_sender(stub, answer, *, config_set=True):
+    """news@example.com is no identity of its own; example.com answers `answer`; then the configuration set."""
+    stub.add_client_error("get_email_identity", "NotFoundException", "not found", http_status_code=404,
+                          expected_params={"EmailIdentity": "news@example.com"})
     stub.add_response("get_email_identity", answer, {"EmailIdentity": "example.com"})
     if config_set:
         stub.add_response("get_configuration_set", {"ConfigurationSetName": "campaign-events"},
@@ -214,6 +219,8 @@ def test_moto_in_process_ses_passes_as_in_the_dag_tests(db, campaign, account_se
 # --- sender authentication (authentication.py): bulk campaigns refused, smaller ones warned --------------------------
 
 DMARC_NONE = {"_dmarc.example.com": ["v=DMARC1; p=none; rua=mailto:dmarc-reports@example.com"]}
+SIGNING = {"IdentityType": "DOMAIN", "VerifiedForSendingStatus": True, "VerificationStatus": "SUCCESS",
+           "DkimAttributes": {"SigningEnabled": True, "Status": "SUCCESS"}}
 
 
 def bulk(settings, threshold):
@@ -221,12 +228,21 @@ def bulk(settings, threshold):
     return replace(settings, bulk_sender_threshold=threshold)
 
 
-def test_bulk_campaign_without_dmarc_is_refused_with_the_record_to_add(db, campaign, account_settings):
+def authenticated(db, campaign, settings, resolver, *, threshold=4, answer=SIGNING):
+    """Preflight against a healthy account whose example.com identity answers `answer`, with the bulk-sender line at
+    `threshold`: the report, or the refusal's message."""
     client, stub = stubbed_ses()
     stub.add_response("get_account", account())
-    verified_sender(stub, dkim=True)
+    domain_sender(stub, answer)
     with stub:
-        message = refused(db, campaign, bulk(account_settings, 4), client, FakeResolver())
+        try:
+            return run(db, campaign, bulk(settings, threshold), client, resolver=resolver)
+        except PreflightFailed as failure:
+            return str(failure)
+
+
+def test_bulk_campaign_without_dmarc_is_refused_with_the_record_to_add(db, campaign, account_settings):
+    message = authenticated(db, campaign, account_settings, FakeResolver())
     assert "sender authentication (dmarc): no DMARC record at _dmarc.example.com" in message
     assert "5 recipients is above BULK_SENDER_THRESHOLD (4)" in message
     assert 'fix: add TXT _dmarc.example.com "v=DMARC1; p=none; rua=mailto:dmarc-reports@example.com"' in message
@@ -234,11 +250,8 @@ def test_bulk_campaign_without_dmarc_is_refused_with_the_record_to_add(db, campa
 
 
 def test_campaign_at_the_threshold_without_dmarc_is_warned_not_refused(db, campaign, account_settings, caplog):
-    client, stub = stubbed_ses()
-    stub.add_response("get_account", account())
-    verified_sender(stub, dkim=True)
-    with stub, caplog.at_level("WARNING", logger=preflight.__name__):
-        report = run(db, campaign, bulk(account_settings, 5), client, resolver=FakeResolver())
+    with caplog.at_level("WARNING", logger=preflight.__name__):
+        report = authenticated(db, campaign, account_settings, FakeResolver(), threshold=5)
     assert report["ok"]
     authentication = report["sender_authentication"]
     assert authentication["refused"] == []
@@ -257,27 +270,15 @@ def test_bulk_campaign_with_dkim_off_in_moto_is_refused_with_the_enable_command(
 
 
 def test_bulk_campaign_with_an_unverified_sender_is_refused(db, campaign, account_settings):
-    client, stub = stubbed_ses()
-    stub.add_response("get_account", account())
-    stub.add_client_error("get_email_identity", "NotFoundException", "not found", http_status_code=404,
-                          expected_params={"EmailIdentity": "news@example.com"})
-    stub.add_response("get_email_identity", {"IdentityType": "DOMAIN", "VerifiedForSendingStatus": False,
-                                             "VerificationStatus": "PENDING",
-                                             "DkimAttributes": {"SigningEnabled": True, "Status": "PENDING"}},
-                      {"EmailIdentity": "example.com"})
-    stub.add_response("get_configuration_set", {"ConfigurationSetName": "campaign-events"})
-    with stub:
-        message = refused(db, campaign, bulk(account_settings, 4), client, FakeResolver(DMARC_NONE))
+    pending = {"IdentityType": "DOMAIN", "VerifiedForSendingStatus": False, "VerificationStatus": "PENDING",
+               "DkimAttributes": {"SigningEnabled": True, "Status": "PENDING"}}
+    message = authenticated(db, campaign, account_settings, FakeResolver(DMARC_NONE), answer=pending)
     assert "sender: identity example.com is not verified (status PENDING)" in message
     assert "sender authentication (from domain dkim): DKIM for example.com: signing on, status PENDING" in message
 
 
 def test_bulk_campaign_is_not_refused_when_dns_cannot_be_reached(db, campaign, account_settings):
-    client, stub = stubbed_ses()
-    stub.add_response("get_account", account())
-    verified_sender(stub, dkim=True)
-    with stub:
-        report = run(db, campaign, bulk(account_settings, 4), client, resolver=FakeResolver(unreachable=True))
+    report = authenticated(db, campaign, account_settings, FakeResolver(unreachable=True))
     assert report["ok"]
     statuses = {c["name"]: c["status"] for c in report["sender_authentication"]["checks"]}
     assert statuses == {"from domain dkim": "pass", "mail from domain": "pass", "spf": "pass",
@@ -286,11 +287,7 @@ def test_bulk_campaign_is_not_refused_when_dns_cannot_be_reached(db, campaign, a
 
 
 def test_bulk_campaign_of_an_authenticated_domain_passes_without_warnings(db, campaign, account_settings):
-    client, stub = stubbed_ses()
-    stub.add_response("get_account", account())
-    verified_sender(stub, dkim=True)
-    with stub:
-        report = run(db, campaign, bulk(account_settings, 4), client, resolver=FakeResolver(DMARC_NONE))
+    report = authenticated(db, campaign, account_settings, FakeResolver(DMARC_NONE))
     assert report["ok"]
     assert report["sender_authentication"]["warnings"] == []
     assert report["sender_authentication"]["refused"] == []
