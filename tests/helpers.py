@@ -87,3 +87,22 @@ def sent_ledger(conn, key: str, count: int) -> tuple[int, list[int]]:
            SELECT %s, 'r' || g || '@example.com', 'sent', 'ses-' || g, now() - interval '1 hour'
              FROM generate_series(1, %s) g RETURNING id""", [campaign_id, count]).fetchall()]
     return campaign_id, ids
+
+
+class FakeResolver:
+    """DNS for tests, injected where campaigns.sending.authentication takes a Resolver: TXT records by name, or
+    `unreachable` to answer every lookup with DnsUnavailable as a machine without DNS does. `asked` lists the names
+    looked up, in order."""
+
+    def __init__(self, records: dict[str, list[str]] | None = None, *, unreachable: bool = False) -> None:
+        self.records = {name.lower(): list(texts) for name, texts in (records or {}).items()}
+        self.unreachable = unreachable
+        self.asked: list[str] = []
+
+    def txt(self, name: str) -> list[str]:
+        from campaigns.errors import DnsUnavailable
+
+        self.asked.append(name)
+        if self.unreachable:
+            raise DnsUnavailable(f"DNS did not answer for {name} TXT: LifetimeTimeout: timed out")
+        return self.records.get(name.lower(), [])

@@ -166,6 +166,14 @@ class Settings:
         14.0, "SES_LOCAL_MAX_SEND_RATE", "MaxSendRate assumed for a local SES endpoint", read=_number(0.001))
     ses_local_max_24h_send: float = declare(
         50_000.0, "SES_LOCAL_MAX_24H_SEND", "daily quota assumed for a local SES endpoint", read=_number(1))
+    # sender authentication (sending/authentication.py), checked by preflight and ses_doctor
+    bulk_sender_threshold: int = declare(
+        5_000, "BULK_SENDER_THRESHOLD", "recipients above which a campaign is refused unless DKIM signs for its From "
+        "domain and DMARC aligns (the mailbox providers' bulk-sender rules); at or below it only warns",
+        read=_number(0, integer=True))
+    sender_dns_timeout_seconds: float = declare(
+        3.0, "SENDER_DNS_TIMEOUT_SECONDS", "how long one SPF or DMARC lookup may take before the check is not "
+        "checkable", read=_number(0.1))
     sns_topic_arns: tuple[str, ...] = declare(
         (), "SNS_TOPIC_ARNS", "allow-list of SNS topic ARNs the webhook accepts", read=_words,
         shown_default="(none: every notification refused)")

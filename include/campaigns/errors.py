@@ -22,8 +22,10 @@
         └── OutcomeUnknown             the request may have reached SES (timeout): row -> unknown, never resent
 
     ConnectionError                    an outage that passes: NOT a CampaignError, so the task's retries handle it
-    └── LimiterUnavailable             Redis unreachable or erroring: no slot handed out, nothing may be sent
-        └── RateUnavailable            the "auto" rate was never read from SES GetAccount
+    ├── LimiterUnavailable             Redis unreachable or erroring: no slot handed out, nothing may be sent
+    │   └── RateUnavailable            the "auto" rate was never read from SES GetAccount
+    └── DnsUnavailable                 DNS cannot answer (timeout, no nameserver, SERVFAIL, no root zone): a sender
+                                       authentication check is "not checkable", never a pass or a refusal
 
     ValueError
     └── ConfigError                    a setting has a value the product cannot use: fix the environment (NOT a
@@ -138,6 +140,10 @@ class LimiterUnavailable(ConnectionError):
 
 class RateUnavailable(LimiterUnavailable):
     """The "auto" rate has never been read from SES GetAccount, so there is no safe rate to send at."""
+
+
+class DnsUnavailable(ConnectionError):
+    """DNS could not answer a lookup, so what it would have said is unknown (not the same as "no record")."""
 
 
 class ConfigError(ValueError):

@@ -64,7 +64,10 @@ def test_doctor_dag_succeeds_on_the_local_stack(doctor_dag, local_stack):
     assert statuses["ses pool"] == "not checkable in a task"
     assert statuses["from identity"] == "pass"
     assert statuses["ses production access"] == "not checkable locally"
-    assert set(statuses.values()) == {"pass", "not checkable locally", "not checkable in a task"}
+    # DMARC is looked up in real DNS: "not checkable" where DNS cannot be reached (as on the machines that build
+    # this), else "not checkable locally" (its alignment would rest on the local SES's DKIM); nothing else changes
+    assert statuses["dmarc"] in {"not checkable", "not checkable locally"}
+    assert set(statuses.values()) - {"not checkable"} == {"pass", "not checkable locally", "not checkable in a task"}
 
 
 def test_doctor_dag_fails_when_the_sender_is_not_a_verified_identity(doctor_dag, local_stack):

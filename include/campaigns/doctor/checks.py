@@ -1,9 +1,11 @@
 """ses_doctor: what is missing in AWS (and around it) before the first real campaign, with the fix for each.
 
-Every check reports `pass`, `fail` (with the fix) or `not checkable locally`. Against a local SES endpoint (moto), a
-check moto cannot answer truthfully (GetAccount, DKIM status, configuration set event destinations, SNS
-subscriptions) is `not checkable locally`, never `pass`; the account limits come from SES_LOCAL_MAX_SEND_RATE and
-SES_LOCAL_MAX_24H_SEND.
+Every check reports `pass`, `warn` or `fail` (with the fix), or says it could not judge: `not checkable locally`,
+`not checkable` (DNS did not answer). Against a local SES endpoint (moto), a check moto cannot answer truthfully
+(GetAccount, DKIM status, configuration set event destinations, SNS subscriptions) is `not checkable locally`,
+never `pass`; the account limits come from SES_LOCAL_MAX_SEND_RATE and SES_LOCAL_MAX_24H_SEND. The From domain's
+authentication (Easy DKIM, MAIL FROM, SPF, DMARC) is sending/authentication.py's, the same findings preflight
+judges; here a finding that refuses bulk campaigns is a failure whatever the campaign's size.
 
     ses-doctor                     # or: python -m campaigns.doctor [--json] [--from-email ADDRESS]
 
@@ -11,8 +13,9 @@ The command form also checks the Airflow pool `ses` through the `airflow` CLI (r
 metadata database: the scheduler's host, or a shell that sourced .local/stack.env). The `ses_doctor` DAG runs the
 same checks inside a task, which cannot read pools in Airflow 3, so there the pool check says so.
 
-send_campaign's preflight reuses the cheap part (account, sender identity, configuration set): the reads both use
-live in sending/ses_account.py (the doctor adds the fixes), the command line in cli.py.
+send_campaign's preflight reuses the cheap part (account, sender identity and authentication, configuration set):
+the reads both use live in sending/ses_account.py and sending/authentication.py (the doctor adds the fixes), the
+command line in cli.py.
 docs/aws-setup.md explains every fix; the IAM policy there covers exactly the calls made here.
 """
 
@@ -36,6 +39,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from campaigns.config import Settings
+from campaigns.sending import authentication
+from campaigns.sending.authentication import FAIL, LOCAL, PASS, WARN, DnsResolver, Resolver
 from campaigns.sending.ses import endpoint_is_local
 from campaigns.sending.ses_account import (
     GUIDE,
@@ -48,9 +53,6 @@ from campaigns.sending.ses_account import (
     sending_identity,
 )
 
-PASS = "pass"  # noqa: S105 - a check status, not a password
-FAIL = "fail"
-LOCAL = "not checkable locally"
 NOT_IN_TASK = "not checkable in a task"
 
 # The configuration set must publish these to SNS: Send/Delivery settle `unknown` ledger rows, Bounce/Complaint
@@ -65,7 +67,8 @@ BAD_CREDENTIALS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToke
 
 @dataclass(frozen=True)
 class Check:
-    """One finding: `status` is PASS, FAIL, LOCAL or NOT_IN_TASK; `fix` says what to do when it failed."""
+    """One finding: `status` is PASS, WARN, FAIL, NOT_CHECKABLE, LOCAL or NOT_IN_TASK; `fix` says what to do when it
+    is not a pass."""
 
     name: str
     status: str
@@ -86,7 +89,7 @@ class Report:
         return {"ok": self.ok, "checks": [asdict(check) for check in self.checks]}
 
     def render(self) -> str:
-        """A plain-text report: one line per check, the fix indented under a failure."""
+        """A plain-text report: one line per check, the fix indented under it."""
         width = max((len(check.name) for check in self.checks), default=0)
         lines = []
         for check in self.checks:
@@ -94,7 +97,9 @@ class Report:
             if check.fix:
                 lines.append(f"{'':<26} {'':<{width}}  fix: {check.fix}")
         failed = sum(check.status == FAIL for check in self.checks)
-        lines.append(f"\n{len(self.checks)} checks, {failed} failed" + ("" if failed else ": ready to send"))
+        warned = sum(check.status == WARN for check in self.checks)
+        lines.append(f"\n{len(self.checks)} checks, {failed} failed" + (f", {warned} to look at" if warned else "")
+                     + ("" if failed else ": ready to send"))
         return "\n".join(lines)
 
 
@@ -299,36 +304,25 @@ def sender_check(address: str, own: Identity | None, domain: Identity | None) ->
     return Check(name, PASS, f"{address} sends through verified identity {covering.name}")
 
 
-def dkim_check(address: str, domain: Identity | None, *, local: bool) -> Check:
-    name = "from domain dkim"
-    domain_name = address.rpartition("@")[2].lower()
-    if local:
-        return Check(name, LOCAL, "the local SES reports no real DKIM status")
-    if domain is None:
-        return Check(name, FAIL, f"{domain_name} is not an SES domain identity: SES signs only with amazonses.com's "
-                                 "key, which does not align with your From domain, so DMARC fails",
-                     f"`aws sesv2 create-email-identity --email-identity {domain_name}` and publish its DKIM "
-                     f"records ({GUIDE}, 'Verify your domain')")
-    if domain.dkim_signing and domain.dkim_status == "SUCCESS":
-        return Check(name, PASS, f"{domain_name} signs with Easy DKIM (status SUCCESS)")
-    return Check(name, FAIL, f"DKIM for {domain_name}: signing {'on' if domain.dkim_signing else 'off'}, "
-                             f"status {domain.dkim_status}",
-                 f"publish the CNAMEs from `aws sesv2 get-email-identity --email-identity {domain_name} --query "
-                 f"DkimAttributes.Tokens` and enable signing: `aws sesv2 put-email-identity-dkim-attributes "
-                 f"--email-identity {domain_name} --signing-enabled`")
+SENDER_CHECKS = ("from identity", authentication.DKIM, authentication.MAIL_FROM, authentication.SPF,
+                 authentication.DMARC)
 
 
-def check_sender(ses: Any, address: str | None, *, local: bool) -> list[Check]:
+def check_sender(ses: Any, address: str | None, *, local: bool, resolver: Resolver | None = None) -> list[Check]:
+    """The sender's identity, then its domain's authentication (DKIM, MAIL FROM, SPF, DMARC) through `resolver`
+    (default: the system's DNS)."""
     if not address:
         missing = Check("from identity", FAIL, "SES_FROM_EMAIL is not set, so there is no sender to check",
                         "set SES_FROM_EMAIL to the address campaigns send from (or run with --from-email)")
-        return [missing, Check("from domain dkim", FAIL, "no sender to check", missing.fix)]
+        return [missing, *(Check(name, FAIL, "no sender to check", missing.fix) for name in SENDER_CHECKS[1:])]
     try:
         own, domain = sender_identities(ses, address)
     except (ClientError, BotoCoreError) as exc:
         failure = aws_failure("from identity", "sesv2:GetEmailIdentity", exc)
-        return [failure, Check("from domain dkim", FAIL, failure.detail, failure.fix)]
-    return [sender_check(address, own, domain), dkim_check(address, domain, local=local)]
+        return [failure, *(Check(name, FAIL, failure.detail, failure.fix) for name in SENDER_CHECKS[1:])]
+    resolver = resolver or DnsResolver(Settings().sender_dns_timeout_seconds)
+    findings = authentication.assess(address, own, domain, resolver, local=local)
+    return [sender_check(address, own, domain), *(Check(**finding.as_dict()) for finding in findings)]
 
 
 # --- configuration set, event destinations, SNS ---------------------------------------------------------------------
@@ -599,13 +593,16 @@ def _guarded(names: tuple[str, ...], check: Callable[[], Check | list[Check]]) -
 
 
 def run_checks(settings: Settings, aws: AwsClients, *, from_email: str | None = None, in_task: bool = False,
-               pool: Callable[[], Check] = check_pool, get: Callable[..., tuple[int, str]] = http_get) -> Report:
-    """Every check, in the order an operator fixes them."""
+               pool: Callable[[], Check] = check_pool, get: Callable[..., tuple[int, str]] = http_get,
+               resolver: Resolver | None = None) -> Report:
+    """Every check, in the order an operator fixes them; `resolver` answers the sender's DNS lookups (default: the
+    system's, with SENDER_DNS_TIMEOUT_SECONDS)."""
     sender = from_email or settings.from_email
+    resolver = resolver or DnsResolver(settings.sender_dns_timeout_seconds)
     groups: list[tuple[tuple[str, ...], Callable[[], Check | list[Check]]]] = [
         (("aws credentials",), lambda: check_credentials(aws)),
         (("ses account",), lambda: check_account(aws.ses, settings)),
-        (("from identity", "from domain dkim"), lambda: check_sender(aws.ses, sender, local=aws.local)),
+        (SENDER_CHECKS, lambda: check_sender(aws.ses, sender, local=aws.local, resolver=resolver)),
         (("configuration set", "event destination", "sns subscription"), lambda: check_events(aws, settings)),
         (("tracking url",), lambda: check_tracking(settings, get)),
         (("ses pool",), (lambda: Check("ses pool", NOT_IN_TASK, "tasks cannot read pools in Airflow 3: run "

@@ -12,6 +12,11 @@ sandbox account with recipients that are not verified identities, a sender that 
 whose custom MAIL FROM makes SES reject every send), a configuration set that does not exist or does not send. An
 account that cannot be read (no permission for GetAccount) is reported, not refused: the send path's own error
 handling still holds.
+
+It also checks the From domain's authentication (authentication.py: Easy DKIM, MAIL FROM, SPF, DMARC alignment). A
+campaign of more than BULK_SENDER_THRESHOLD sendable recipients is refused when DKIM does not sign for the domain or
+DMARC is missing or misaligned, since the mailbox providers' bulk-sender rules reject or junk such mail; a smaller
+one is warned (logged and in the report's `sender_authentication`). DNS that cannot answer only ever warns.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from campaigns.audience.filters import Audience
 from campaigns.config import Settings
 from campaigns.errors import PreflightFailed
 from campaigns.sending import ledger
+from campaigns.sending.authentication import PASS, DnsResolver, Finding, Resolver, assess, refusals
 from campaigns.states import Row
 
 log = logging.getLogger(__name__)
@@ -36,10 +42,12 @@ MAX_EXAMPLES = 5
 
 
 def run(conn: psycopg.Connection, campaign: dict[str, Any], *, composer_factory, settings: Settings,
-        account_max_rate: float | None = None, ses_client: Any = None) -> dict[str, Any]:
+        account_max_rate: float | None = None, ses_client: Any = None,
+        resolver: Resolver | None = None) -> dict[str, Any]:
     """Check the campaign; return the report, or raise PreflightFailed carrying it.
 
-    `ses_client` (a boto3 sesv2 client) turns on the account, sender and configuration set checks.
+    `ses_client` (a boto3 sesv2 client) turns on the account, sender, sender authentication and configuration set
+    checks; `resolver` answers their DNS lookups (default: the system's, with SENDER_DNS_TIMEOUT_SECONDS).
     """
     problems: list[str] = []
     report: dict[str, Any] = {"campaign_id": campaign["id"], "problems": problems}
@@ -93,7 +101,9 @@ def run(conn: psycopg.Connection, campaign: dict[str, Any], *, composer_factory,
             problems.append(f"{info['count']} recipient(s) fail to render: {message}")
 
     if ses_client is not None:
-        problems.extend(_ses_problems(conn, campaign, settings, ses_client, account, rows, sendable, report))
+        resolver = resolver or DnsResolver(settings.sender_dns_timeout_seconds)
+        problems.extend(_ses_problems(conn, campaign, settings, ses_client, account, rows, sendable, report,
+                                      resolver))
 
     report["ok"] = not problems
     if problems:
@@ -125,7 +135,8 @@ def _read_account(ses_client, settings: Settings, report: dict[str, Any]):
 
 
 def _ses_problems(conn: psycopg.Connection, campaign: dict[str, Any], settings: Settings, ses_client, account,
-                  rows: list[dict[str, Any]], sendable: int, report: dict[str, Any]) -> list[str]:
+                  rows: list[dict[str, Any]], sendable: int, report: dict[str, Any],
+                  resolver: Resolver) -> list[str]:
     """The cheap part of ses_doctor: what would make SES refuse this campaign's sends."""
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -153,6 +164,8 @@ def _ses_problems(conn: psycopg.Connection, campaign: dict[str, Any], settings: 
         sender = ses_account.sender_problem(campaign["from_email"], own, domain)
         if sender is not None:
             problems.append(f"sender: {sender.detail}; fix: {sender.fix}")
+        findings = assess(campaign["from_email"], own, domain, resolver, local=local)
+        problems.extend(_authentication_problems(findings, sendable, settings, report))
         # A local SES accepts any name. No configuration set only loses events (ses_doctor reports that); a named
         # one that does not exist fails every send. (Its SendingEnabled flag is left to ses_doctor: moto, which the
         # tests run against, always reports it false.)
@@ -165,6 +178,24 @@ def _ses_problems(conn: psycopg.Connection, campaign: dict[str, Any], settings: 
         log.warning("could not check the sender identity or configuration set (%s); not refused", exc)
         report["identity_not_checked"] = f"{type(exc).__name__}: {exc}"[:300]
     return problems
+
+
+def _authentication_problems(findings: list[Finding], expected: int, settings: Settings,
+                             report: dict[str, Any]) -> list[str]:
+    """Refusals for a bulk campaign (its sendable audience above BULK_SENDER_THRESHOLD); every other finding that is
+    not a pass is a warning, logged and kept in the report."""
+    threshold = settings.bulk_sender_threshold
+    refused = refusals(findings, expected, threshold)
+    warnings = [f"{f.name}: {f.status}: {f.detail}" + (f" (fix: {f.fix})" if f.fix else "")
+                for f in findings if f.status != PASS and f not in refused]
+    for warning in warnings:
+        log.warning("sender authentication, %s", warning)
+    report["sender_authentication"] = {"expected": expected, "threshold": threshold, "warnings": warnings,
+                                       "refused": [f.name for f in refused],
+                                       "checks": [f.as_dict() for f in findings]}
+    return [f"sender authentication ({f.name}): {f.detail}; {expected:,} recipients is above BULK_SENDER_THRESHOLD "
+            f"({threshold:,}), where Gmail, Yahoo and Outlook.com require DKIM and an aligned DMARC record; fix: "
+            f"{f.fix}" for f in refused]
 
 
 def _still_to_send(conn: psycopg.Connection, campaign: dict[str, Any], sendable: int) -> int:

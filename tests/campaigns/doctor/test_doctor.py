@@ -18,6 +18,7 @@ from campaigns.config import Settings
 from campaigns.doctor import checks as doctor
 from campaigns.doctor import cli
 from campaigns.doctor.checks import FAIL, LOCAL, PASS, AwsClients, Check
+from tests.helpers import FakeResolver
 
 TOPIC = "arn:aws:sns:us-east-1:111122223333:ses-events"
 BASE = "https://track.example.test"
@@ -240,6 +241,59 @@ def test_dkim_signing_off_fails_with_the_enable_command(stubs):
     check = by_name(doctor.check_sender(aws.ses, "news@example.com", local=False))["from domain dkim"]
     assert check.status == FAIL
     assert "put-email-identity-dkim-attributes --email-identity example.com --signing-enabled" in check.fix
+
+
+def report_lines(checks) -> dict[str, list[str]]:
+    """The rendered report's lines by check name: the check's own line, then its fix line when it has one."""
+    lines: dict[str, list[str]] = {}
+    rendered = doctor.Report(checks).render().splitlines()
+    for check in checks:
+        at = next(i for i, line in enumerate(rendered) if f" {check.name} " in line and line.startswith("["))
+        lines[check.name] = rendered[at:at + (2 if check.fix else 1)]
+    return lines
+
+
+def sender_report(stubs, resolver, **domain_identity) -> tuple[list[Check], dict[str, list[str]]]:
+    """check_sender for news@example.com (no address identity, example.com answering `identity(**domain_identity)`)
+    and the lines its findings render as."""
+    aws, stub = stubs
+    not_found(stub["ses"], "news@example.com")
+    stub["ses"].add_response("get_email_identity", identity(**domain_identity), {"EmailIdentity": "example.com"})
+    checks = doctor.check_sender(aws.ses, "news@example.com", local=False, resolver=resolver)
+    return checks, report_lines(checks)
+
+
+def test_missing_dmarc_and_dkim_off_are_failures_with_their_fixes_in_the_output(stubs):
+    checks, lines = sender_report(stubs, FakeResolver(), signing=False, dkim="NOT_STARTED")
+    assert lines["dmarc"][0].startswith("[fail]")
+    assert "no DMARC record at _dmarc.example.com" in lines["dmarc"][0]
+    assert 'fix: add TXT _dmarc.example.com "v=DMARC1; p=none; rua=mailto:dmarc-reports@example.com"' in lines[
+        "dmarc"][1]
+    assert lines["from domain dkim"][0].startswith("[fail]")
+    assert "--signing-enabled" in lines["from domain dkim"][1]
+    assert lines["spf"][0].startswith("[pass]")
+    assert "amazonses.com" in lines["spf"][0]
+    assert doctor.Report(checks).render().endswith("2 failed")
+
+
+def test_unreachable_dns_is_not_checkable_in_the_output_and_fails_nothing(stubs):
+    checks, lines = sender_report(stubs, FakeResolver(unreachable=True))
+    assert lines["dmarc"][0].startswith("[not checkable]")
+    assert "DNS did not answer for _dmarc.example.com TXT" in lines["dmarc"][0]
+    assert doctor.Report(checks).ok
+    assert doctor.Report(checks).render().endswith("0 failed: ready to send")
+
+
+def test_custom_mail_from_pending_is_a_warning_counted_in_the_output(stubs):
+    resolver = FakeResolver({"_dmarc.example.com": ["v=DMARC1; p=quarantine; adkim=s"]})
+    checks, lines = sender_report(stubs, resolver, mail_from={
+        "MailFromDomain": "bounce.example.com", "MailFromDomainStatus": "PENDING",
+        "BehaviorOnMxFailure": "USE_DEFAULT_VALUE"})
+    assert lines["mail from domain"][0].startswith("[warn]")
+    assert "feedback-smtp.<region>.amazonses.com" in lines["mail from domain"][1]
+    assert lines["dmarc"][0].startswith("[pass]")
+    assert "through DKIM d=example.com" in lines["dmarc"][0]
+    assert doctor.Report(checks).render().endswith("0 failed, 1 to look at: ready to send")
 
 
 def test_no_sender_configured_fails_with_the_setting_to_set(stubs):
@@ -512,7 +566,8 @@ def local_ses():
                             aws_secret_access_key="testing")
 
     aws = AwsClients(ses=client("sesv2"), sts=client("sts"), sns=lambda region: client("sns", region))
-    aws.ses.create_email_identity(EmailIdentity="example.com")
+    aws.ses.create_email_identity(EmailIdentity="example.com",
+                                  DkimSigningAttributes={"NextSigningKeyLength": "RSA_2048_BIT"})
     yield aws
     server.stop()
 
@@ -520,13 +575,15 @@ def local_ses():
 def test_local_stack_reports_only_pass_or_not_checkable_locally(local_ses, settings, db, redis_client,
                                                                  tracking_server, ses_pool):
     local = replace(settings, tracking_base_url=tracking_server, sending_rate=10.0, ses_local_max_send_rate=14.0)
-    report = doctor.run_checks(local, local_ses)
+    # example.com's real DMARC record, as a resolver that reaches DNS would answer
+    resolver = FakeResolver({"_dmarc.example.com": ["v=DMARC1;p=reject;sp=reject;adkim=s;aspf=s"]})
+    report = doctor.run_checks(local, local_ses, resolver=resolver)
     statuses = {check.name: check.status for check in report.checks}
     assert report.ok, report.render()
     assert set(statuses.values()) == {PASS, LOCAL}
-    # what moto cannot answer truthfully is never a pass
+    # what moto cannot answer truthfully is never a pass, nor is DMARC alignment resting on moto's DKIM
     for name in ("ses sending enabled", "ses production access", "ses enforcement status", "from domain dkim",
-                 "configuration set", "event destination", "sns subscription"):
+                 "dmarc", "configuration set", "event destination", "sns subscription"):
         assert statuses[name] == LOCAL, name
     # the account limits come from the documented local settings
     assert statuses["ses send rate"] == PASS

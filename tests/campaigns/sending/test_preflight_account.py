@@ -1,5 +1,7 @@
 """Preflight's account checks (the cheap part of ses_doctor): a campaign SES would not send is refused before
-anything is sent; real PostgreSQL for the audience, botocore's Stubber for the SES answers moto cannot give."""
+anything is sent; real PostgreSQL for the audience, botocore's Stubber for the SES answers moto cannot give (moto
+for DKIM off, which it reports for an identity created without DKIM). DNS is a FakeResolver: unreachable unless a
+test gives records."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from campaigns.errors import PreflightFailed
 from campaigns.lifecycle import definitions
 from campaigns.sending import ledger, preflight
 from campaigns.sending.messages import composer_for
-from tests.helpers import add_contacts, inline_campaign
+from tests.helpers import FakeResolver, add_contacts, inline_campaign
 
 RECIPIENTS = [f"user{i}@example.org" for i in range(5)]
 
@@ -45,24 +47,32 @@ def account(**changes):
     return answer
 
 
-def verified_sender(stub, *, config_set=True):
+def verified_sender(stub, *, config_set=True, dkim=False):
+    answer = {"IdentityType": "DOMAIN", "VerifiedForSendingStatus": True, "VerificationStatus": "SUCCESS"}
+    if dkim:
+        answer["DkimAttributes"] = {"SigningEnabled": True, "Status": "SUCCESS"}
+    domain_sender(stub, answer, config_set=config_set)
+
+
+def domain_sender(stub, answer, *, config_set=True):
+    """news@example.com is no identity of its own; example.com answers `answer`; then the configuration set."""
     stub.add_client_error("get_email_identity", "NotFoundException", "not found", http_status_code=404,
                           expected_params={"EmailIdentity": "news@example.com"})
-    stub.add_response("get_email_identity", {"IdentityType": "DOMAIN", "VerifiedForSendingStatus": True,
-                                             "VerificationStatus": "SUCCESS"}, {"EmailIdentity": "example.com"})
+    stub.add_response("get_email_identity", answer, {"EmailIdentity": "example.com"})
     if config_set:
         stub.add_response("get_configuration_set", {"ConfigurationSetName": "campaign-events"},
                           {"ConfigurationSetName": "campaign-events"})
 
 
-def run(db, campaign, settings, client, account_max_rate=None):
+def run(db, campaign, settings, client, account_max_rate=None, resolver=None):
     return preflight.run(db, campaign, composer_factory=lambda c: composer_for(c, settings), settings=settings,
-                         account_max_rate=account_max_rate, ses_client=client)
+                         account_max_rate=account_max_rate, ses_client=client,
+                         resolver=resolver or FakeResolver(unreachable=True))
 
 
-def refused(db, campaign, settings, client) -> str:
+def refused(db, campaign, settings, client, resolver=None) -> str:
     with pytest.raises(PreflightFailed) as failure:
-        run(db, campaign, settings, client)
+        run(db, campaign, settings, client, resolver=resolver)
     return str(failure.value)
 
 
@@ -204,3 +214,92 @@ def test_moto_in_process_ses_passes_as_in_the_dag_tests(db, campaign, account_se
     report = run(db, campaign, account_settings, ses)
     assert report["ok"]
     assert report["account"]["checked"] is False
+
+
+# --- sender authentication (authentication.py): bulk campaigns refused, smaller ones warned --------------------------
+
+DMARC_NONE = {"_dmarc.example.com": ["v=DMARC1; p=none; rua=mailto:dmarc-reports@example.com"]}
+SIGNING = {"IdentityType": "DOMAIN", "VerifiedForSendingStatus": True, "VerificationStatus": "SUCCESS",
+           "DkimAttributes": {"SigningEnabled": True, "Status": "SUCCESS"}}
+
+
+def bulk(settings, threshold):
+    """The bulk-sender line moved to the 5-recipient test audience (its default is 5,000)."""
+    return replace(settings, bulk_sender_threshold=threshold)
+
+
+def authenticated(db, campaign, settings, resolver, *, threshold=4, answer=SIGNING):
+    """Preflight against a healthy account whose example.com identity answers `answer`, with the bulk-sender line at
+    `threshold`: the report, or the refusal's message."""
+    client, stub = stubbed_ses()
+    stub.add_response("get_account", account())
+    domain_sender(stub, answer)
+    with stub:
+        try:
+            return run(db, campaign, bulk(settings, threshold), client, resolver=resolver)
+        except PreflightFailed as failure:
+            return str(failure)
+
+
+def test_bulk_campaign_without_dmarc_is_refused_with_the_record_to_add(db, campaign, account_settings):
+    message = authenticated(db, campaign, account_settings, FakeResolver())
+    assert "sender authentication (dmarc): no DMARC record at _dmarc.example.com" in message
+    assert "5 recipients is above BULK_SENDER_THRESHOLD (4)" in message
+    assert 'fix: add TXT _dmarc.example.com "v=DMARC1; p=none; rua=mailto:dmarc-reports@example.com"' in message
+    assert "from domain dkim" not in message
+
+
+def test_campaign_at_the_threshold_without_dmarc_is_warned_not_refused(db, campaign, account_settings, caplog):
+    with caplog.at_level("WARNING", logger=preflight.__name__):
+        report = authenticated(db, campaign, account_settings, FakeResolver(), threshold=5)
+    assert report["ok"]
+    authentication = report["sender_authentication"]
+    assert authentication["refused"] == []
+    assert authentication["expected"] == 5
+    assert [w.split(":")[0] for w in authentication["warnings"]] == ["dmarc"]
+    assert "sender authentication, dmarc: fail: no DMARC record at _dmarc.example.com" in caplog.text
+
+
+def test_bulk_campaign_with_dkim_off_in_moto_is_refused_with_the_enable_command(db, campaign, account_settings, ses):
+    # the conftest's moto identity is created without DKIM: GetEmailIdentity says SigningEnabled false, NOT_STARTED
+    message = refused(db, campaign, bulk(account_settings, 4), ses, FakeResolver(DMARC_NONE))
+    assert "sender authentication (from domain dkim): DKIM for example.com: signing off, status NOT_STARTED" in message
+    assert "put-email-identity-dkim-attributes --email-identity example.com --signing-enabled" in message
+    # without DKIM nothing aligns (no custom MAIL FROM): the DMARC record does not help
+    assert "sender authentication (dmarc): _dmarc.example.com p=none adkim=r aspf=r: neither DKIM" in message
+
+
+def test_bulk_campaign_with_an_unverified_sender_is_refused(db, campaign, account_settings):
+    pending = {"IdentityType": "DOMAIN", "VerifiedForSendingStatus": False, "VerificationStatus": "PENDING",
+               "DkimAttributes": {"SigningEnabled": True, "Status": "PENDING"}}
+    message = authenticated(db, campaign, account_settings, FakeResolver(DMARC_NONE), answer=pending)
+    assert "sender: identity example.com is not verified (status PENDING)" in message
+    assert "sender authentication (from domain dkim): DKIM for example.com: signing on, status PENDING" in message
+
+
+def test_bulk_campaign_is_not_refused_when_dns_cannot_be_reached(db, campaign, account_settings):
+    report = authenticated(db, campaign, account_settings, FakeResolver(unreachable=True))
+    assert report["ok"]
+    statuses = {c["name"]: c["status"] for c in report["sender_authentication"]["checks"]}
+    assert statuses == {"from domain dkim": "pass", "mail from domain": "pass", "spf": "pass",
+                        "dmarc": "not checkable"}
+    assert report["sender_authentication"]["warnings"][0].startswith("dmarc: not checkable: DMARC of example.com")
+
+
+def test_bulk_campaign_of_an_authenticated_domain_passes_without_warnings(db, campaign, account_settings):
+    report = authenticated(db, campaign, account_settings, FakeResolver(DMARC_NONE))
+    assert report["ok"]
+    assert report["sender_authentication"]["warnings"] == []
+    assert report["sender_authentication"]["refused"] == []
+
+
+def test_local_ses_never_refuses_on_dkim_it_cannot_really_report(db, campaign, account_settings):
+    # the local stack (`make up`) with DNS unreachable, as the e2e campaigns of 5,000+ recipients send through it
+    client, stub = stubbed_ses("http://127.0.0.1:25500")
+    verified_sender(stub, config_set=False)
+    with stub:
+        report = run(db, campaign, bulk(account_settings, 4), client)
+    assert report["ok"]
+    statuses = {c["name"]: c["status"] for c in report["sender_authentication"]["checks"]}
+    assert statuses["from domain dkim"] == "not checkable locally"
+    assert statuses["dmarc"] == "not checkable"
