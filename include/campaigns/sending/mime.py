@@ -127,22 +127,25 @@ def _encoded_words(text: str) -> bytes:
 
 
 def list_id_value(list_id: ListId) -> bytes:
-    """The List-Id header value: the description as an atom phrase, a quoted string or encoded words, then <id>.
+    """The List-Id header value: the description as atoms, a quoted string or encoded words, then <id>.
 
     The description is untrusted text (a list's name), already free of control characters (list_id._clean):
-    quoting escapes its quotes and backslashes, so it can never close the phrase or add a header.
+    quoting escapes its quotes and backslashes, so it can never close the phrase or add a header; lines stay
+    within 78 columns except for an id longer than that.
     """
     bracketed = b"<" + list_id.identifier.encode("ascii") + b">"
     description = list_id.description
     if not description:
         return bracketed
+    quoted = '"' + description.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if _ATOM_PHRASE.fullmatch(description):
-        phrase = description.encode("ascii")
-    elif description.isascii():
-        phrase = b'"' + description.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
+        phrase = subject_value(description)  # atoms folded at spaces ("=?" in one: encoded words)
+    elif description.isascii() and len(quoted) <= 69:
+        phrase = quoted.encode("ascii")
     else:
         phrase = _encoded_words(description)
-    fits = len(phrase) + len(bracketed) <= 69 and b"\r\n" not in phrase  # "List-Id: " + 69 = 78 columns
+    last_line = phrase.rpartition(b"\r\n")[2]
+    fits = len(last_line) + 1 + len(bracketed) <= 69  # "List-Id: " + 69 = 78 columns
     return phrase + (b" " if fits else b"\r\n ") + bracketed
 
 
