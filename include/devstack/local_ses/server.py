@@ -19,10 +19,11 @@ sends/s at this server. An exception from a listener is logged and never changes
 Routes of our own (everything else is moto's):
 
     GET /local-ses/messages              JSON {"messages": [...], "evicted": n}, oldest first, without the raw bytes
-                                         (each with the Feedback-ID header SES adds: AcceptedMessage.delivered)
+                                         (each with `feedback_id`, the Feedback-ID header SES adds)
     GET /local-ses/messages/<id>/raw     the message as sent (message/rfc822)
     GET /inbox                           the accepted messages, newest first
-    GET /inbox/<id>                      one message: its headers, text part, and HTML part in a sandboxed iframe
+    GET /inbox/<id>                      one message: its headers as delivered (AcceptedMessage.delivered: SES's
+                                         Feedback-ID, Date, Message-ID), text part, HTML part in a sandboxed iframe
     GET /inbox/<id>/html                 the HTML part alone, for that iframe, under a strict Content-Security-Policy
 
 Why a page of our own rather than a mail catcher: the messages arrive by the SES API, not SMTP. Debian packages
