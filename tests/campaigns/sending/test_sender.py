@@ -256,13 +256,18 @@ def test_an_address_suppressed_mid_campaign_is_skipped(campaign, ses, limiter, d
     assert "user3@example.org" not in messages_per_recipient()
 
 
-def test_send_email_carries_the_configuration_set_and_tags(campaign, ses, limiter, db):
-    _, task = campaign
+def send_email_requests(task, ses, limiter, *, threads: int) -> list[dict]:
+    """Run the task's batch; the parameters of every SendEmail it made."""
     captured = []
     ses.meta.events.register("provide-client-params.sesv2.SendEmail",
                              lambda params, **kwargs: captured.append(params))
+    batch(task, ses, limiter, threads=threads).run()
+    return captured
 
-    batch(task, ses, limiter, threads=1).run()
+
+def test_send_email_carries_the_configuration_set_and_tags(campaign, ses, limiter, db):
+    _, task = campaign
+    captured = send_email_requests(task, ses, limiter, threads=1)
 
     assert len(captured) == 40
     first = captured[0]
@@ -276,11 +281,7 @@ def test_send_email_carries_the_configuration_set_and_tags(campaign, ses, limite
 def test_every_message_carries_the_list_id_and_the_feedback_id_tags_never_a_feedback_id_header(campaign, ses,
                                                                                                  limiter, db):
     _, task = campaign
-    captured = []
-    ses.meta.events.register("provide-client-params.sesv2.SendEmail",
-                             lambda params, **kwargs: captured.append(params))
-
-    batch(task, ses, limiter, threads=2).run()
+    captured = send_email_requests(task, ses, limiter, threads=2)
 
     assert len(captured) == 40
     for params in captured:
