@@ -11,6 +11,7 @@ docs/configuration.md all read that declaration.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from dataclasses import field as dataclass_field
@@ -102,6 +103,17 @@ def _redis_url(name: str, raw: str) -> str:
     return raw
 
 
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _domain(name: str, raw: str) -> str:
+    domain = raw.lower().rstrip(".")
+    if _DOMAIN.fullmatch(domain) is None or len(domain) > 190:
+        raise ConfigError(f"{name} must be a domain name such as lists.example.com (punycode for an international "
+                          f"one, at most 190 characters), got {raw!r}")
+    return domain
+
+
 def _loopback_url(name: str, raw: str) -> str:
     # As narrow as the setting's purpose: the local stack's SNS on this host, never a host elsewhere.
     parts = urlsplit(raw)
@@ -136,6 +148,9 @@ class Settings:
     configuration_set: str | None = declare(
         None, "SES_CONFIGURATION_SET", "ConfigurationSetName of every SendEmail",
         aliases=("AWS_SES_CONFIGURATION_SET",))
+    list_id_domain: str | None = declare(
+        None, "LIST_ID_DOMAIN", "domain under which List-Ids are derived (`<list-slug>.<domain>`); None: the From "
+        "address's domain", read=_domain, shown_default="(the From domain)")
     # 14: SES's smallest production MaxSendRate
     sending_rate: float | None = declare(
         14.0, "SES_SENDING_RATE", 'sends per second for the whole account; None means "auto": SES GetAccount '

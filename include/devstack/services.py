@@ -24,6 +24,14 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+def _apt_install(*packages: str) -> None:
+    """Install Debian packages (as root): the distribution's builds, never a download of their own."""
+    print(f"[stack] installing {' '.join(packages)} with apt-get", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env)
+
+
 def pg_bin_dir() -> Path | None:
     """The folder that holds initdb/pg_ctl: PATH first, then the newest /usr/lib/postgresql/*/bin."""
     on_path = [shutil.which(name) for name in PG_BINARIES]
@@ -51,10 +59,7 @@ def ensure_servers() -> Path:
                 f"Install them, for example: sudo apt-get install -y {' '.join(missing)}\n"
                 "or put their binaries on PATH, then run the command again."
             )
-        print(f"[stack] installing {' '.join(missing)} with apt-get", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+        _apt_install(*missing)
     bin_dir = pg_bin_dir()
     if bin_dir is None:
         raise StackError("PostgreSQL was installed but initdb/pg_ctl were not found on PATH or in /usr/lib/postgresql.")
@@ -302,8 +307,25 @@ def ensure_chromium() -> str:
     if not Path(CHROMIUM).exists():
         if not _is_root() or shutil.which("apt-get") is None:
             raise StackError(f"The browser tests need Chromium at {CHROMIUM}: sudo apt-get install -y chromium")
-        print("[stack] installing chromium with apt-get", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+        _apt_install("chromium")
     return CHROMIUM
+
+
+SPAMASSASSIN = "/usr/bin/spamassassin"
+SPAMASSASSIN_RULES = Path("/usr/share/spamassassin")  # the rules Debian's package ships: no sa-update needed
+
+
+def ensure_spamassassin() -> str:
+    """Debian's SpamAssassin for the spam-score test, with the rules its package ships (scored offline, `-L`).
+
+    Installed with apt-get when missing and we are root (as ensure_chromium does); otherwise says what to install.
+    """
+    if not Path(SPAMASSASSIN).exists():
+        if not _is_root() or shutil.which("apt-get") is None:
+            raise StackError(f"The spam-score test needs SpamAssassin at {SPAMASSASSIN}: "
+                             "sudo apt-get install -y spamassassin")
+        _apt_install("spamassassin")
+    if not any(SPAMASSASSIN_RULES.glob("*.cf")):
+        raise StackError(f"SpamAssassin is installed but its rules are missing from {SPAMASSASSIN_RULES}: "
+                         "reinstall the package (sudo apt-get install --reinstall -y spamassassin)")
+    return SPAMASSASSIN

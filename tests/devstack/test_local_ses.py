@@ -12,6 +12,7 @@ import datetime as dt
 import email.policy
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -353,3 +354,38 @@ def test_the_message_store_is_safe_to_fill_from_many_threads():
         thread.join()
     assert len(store) == 1000
     assert store.evicted == 1000
+
+
+def test_ses_adds_the_feedback_id_from_the_two_tags_and_its_own_date_and_message_id(in_process):
+    _, store, client, url = in_process
+    sent = _raw("ann@example.org")
+    sent = b"Date: Mon, 01 Jan 2001 00:00:00 +0000\r\nMessage-ID: <mine@example.com>\r\n" + sent
+    message_id = _send(client, "ann@example.org", raw=sent,
+                       tags={"ses:feedback-id-a": "nov-news", "ses:feedback-id-b": "newsletter", "campaign": "7"})
+
+    recorded = store.get(message_id)
+    assert recorded.raw == sent  # what SendEmail carried stays as it was
+    campaign, sender, internal, platform = recorded.feedback_id.split(":")
+    assert (campaign, sender, platform) == ("nov-news", "newsletter", "AmazonSES")
+    assert re.fullmatch(r"1\.us-east-1\.[A-Za-z0-9+/]{43}=", internal)
+    assert _listed(url)[message_id]["feedback_id"] == recorded.feedback_id
+
+    delivered = email.message_from_bytes(recorded.delivered(), policy=email.policy.default)
+    assert delivered.get_all("Feedback-ID") == [recorded.feedback_id]
+    # SES overwrites a Date and a Message-ID the sender wrote: one of each, SES's
+    assert delivered.get_all("Message-ID") == [f"<{message_id}@email.amazonses.com>"]
+    assert [d.datetime for d in delivered.get_all("Date")] == [recorded.received_at.replace(microsecond=0)]
+    assert recorded.delivered().partition(b"\r\n\r\n")[2] == sent.partition(b"\r\n\r\n")[2]  # the body as sent
+    assert delivered["List-Unsubscribe"] == UNSUBSCRIBE
+
+    status, _, page = _get(f"{url}/inbox/{message_id}")
+    assert status == 200
+    assert recorded.feedback_id.encode() in page
+
+
+def test_without_the_tags_the_feedback_id_has_only_ses_parts(in_process):
+    _, store, client, _ = in_process
+    message_id = _send(client, "ann@example.org", tags={"campaign": "7"})
+
+    assert store.get(message_id).feedback_id.startswith("::1.us-east-1.")
+    assert store.get(message_id).feedback_id.endswith("=:AmazonSES")

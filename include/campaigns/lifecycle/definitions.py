@@ -20,13 +20,16 @@ from psycopg.types.json import Jsonb
 
 from campaigns import queries, states
 from campaigns.audience.filters import Audience
-from campaigns.errors import CampaignDefinitionError, CampaignNotFound, IllegalTransition
+from campaigns.errors import AddressProblem, CampaignDefinitionError, CampaignNotFound, IllegalTransition
 from campaigns.lifecycle import scheduling
 from campaigns.lifecycle.scheduling import Recurrence
+from campaigns.sending.list_id import parse_list_id
 
 KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 CONTENT_FIELDS = ("name", "subject", "preheader", "from_email", "from_name", "reply_to", "html", "text")
-SETTING_KEYS = {"track_opens": bool, "track_clicks": bool, "auto_footer": bool, "view_in_browser_footer": bool}
+SETTING_KEYS = {"track_opens": bool, "track_clicks": bool, "auto_footer": bool, "view_in_browser_footer": bool,
+                "list_id": str}  # list_id: the List-Id header, e.g. "Spring News <spring-news.example.com>"
+_JSON_TYPES = {bool: "boolean", str: "string"}
 DEFINITION_KEYS = {"key", "audience", "settings", "send_at", "recurrence", *CONTENT_FIELDS}
 # An occurrence's key is the template's key plus ":YYYYMMDDTHHMMZ" (15 characters) and must still fit 128.
 MAX_RECURRING_KEY = 128 - 15
@@ -61,7 +64,7 @@ CAMPAIGN_JSON_SCHEMA = {
         },
         "settings": {
             "type": "object",
-            "properties": {name: {"type": "boolean"} for name in SETTING_KEYS},
+            "properties": {name: {"type": _JSON_TYPES[kind]} for name, kind in SETTING_KEYS.items()},
             "additionalProperties": False,
         },
         "send_at": {"type": ["string", "null"], "minLength": 1,
@@ -143,6 +146,11 @@ class CampaignDefinition:
                     f"{prefix}settings.{name} is not a setting (known: {', '.join(sorted(SETTING_KEYS))})")
             if not isinstance(value, SETTING_KEYS[name]):
                 raise CampaignDefinitionError(f"{prefix}settings.{name} must be a {SETTING_KEYS[name].__name__}")
+        if settings.get("list_id") is not None:
+            try:
+                parse_list_id(settings["list_id"], f"{prefix}settings.list_id")
+            except AddressProblem as exc:
+                raise CampaignDefinitionError(str(exc)) from exc
         if "audience" not in raw:
             raise CampaignDefinitionError(f"{prefix}audience is required, e.g. {{\"lists\": [\"newsletter\"]}}")
         send_at = recurrence = None

@@ -202,7 +202,7 @@ def send_test(conn: psycopg.Connection, request: TestSendRequest, *, run_id: str
         raise TestSendRefused("the test email does not render; nothing was sent:\n  - " + "\n  - ".join(problems))
 
     results = []
-    tags = {"campaign": str(campaign["id"]), "test_send": "true"}
+    tags = {**builder.feedback_tags, "campaign": str(campaign["id"]), "test_send": "true"}
     for address, contact, raw in messages:
         message_id, error = _send(transport, limiter, raw=raw, from_email=builder.from_email, to=address, tags=tags)
         row = conn.execute(sql["insert-test-send"], {

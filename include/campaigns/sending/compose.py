@@ -24,10 +24,13 @@ Everything that is the same for every recipient is done once, when the Composer 
   template. Converting every rendered html would cost ~0.5 ms per email. If the derived template does not compile
   (e.g. an `{% if %}` opened inside an html comment and closed outside it), the text is converted from each rendered
   html instead.
-- The MIME skeleton (From/Reply-To/extra headers, boundary, part headers) is built once as bytes; per recipient
-  only To, Subject, List-Unsubscribe and the two quoted-printable bodies are produced and joined. The output
-  parses like the stdlib `EmailMessage(policy=SMTP)` build of the same content. No Date or Message-ID header is
-  written: SES sets both.
+- The MIME skeleton (From/Reply-To/List-Id/extra headers, boundary, part headers) is built once as bytes; per
+  recipient only To, Subject, List-Unsubscribe and the two quoted-printable bodies are produced and joined. The
+  output parses like the stdlib `EmailMessage(policy=SMTP)` build of the same content. No Date or Message-ID header
+  is written: SES overwrites both (docs/deliverability.md).
+- Every message carries a List-Id (campaigns.sending.list_id): the campaign's, else one derived from its key under
+  the From domain. `feedback_tags` are the SES message tags from which SES writes the Feedback-ID header: the
+  campaign's key and the List-Id's label.
 
 Merge values that are None render as an empty string (contact attributes are often NULL). Missing merge fields
 raise TemplateProblem on render unless the template guards them (`| default(...)`, `is defined`).
@@ -50,7 +53,9 @@ from jinja2 import Environment, meta
 from campaigns.errors import AddressProblem, TemplateProblem
 from campaigns.feedback.tokens import TokenCodec
 from campaigns.sending.addresses import normalize_address
+from campaigns.sending.list_id import ListId, derive_list_id
 from campaigns.sending.mime import HEADER_CONTROL, MimeSkeleton, qp_body, subject_value
+from campaigns.sending.ses import feedback_tags
 from campaigns.sending.templates import (
     BLANK_RUNS,
     RECORDED,
@@ -104,6 +109,8 @@ class CampaignContent:
     preheader: str | None = None  # Jinja2 template, one line; None or blank -> no preheader
     # Add a "View this email in your browser" link to each part whose template does not place it.
     view_in_browser_footer: bool = False
+    key: str | None = None  # the campaign's key: the Feedback-ID's campaign part (else "campaign-<id>")
+    list_id: ListId | None = None  # None: derived from the key (or id) under the From domain
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +214,12 @@ class Composer:
         self._recording_lock = threading.Lock()
 
         self.from_email = normalize_address(content.from_email, "from")
+        family = content.key or f"campaign-{content.campaign_id}"
+        self.list_id = content.list_id or derive_list_id(family, self.from_email)
+        # the SES message tags SES turns into the Feedback-ID header (same for every message of the campaign)
+        self.feedback_tags = feedback_tags(family, self.list_id.label)
         self._skeleton = MimeSkeleton.build(content.campaign_id, self.from_email, content.from_name, content.reply_to,
-                                            extra_headers or {})
+                                            extra_headers or {}, self.list_id)
 
     # -- per recipient -------------------------------------------------------------------------------------------
 

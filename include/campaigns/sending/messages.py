@@ -16,7 +16,9 @@ from typing import Any
 
 from campaigns.config import Settings
 from campaigns.feedback.tokens import TokenCodec
+from campaigns.sending.addresses import normalize_address
 from campaigns.sending.compose import CampaignContent, Composer
+from campaigns.sending.list_id import ListId, derive_list_id, parse_list_id
 from campaigns.sending.tracked_links import PREHEADER_END, PREHEADER_START
 
 
@@ -27,10 +29,21 @@ def composer_for(campaign: dict[str, Any], settings: Settings) -> Composer:
         campaign_id=campaign["id"], subject=campaign["subject"], html=campaign["html"], text=campaign["text"],
         from_email=campaign["from_email"], from_name=campaign["from_name"], reply_to=campaign["reply_to"],
         auto_footer=options.get("auto_footer", True), preheader=campaign.get("preheader"),
-        view_in_browser_footer=options.get("view_in_browser_footer", False))
+        view_in_browser_footer=options.get("view_in_browser_footer", False), key=campaign.get("key"),
+        list_id=list_id_for(campaign, settings))
     return Composer(content, tracking_base_url=settings.tracking_base_url,
                     codec=TokenCodec(settings.tracking_secret_keys),
                     track_opens=options.get("track_opens", True), track_clicks=options.get("track_clicks", True))
+
+
+def list_id_for(campaign: dict[str, Any], settings: Settings) -> ListId:
+    """The campaign's List-Id: its definition's `settings.list_id`, else its first audience list's, derived under
+    LIST_ID_DOMAIN (default: the From domain); a campaign without lists (a bare row in a test) uses its key."""
+    given = (campaign.get("settings") or {}).get("list_id")
+    if given:
+        return parse_list_id(given, "settings.list_id")
+    lists = (campaign.get("audience") or {}).get("lists") or [campaign.get("key") or f"campaign-{campaign['id']}"]
+    return derive_list_id(lists[0], normalize_address(campaign["from_email"], "from"), settings.list_id_domain)
 
 
 @dataclass(frozen=True)

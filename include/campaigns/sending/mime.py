@@ -2,7 +2,8 @@
 Subject header produced per recipient.
 
 The output parses like the stdlib `EmailMessage(policy=SMTP)` build of the same content. No Date or Message-ID
-header is written: SES sets both.
+header is written: SES overwrites both (docs/deliverability.md). No Feedback-ID either: SES writes it from the
+`ses:feedback-id-*` message tags (campaigns.sending.ses).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from email.message import EmailMessage
 
 from campaigns.errors import AddressProblem
 from campaigns.sending.addresses import normalize_address
+from campaigns.sending.list_id import ListId
 
 # Headers the Composer writes itself (or SES does); extra_headers may not set them.
 _MANAGED_HEADERS = frozenset({
     "from", "to", "cc", "bcc", "reply-to", "sender", "subject", "mime-version", "content-type",
     "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post", "return-path", "date", "message-id",
+    "list-id", "feedback-id",
 })
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext
 _MAX_LINE = 998
@@ -32,6 +35,8 @@ HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF or another co
 _QP_BYTE = tuple(chr(b) if (33 <= b <= 126 and b != 61) or b in (9, 32) else f"={b:02X}" for b in range(256))
 _QP_CACHE_LINES = 4096  # per part; static template lines fill it during the first renders
 _EW_CHUNK = 42  # bytes per RFC 2047 encoded word: "Subject: " + 10 + 56 + 2 stays within 78 columns
+# RFC 5322 atoms separated by single spaces: a phrase that needs neither quoting nor encoding
+_ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
 
 def _qp_line(line: str) -> str:
@@ -104,7 +109,12 @@ def subject_value(subject: str) -> bytes:
         lines.append(current)
         if all(len(line) <= _MAX_LINE - 10 and line.strip() for line in lines):
             return "\r\n".join(lines).encode("ascii")
-    data = subject.encode("utf-8")
+    return _encoded_words(subject)
+
+
+def _encoded_words(text: str) -> bytes:
+    """`text` as RFC 2047 base64 encoded words of UTF-8, one per folded line."""
+    data = text.encode("utf-8")
     words: list[bytes] = []
     start, end = 0, len(data)
     while start < end:
@@ -116,6 +126,29 @@ def subject_value(subject: str) -> bytes:
     return b"\r\n ".join(words)
 
 
+def list_id_value(list_id: ListId) -> bytes:
+    """The List-Id header value: the description as atoms, a quoted string or encoded words, then <id>.
+
+    The description is untrusted text (a list's name), already free of control characters (list_id._clean):
+    quoting escapes its quotes and backslashes, so it can never close the phrase or add a header; lines stay
+    within 78 columns except for an id longer than that.
+    """
+    bracketed = b"<" + list_id.identifier.encode("ascii") + b">"
+    description = list_id.description
+    if not description:
+        return bracketed
+    quoted = '"' + description.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if _ATOM_PHRASE.fullmatch(description):
+        phrase = subject_value(description)  # atoms folded at spaces ("=?" in one: encoded words)
+    elif description.isascii() and len(quoted) <= 69:
+        phrase = quoted.encode("ascii")
+    else:
+        phrase = _encoded_words(description)
+    last_line = phrase.rpartition(b"\r\n")[2]
+    fits = len(last_line) + 1 + len(bracketed) <= 69  # "List-Id: " + 69 = 78 columns
+    return phrase + (b" " if fits else b"\r\n ") + bracketed
+
+
 def _check_header_text(value: str, what: str) -> None:
     if HEADER_CONTROL.search(value):
         raise AddressProblem(f"{what} contains a line break or control character")
@@ -125,9 +158,9 @@ def _check_header_text(value: str, what: str) -> None:
 class MimeSkeleton:
     """One campaign's message bytes around the per-recipient values: To, Subject, List-Unsubscribe and the bodies.
 
-    From/Reply-To/extra headers, the boundary and the part headers are built once; per recipient the Composer joins
-    head + To + after_to + Subject + after_subject + unsubscribe URL + after_unsubscribe + text + between_parts +
-    html + tail.
+    From/Reply-To/List-Id/extra headers, the boundary and the part headers are built once; per recipient the
+    Composer joins head + To + after_to + Subject + after_subject + unsubscribe URL + after_unsubscribe + text +
+    between_parts + html + tail.
     """
 
     head: bytes
@@ -139,7 +172,7 @@ class MimeSkeleton:
 
     @classmethod
     def build(cls, campaign_id: int, from_email: str, from_name: str | None, reply_to: str | None,
-              extra_headers: Mapping[str, str]) -> MimeSkeleton:
+              extra_headers: Mapping[str, str], list_id: ListId | None = None) -> MimeSkeleton:
         """The skeleton for a sender (`from_email` already normalized); AddressProblem for a header that cannot be."""
         headers = EmailMessage(policy=email_policy.SMTP)
         display_name = from_name or ""
@@ -159,6 +192,8 @@ class MimeSkeleton:
                 _check_header_text(value, f"extra header {name!r}")
                 headers[name] = value
             head = b"".join(headers.policy.fold_binary(name, value) for name, value in headers.items())
+            if list_id is not None:
+                head += b"List-Id: " + list_id_value(list_id) + b"\r\n"
         except AddressProblem:
             raise
         except (ValueError, TypeError) as exc:  # the stdlib's own header checks

@@ -53,6 +53,10 @@ class Transport(Protocol):
 
 
 class MessageBuilder(Protocol):
+    """The campaign's Composer as the send loop uses it."""
+
+    feedback_tags: dict[str, str]  # SES tags on every message: SES writes the Feedback-ID header from them
+
     def compose(self, recipient_id: int, to_email: str, merge_data: dict[str, Any]) -> bytes: ...
 
 
@@ -293,7 +297,7 @@ class SendBatch:
             ledger.release(conn, row["id"], self.attempt, Row.FAILED, f"compose: {exc}")
             self._count(Row.FAILED)
             return
-        tags = {"campaign": str(self.task.campaign_id), "recipient": str(row["id"])}
+        tags = {**self.builder.feedback_tags, "campaign": str(self.task.campaign_id), "recipient": str(row["id"])}
         for retry in range(MAX_THROTTLE_RETRIES + 1):
             try:
                 message_id = self.transport.send(raw=raw, from_email=self.from_email, to=row["email"], tags=tags)

@@ -2,10 +2,15 @@
 
 botocore's own retries are off (total_max_attempts=1): a read timeout retried by botocore could send the same
 message twice, and SES has no idempotency token. Throttling is retried by the sender, through the limiter.
+
+Gmail's feedback loop reads the `Feedback-ID` header, which SES writes itself as
+`<ses:feedback-id-a>:<ses:feedback-id-b>:<SES's own id>:AmazonSES` from two message tags; `feedback_tags` fills
+them (the campaign, and the list the List-Id names). Writing the header ourselves would give the message two.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +30,22 @@ REJECTED = {"MessageRejected", "BadRequestException", "InvalidParameterValue", "
 ACCOUNT_STOPPED = {"SendingPausedException", "AccountSuspendedException", "MailFromDomainNotVerifiedException",
                    "NotFoundException", "LimitExceededException", "ConfigurationSetDoesNotExistException"}
 NOT_PROCESSED = {"ServiceUnavailable", "ServiceUnavailableException"}
+FEEDBACK_ID_A, FEEDBACK_ID_B = "ses:feedback-id-a", "ses:feedback-id-b"
+MAX_TAG_VALUE = 256
+_NOT_TAG_VALUE = re.compile(r"[^A-Za-z0-9_-]+")  # SES MessageTag values: ASCII letters, digits, '_' and '-' only
+
+
+def tag_value(text: str) -> str:
+    """`text` as an SES message tag value: every other run of characters becomes '_', at most 256 characters."""
+    return _NOT_TAG_VALUE.sub("_", text)[:MAX_TAG_VALUE] or "_"
+
+
+def feedback_tags(campaign: str, sender: str) -> dict[str, str]:
+    """The two tags SES puts first in the Feedback-ID header: the campaign, then the sender or list identity.
+
+    Never a recipient's value: Gmail reports per Feedback-ID part, and parts must stay aggregate.
+    """
+    return {FEEDBACK_ID_A: tag_value(campaign), FEEDBACK_ID_B: tag_value(sender)}
 
 
 def client_config(max_connections: int = 10) -> Config:

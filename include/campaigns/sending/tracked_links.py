@@ -53,9 +53,11 @@ TEXT_VIEW_FOOTER = "\n\nView this email in your browser: {{ view_in_browser_url 
 
 # The hidden preview text inbox apps show after the subject: the first thing inside <body>, hidden everywhere
 # (mso-hide for Outlook), then zero-width-joiner + no-break-space padding so the apps do not fill the rest of the
-# preview with the body's first words. messages.read_message finds the text by PREHEADER_START.
-PREHEADER_START = ('<div data-preheader style="display:none;font-size:1px;line-height:1px;max-height:0;max-width:0;'
-                   'opacity:0;overflow:hidden;mso-hide:all">')
+# preview with the body's first words. messages.read_message finds the text by PREHEADER_START. No tiny font
+# (font-size:1px): SpamAssassin counts text in it as invisible text (FONT_INVIS_MSGID), and display:none, zero size
+# and mso-hide already hide it in every client.
+PREHEADER_START = ('<div data-preheader style="display:none;max-height:0;max-width:0;opacity:0;overflow:hidden;'
+                   'mso-hide:all">')
 PREHEADER_END = "</div>"
 _PREHEADER_PADDING = ('<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">'
                       + "&zwnj;&nbsp;" * 90 + "</div>")

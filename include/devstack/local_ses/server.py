@@ -19,9 +19,11 @@ sends/s at this server. An exception from a listener is logged and never changes
 Routes of our own (everything else is moto's):
 
     GET /local-ses/messages              JSON {"messages": [...], "evicted": n}, oldest first, without the raw bytes
+                                         (each with `feedback_id`, the Feedback-ID header SES adds)
     GET /local-ses/messages/<id>/raw     the message as sent (message/rfc822)
     GET /inbox                           the accepted messages, newest first
-    GET /inbox/<id>                      one message: its headers, text part, and HTML part in a sandboxed iframe
+    GET /inbox/<id>                      one message: its headers as delivered (AcceptedMessage.delivered: SES's
+                                         Feedback-ID, Date, Message-ID), text part, HTML part in a sandboxed iframe
     GET /inbox/<id>/html                 the HTML part alone, for that iframe, under a strict Content-Security-Policy
 
 The SES account-level suppression list, which moto does not have (5.2.5 answers 404 to all four calls), is served
@@ -177,6 +179,7 @@ def message_summary(message: AcceptedMessage) -> dict[str, Any]:
         "destinations": list(message.destinations),
         "tags": message.tags,
         "configuration_set": message.configuration_set,
+        "feedback_id": message.feedback_id,  # the Feedback-ID header SES adds, from the ses:feedback-id-* tags
     }
 
 
@@ -517,7 +520,8 @@ class _Pages:
 
     def message(self, request: Request, message_id: str) -> Response:
         message = self._message(message_id)
-        parsed = BytesParser(policy=email.policy.default).parsebytes(message.raw)
+        # the headers as the recipient gets them: SES's Feedback-ID, Date and Message-ID included
+        parsed = BytesParser(policy=email.policy.default).parsebytes(message.delivered())
         text = parsed.get_body(("plain",))
         html = parsed.get_body(("html",))
         remote_images = request.args.get("images") == "1"

@@ -182,6 +182,7 @@ class FailingBuilder:
 
     def __init__(self, builder, address: str, error: Exception) -> None:
         self.builder, self.address, self.error = builder, address, error
+        self.feedback_tags = builder.feedback_tags
 
     def compose(self, recipient_id, to_email, merge_data):
         if to_email == self.address:
@@ -255,13 +256,18 @@ def test_an_address_suppressed_mid_campaign_is_skipped(campaign, ses, limiter, d
     assert "user3@example.org" not in messages_per_recipient()
 
 
-def test_send_email_carries_the_configuration_set_and_tags(campaign, ses, limiter, db):
-    _, task = campaign
+def send_email_requests(task, ses, limiter, *, threads: int) -> list[dict]:
+    """Run the task's batch; the parameters of every SendEmail it made."""
     captured = []
     ses.meta.events.register("provide-client-params.sesv2.SendEmail",
                              lambda params, **kwargs: captured.append(params))
+    batch(task, ses, limiter, threads=threads).run()
+    return captured
 
-    batch(task, ses, limiter, threads=1).run()
+
+def test_send_email_carries_the_configuration_set_and_tags(campaign, ses, limiter, db):
+    _, task = campaign
+    captured = send_email_requests(task, ses, limiter, threads=1)
 
     assert len(captured) == 40
     first = captured[0]
@@ -270,6 +276,22 @@ def test_send_email_carries_the_configuration_set_and_tags(campaign, ses, limite
     assert tags["campaign"] == str(task.campaign_id)
     assert tags["recipient"].isdigit()
     assert first["Destination"] == {"ToAddresses": ["user0@example.org"]}
+
+
+def test_every_message_carries_the_list_id_and_the_feedback_id_tags_never_a_feedback_id_header(campaign, ses,
+                                                                                                 limiter, db):
+    _, task = campaign
+    captured = send_email_requests(task, ses, limiter, threads=2)
+
+    assert len(captured) == 40
+    for params in captured:
+        tags = {tag["Name"]: tag["Value"] for tag in params["EmailTags"]}
+        # SES writes "Feedback-ID: nov-news:newsletter:<its id>:AmazonSES" from these two
+        assert tags["ses:feedback-id-a"] == "nov-news"
+        assert tags["ses:feedback-id-b"] == "newsletter"
+        message = email.message_from_bytes(params["Content"]["Raw"]["Data"], policy=email.policy.default)
+        assert message["List-Id"] == "newsletter <newsletter.example.com>"
+        assert message["Feedback-ID"] is None
 
 
 def test_redis_down_sends_nothing_and_says_why(campaign, ses, db):
