@@ -13,8 +13,8 @@ AND NOT EXISTS (SELECT 1 FROM email_events e WHERE e.recipient_id = r.id)
 
 -- name: unsettled-report
 -- Per campaign: how many such rows, since when, and the first few (by id) as a sample. NULL campaign_id: every
--- campaign, the hourly report (a scan of the ledger for status once an hour, which costs about a second per
--- ten million rows); a campaign id: that campaign's rows through its unique (campaign_id, lower(email)) index.
+-- campaign, the hourly report; a campaign id: that campaign's rows. Both read the partial index of unknown rows
+-- (migration 0007), which holds only the few rows a dead task left in flight.
 WITH unsettled AS (
     SELECT r.campaign_id, r.id, r.email, r.claimed_at, r.error,
            count(*) OVER by_campaign AS unknown,
