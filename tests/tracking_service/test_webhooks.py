@@ -590,3 +590,34 @@ def test_soft_bounce_is_counted_past_an_earlier_bounce_whose_recipients_are_not_
     assert post(client, envelope(key, identity_bounce("Transient", [{"emailAddress": "ola@example.com"}], []))
                 ).status_code == 200
     assert len(events(db)) == 2
+
+
+def future(minutes: float) -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
+
+
+def test_notification_from_the_future_is_403_with_no_state_change(client, db, ledger, key):
+    before = snapshot(db)
+    response = post(client, envelope(key, bounce("Permanent"), Timestamp=future(10)))
+    assert response.status_code == 403
+    assert snapshot(db) == before
+
+
+def test_clock_skew_setting_lets_a_slow_clock_accept_what_sns_sent(cert_file, db, ledger, key):
+    settings = replace(Settings.from_env(), sns_topic_arns=(TOPIC,), sns_test_cert_pem=str(cert_file),
+                       sns_max_clock_skew_seconds=3600)
+    client = create_app(test_config={"TESTING": True, "SETTINGS": settings, "TRACKING_DRAINER": False}).test_client()
+    assert post(client, envelope(key, bounce("Permanent"), Timestamp=future(10))).status_code == 200
+    assert post(client, envelope(key, bounce("Permanent"), Timestamp=future(70))).status_code == 403
+
+
+def test_forged_unsubscribe_url_is_403_with_no_state_change(client, db, ledger, key):
+    before = snapshot(db)
+    message = {**envelope(key, bounce("Permanent")), "UnsubscribeURL": "https://evil.example/?Action=Unsubscribe"}
+    assert post(client, message).status_code == 403
+    assert snapshot(db) == before
+
+
+def test_text_that_cannot_have_been_signed_is_403_not_500(client, db, ledger, key):
+    body = json.dumps(envelope(key, bounce("Permanent"))).replace('"Message": "', '"Message": "\\udc00', 1)
+    assert post(client, body.encode()).status_code == 403
