@@ -49,7 +49,8 @@ def verifier() -> SnsVerifier:
     if existing is None:
         settings: Settings = current_app.config["SETTINGS"]
         existing = SnsVerifier(settings.sns_topic_arns, test_cert_pem=settings.sns_test_cert_pem,
-                               fetch=current_app.config.get("SNS_CERT_FETCH"))
+                               fetch=current_app.config.get("SNS_CERT_FETCH"),
+                               max_clock_skew=settings.sns_max_clock_skew_seconds)
         current_app.extensions[VERIFIER_KEY] = existing
     return existing
 

@@ -198,6 +198,9 @@ class Settings:
     sns_test_confirm_url: str | None = declare(
         None, "SNS_TEST_CONFIRM_URL", "dev stack only: a loopback URL that gets a checked SubscribeURL's query "
         "instead of AWS", read=_loopback_url, shown_default="(off)")
+    sns_max_clock_skew_seconds: float = declare(
+        300.0, "SNS_MAX_CLOCK_SKEW_SECONDS", "how far in the future an SNS message's Timestamp may lie before the "
+        "webhook refuses it", read=_number(0))
     soft_bounce_limit: int = declare(
         3, "SOFT_BOUNCE_LIMIT", "soft bounces within SOFT_BOUNCE_DAYS after which an address is suppressed",
         read=_number(1, integer=True))

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.test import EnvironBuilder
 
+from campaigns.audience.contacts import import_csv
 from campaigns.config import Settings
 from tests.sns_signing import CERT_URL, SUBSCRIBE_URL, TOPIC, new_key, self_signed_cert, signed_message
 from tracking_service import create_app, webhooks
@@ -427,3 +428,196 @@ def test_injected_cert_fetch_is_used_once_per_url(cert_file, db, ledger, key):
     assert post(client, envelope(key, bounce("Transient"))).status_code == 200
     assert post(client, envelope(key, bounce("Transient"), version="1")).status_code == 200
     fetch.assert_called_once_with(CERT_URL)
+
+
+# --- every shape of SES payload (modelled on the SES developer guide's examples and real payloads) ---------------
+
+
+def identity_bounce(bounce_type: str, recipients: list[dict], destination: list[str], sub_type: str = "General",
+                    message_id: str = "ses-not-ours") -> dict:
+    """An identity notification (`notificationType`) bounce, the shape SES sends without a configuration set."""
+    return {
+        "notificationType": "Bounce",
+        "bounce": {"feedbackId": "0100018c-feedback-000000", "bounceType": bounce_type, "bounceSubType": sub_type,
+                   "bouncedRecipients": recipients, "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+                   "reportingMTA": "dns; amazonses.com"},
+        "mail": {"timestamp": "2026-11-30T09:15:02.118Z", "source": "news@example.com", "messageId": message_id,
+                 "destination": destination, "headersTruncated": False,
+                 "commonHeaders": {"from": ["Example News <news@example.com>"], "to": destination}},
+    }
+
+
+def suppressed_addresses(db) -> dict[str, str]:
+    return {row["email"]: row["reason"] for row in db.execute("SELECT email, reason FROM suppressions")}
+
+
+def test_display_name_hard_bounce_suppresses_the_address_not_the_string(client, db, key):
+    # As SES reported an OnAccountSuppressionList bounce of a message addressed with a display name.
+    named = "Carla Mendes <Carla.Mendes@Example.org>"
+    event = identity_bounce("Permanent", [{"emailAddress": named, "action": "failed", "status": "5.1.1",
+                                           "diagnosticCode": "Amazon SES did not send the message"}],
+                            [named], sub_type="OnAccountSuppressionList")
+    response = post(client, envelope(key, event))
+    assert response.status_code == 200
+    assert suppressed_addresses(db) == {"carla.mendes@example.org": "hard_bounce"}
+    assert events(db)[0]["email"] == "carla.mendes@example.org"
+    # The next import (and so the next campaign's snapshot) knows the contact as suppressed.
+    report = import_csv(db, io.StringIO("email\nCARLA.MENDES@example.org\n"), "newsletter")
+    assert [p.email for p in report.suppressed_rows] == ["CARLA.MENDES@example.org"]
+
+
+def test_quoted_display_name_with_a_comma_in_a_complaint_is_parsed(client, db, key):
+    event = ses_event("Complaint", message_id="ses-not-ours", complaint={
+        "complainedRecipients": [{"emailAddress": '"Mendes, Carla" <carla@Example.ORG>'}],
+        "complaintFeedbackType": "abuse", "complaintSubType": None, "timestamp": "2026-11-30T10:00:00.000Z",
+        "userAgent": "Yahoo!-Mail-Feedback/2.0"})
+    assert post(client, envelope(key, event)).status_code == 200
+    assert suppressed_addresses(db) == {"carla@example.org": "complaint"}
+
+
+def test_encoded_word_display_name_is_parsed(client, db, key):
+    named = "=?UTF-8?B?w4RubmEgQsO2aG0=?= <anna.boehm@example.net>"  # "Änna Böhm"
+    event = identity_bounce("Permanent", [{"emailAddress": named, "action": "failed", "status": "5.1.1"}], [named])
+    assert post(client, envelope(key, event)).status_code == 200
+    assert suppressed_addresses(db) == {"anna.boehm@example.net": "hard_bounce"}
+
+
+def test_punycode_bounce_suppresses_the_contact_stored_with_its_unicode_domain(client, db, key):
+    import_csv(db, io.StringIO("email\nJonas@Bücher.example\n"), "newsletter")
+    event = identity_bounce("Permanent", [{"emailAddress": "Jonas <JONAS@xn--bcher-kva.example>",
+                                           "action": "failed", "status": "5.1.1"}], ["jonas@xn--bcher-kva.example"])
+    assert post(client, envelope(key, event)).status_code == 200
+    [contact] = db.execute("SELECT email FROM contacts").fetchall()
+    assert suppressed_addresses(db) == {contact["email"].lower(): "hard_bounce"}
+    assert contact["email"].lower() == "jonas@bücher.example"
+
+
+def test_every_recipient_of_a_multi_recipient_bounce_is_suppressed(client, db, key):
+    # As the guide's bounce with a DSN: three destinations in one To header, two of them bounced.
+    to = "Jane Roe <jane@example.com>, \"Roe, Mary\" <MARY@example.com>, Rick Roe <rick@example.com>"
+    event = identity_bounce("Permanent", [
+        {"emailAddress": "jane@example.com", "action": "failed", "status": "5.1.1",
+         "diagnosticCode": "smtp; 550 5.1.1 <jane@example.com>... User unknown"},
+        {"emailAddress": "\"Roe, Mary\" <MARY@example.com>", "action": "failed", "status": "5.1.1"},
+    ], ["jane@example.com", "mary@example.com", "rick@example.com"])
+    event["mail"]["commonHeaders"]["to"] = [to]
+    response = post(client, envelope(key, event))
+    assert response.get_json()["result"].startswith("bounce:Permanent suppressed 2")
+    assert suppressed_addresses(db) == {"jane@example.com": "hard_bounce", "mary@example.com": "hard_bounce"}
+
+
+def test_transient_bounce_without_action_or_status_counts_towards_the_soft_limit(client, db, key):
+    # As the mailbox simulator's out-of-office bounce: the recipient entry has only its address.
+    for sns_round in range(3):
+        named = ["Ola <ola@example.com>", "ola@example.com", "OLA <Ola@Example.com>"][sns_round]
+        event = identity_bounce("Transient", [{"emailAddress": named}], [named])
+        assert post(client, envelope(key, event)).status_code == 200
+        if sns_round < 2:
+            assert suppressed_addresses(db) == {}
+    assert suppressed_addresses(db) == {"ola@example.com": "soft_bounce_limit"}
+    assert [(row["type"], row["subtype"]) for row in events(db)] == [("bounce", "Transient")] * 3
+
+
+def test_soft_bounce_sharing_only_the_local_part_does_not_count(client, db, key):
+    for domain in ("example.com", "example.net"):
+        post(client, envelope(key, identity_bounce("Transient", [{"emailAddress": f"ola@{domain}"}], [])))
+    post(client, envelope(key, identity_bounce("Transient", [{"emailAddress": "Ola <ola@example.com>"}], [])))
+    assert suppressed_addresses(db) == {}
+
+
+def test_destination_validation_text_is_recorded_as_other(client, db, ledger, key):
+    # SES publishes this plain text, not JSON, when an SNS event destination is created.
+    response = post(client, envelope(key, Message="Successfully validated SNS topic for Amazon SES event publishing."))
+    assert response.status_code == 200
+    [row] = events(db)
+    assert (row["type"], row["email"], row["payload"]) == (
+        "other", None, {"unparsed": "Successfully validated SNS topic for Amazon SES event publishing."})
+    assert snapshot(db)["suppressions"] == []
+
+
+def test_sns_subscription_succeeded_is_recorded_as_other(client, db, ledger, key):
+    event = {"notificationType": "AmazonSnsSubscriptionSucceeded",
+             "message": "You have successfully subscribed your Amazon SNS topic "
+                        f"'{TOPIC}' to receive 'Bounce' notifications from Amazon SES for identity 'example.com'."}
+    ledger_before = snapshot(db)["ledger"]
+    response = post(client, envelope(key, event))
+    assert response.status_code == 200
+    [row] = events(db)
+    assert (row["type"], row["subtype"], row["campaign_id"]) == ("other", "AmazonSnsSubscriptionSucceeded", None)
+    assert snapshot(db)["ledger"] == ledger_before
+    assert snapshot(db)["suppressions"] == []
+
+
+def test_event_type_the_product_does_not_know_is_other_with_the_destination_parsed(client, db, key):
+    event = {"eventType": "MailboxFullWarning", "mail": {
+        "messageId": "ses-not-ours", "destination": ["Pia Berg <Pia.Berg@example.com>"],
+        "commonHeaders": {"to": ["Pia Berg <Pia.Berg@example.com>"]}}, "mailboxFullWarning": {"percent": 97}}
+    assert post(client, envelope(key, event)).status_code == 200
+    [row] = events(db)
+    assert (row["type"], row["subtype"], row["email"]) == ("other", "MailboxFullWarning", "pia.berg@example.com")
+
+
+def test_common_headers_to_names_the_event_when_destination_does_not(client, db, key):
+    event = ses_event("Send", message_id="ses-not-ours", send={})
+    event["mail"]["destination"] = ["undisclosed-recipients:;"]
+    event["mail"]["commonHeaders"] = {"to": ["Jane Roe <Jane@Example.com>, Mary Roe <mary@example.com>"]}
+    assert post(client, envelope(key, event)).status_code == 200
+    assert events(db)[0]["email"] == "jane@example.com"
+
+
+def test_recipient_that_is_no_address_is_ignored_and_the_rest_suppressed(client, db, key):
+    event = identity_bounce("Permanent", [{"emailAddress": "not an address"}, {"emailAddress": '"a b"@example.com'},
+                                          {"emailAddress": "Real <real@example.com>"}], [])
+    assert post(client, envelope(key, event)).status_code == 200
+    assert suppressed_addresses(db) == {"real@example.com": "hard_bounce"}
+
+
+@pytest.mark.parametrize("raw", [
+    '{"eventType": "Open", "mail": {"messageId": "ses-sent-1"}, "open": {"userAgent": "Mail\\u0000Client"}}',
+    '{"eventType": "Click", "mail": {"messageId": "ses-sent-1"}, "click": {"userAgent": "half \\ud83c pair"}}',
+    '{"eventType": "Open", "mail": {"messageId": "ses-sent-1"}, "open": {"score": NaN, "big": 1e400}}',
+    '{"eventType": "Bounce", "mail": {}, "bounce": {"bounceType": "Transient", "bouncedRecipients": {"a": 1}}}',
+], ids=["nul", "lone-surrogate", "nan-infinity", "recipients-not-a-list"])
+def test_payload_postgresql_cannot_store_verbatim_is_recorded_not_a_500(client, db, ledger, key, raw):
+    assert post(client, envelope(key, Message=raw)).status_code == 200
+    assert len(events(db)) == 1
+
+
+def test_soft_bounce_is_counted_past_an_earlier_bounce_whose_recipients_are_not_a_list(client, db, key):
+    odd = identity_bounce("Transient", [], [])
+    odd["bounce"]["bouncedRecipients"] = {"emailAddress": "ola@example.com"}
+    assert post(client, envelope(key, odd)).status_code == 200
+    assert post(client, envelope(key, identity_bounce("Transient", [{"emailAddress": "ola@example.com"}], []))
+                ).status_code == 200
+    assert len(events(db)) == 2
+
+
+def future(minutes: float) -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)).isoformat(timespec="milliseconds")
+
+
+def test_notification_from_the_future_is_403_with_no_state_change(client, db, ledger, key):
+    before = snapshot(db)
+    response = post(client, envelope(key, bounce("Permanent"), Timestamp=future(10)))
+    assert response.status_code == 403
+    assert snapshot(db) == before
+
+
+def test_clock_skew_setting_lets_a_slow_clock_accept_what_sns_sent(cert_file, db, ledger, key):
+    settings = replace(Settings.from_env(), sns_topic_arns=(TOPIC,), sns_test_cert_pem=str(cert_file),
+                       sns_max_clock_skew_seconds=3600)
+    client = create_app(test_config={"TESTING": True, "SETTINGS": settings, "TRACKING_DRAINER": False}).test_client()
+    assert post(client, envelope(key, bounce("Permanent"), Timestamp=future(10))).status_code == 200
+    assert post(client, envelope(key, bounce("Permanent"), Timestamp=future(70))).status_code == 403
+
+
+def test_forged_unsubscribe_url_is_403_with_no_state_change(client, db, ledger, key):
+    before = snapshot(db)
+    message = {**envelope(key, bounce("Permanent")), "UnsubscribeURL": "https://evil.example/?Action=Unsubscribe"}
+    assert post(client, message).status_code == 403
+    assert snapshot(db) == before
+
+
+def test_text_that_cannot_have_been_signed_is_403_not_500(client, db, ledger, key):
+    body = json.dumps(envelope(key, bounce("Permanent"))).replace('"Message": "', '"Message": "\\udc00', 1)
+    assert post(client, body.encode()).status_code == 403

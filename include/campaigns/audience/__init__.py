@@ -1,4 +1,5 @@
-"""Who a campaign goes to: contacts imported into lists (`contacts`) and the audience filters (`filters`).
+"""Who a campaign goes to: contacts imported into lists (`contacts`) in the one stored form of an address
+(`addresses`), and the audience filters (`filters`).
 
 Imports only the shared ground (config, db, errors, queries, states).
 """

@@ -29,9 +29,9 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import psycopg
-from email_validator import EmailNotValidError, validate_email
 
 from campaigns import queries
+from campaigns.audience.addresses import EmailNotValidError, stored_address
 
 # Problem rows kept per kind in the task's XCom result; the log always has all of them.
 XCOM_PROBLEM_CAP = 100
@@ -203,7 +203,7 @@ def parse_contacts(stream: Iterable[str], report: ImportReport) -> Iterator[Cont
                 report.invalid_rows.append(Problem(line, _shown(raw.replace("\x00", "")), "contains a NUL character"))
                 continue
             try:
-                email = validate_email(raw, check_deliverability=False, allow_smtputf8=False).normalized
+                email = stored_address(raw)
             except EmailNotValidError as exc:
                 report.invalid_rows.append(Problem(line, _shown(raw), str(exc)))
                 continue

@@ -3,6 +3,13 @@
 Both SES shapes are handled: configuration-set events (`eventType`, with the sender's tags) and identity
 notifications (`notificationType`, no tags). Everything for one SNS message happens in one transaction, and the
 SNS MessageId makes a redelivery a no-op.
+
+SES writes recipients as they appeared in the message, so an address may come with a display name
+(`"John <john@example.com>"`), several may share one string (`commonHeaders.to`), and domains may be punycode.
+Each is parsed as a header address list and brought into the form contacts are stored in
+(`campaigns.audience.addresses`), so a bounce suppresses the address the next campaign would send to. A payload the
+product does not know (a new SES type, `AmazonSnsSubscriptionSucceeded`, the plain-text "Successfully validated
+SNS topic" message) is recorded as `other`: SNS already verified it and would only retry a refusal.
 """
 
 from __future__ import annotations
@@ -10,14 +17,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from email.errors import HeaderParseError
+from email.headerregistry import HeaderRegistry
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from campaigns import queries
+from campaigns.audience.addresses import EmailNotValidError, suppression_address
 from campaigns.config import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +54,15 @@ EVENT_KEYS: dict[str, str] = {
 ACCEPTED = frozenset({"send", "delivery", "bounce", "complaint", "delivery_delay", "open", "click"})
 REFUSED = frozenset({"reject", "rendering_failure"})
 SOFT_BOUNCE_TYPES = frozenset({"Transient", "Undetermined"})
+# Where each event lists the recipients it is about: (key in the event's object, key in each entry or None when
+# the entries are plain strings).
+RECIPIENT_KEYS: dict[str, tuple[str, str | None]] = {
+    "bounce": ("bouncedRecipients", "emailAddress"),
+    "complaint": ("complainedRecipients", "emailAddress"),
+    "delivery_delay": ("delayedRecipients", "emailAddress"),
+    "delivery": ("recipients", None),
+}
+_HEADERS = HeaderRegistry()
 
 
 def record_notification(conn: psycopg.Connection, envelope: Mapping[str, Any], settings: Settings) -> str:
@@ -58,11 +78,11 @@ def record_notification(conn: psycopg.Connection, envelope: Mapping[str, Any], s
 
     with conn.transaction():
         recipient = _find_recipient(conn, sql, ses_message_id, mail.get("tags"))
-        addresses = _addresses(kind, detail)
+        addresses = _recipients(kind, detail)
         inserted = conn.execute(sql["insert-event"], {
             "campaign_id": recipient["campaign_id"] if recipient else None,
             "recipient_id": recipient["id"] if recipient else None,
-            "email": recipient["email"] if recipient else (addresses[0] if addresses else _first(mail)),
+            "email": recipient["email"] if recipient else _first_address(addresses, mail),
             "type": kind,
             "subtype": _subtype(kind, detail, kind_name),
             "ip": _ip(detail.get("ipAddress")),
@@ -93,7 +113,24 @@ def _decode(raw: Any) -> dict[str, Any]:
         event = json.loads(raw) if isinstance(raw, str) else None
     except ValueError:
         event = None
-    return event if isinstance(event, dict) else {"unparsed": raw if isinstance(raw, str) else None}
+    return _storable(event if isinstance(event, dict) else {"unparsed": raw if isinstance(raw, str) else None})
+
+
+def _storable(value: Any) -> Any:
+    """The decoded event with what PostgreSQL cannot store replaced, so a strange payload is recorded, never a 500.
+
+    JSON allows NUL (\\u0000), lone surrogates and NaN/Infinity (Python's json reads them); jsonb and text columns
+    refuse all three, and the refused INSERT would fail the request and make SNS retry it in vain.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _find_recipient(conn: psycopg.Connection, sql: Mapping[str, str], ses_message_id: str | None,
@@ -119,23 +156,56 @@ def _tag_id(tags: Any, name: str) -> int | None:
     return int(value)
 
 
-def _addresses(kind: str, detail: Mapping[str, Any]) -> list[str]:
-    key = {"bounce": "bouncedRecipients", "complaint": "complainedRecipients"}.get(kind)
-    entries = detail.get(key) if key else None
-    if not isinstance(entries, list):
-        return []
+def parse_addresses(values: Iterable[Any]) -> list[str]:
+    """Every address in SES's address strings, in suppression form (stored form, lower-case), once each, in order.
+
+    A string is read as a header's address list, as SES copies it from the message: a display name, quoting,
+    encoded words and several comma-separated addresses are all understood. Whatever is not a valid address (a
+    group with no members, a quoted local part no contact can have) is skipped, never guessed at.
+    """
     found: list[str] = []
-    for entry in entries:
-        address = entry.get("emailAddress") if isinstance(entry, dict) else None
-        if isinstance(address, str) and "@" in address and address.strip().lower() not in found:
-            found.append(address.strip().lower())
+    for value in values:
+        for spec in _addr_specs(value):
+            try:
+                address = suppression_address(spec)
+            except EmailNotValidError:
+                log.info("SES reported %r, which is not an address the product can store; ignored", spec[:200])
+                continue
+            if address not in found:
+                found.append(address)
     return found
 
 
-def _first(mail: Mapping[str, Any]) -> str | None:
-    destination = mail.get("destination")
-    if isinstance(destination, list) and destination and isinstance(destination[0], str):
-        return destination[0]
+def _addr_specs(value: Any) -> list[str]:
+    if not isinstance(value, str) or not value.strip():
+        return []
+    try:
+        header = _HEADERS("to", value)
+    except (HeaderParseError, ValueError, IndexError, TypeError):  # the email parser's ways of giving up
+        return []
+    return [address.addr_spec for address in header.addresses if address.addr_spec]
+
+
+def _recipients(kind: str, detail: Mapping[str, Any]) -> list[str]:
+    """The addresses the event is about, from its own object (bouncedRecipients, complainedRecipients, ...)."""
+    list_key, entry_key = RECIPIENT_KEYS.get(kind, ("", None))
+    entries = detail.get(list_key)
+    if not isinstance(entries, list):
+        return []
+    if entry_key is None:
+        return parse_addresses(entries)
+    return parse_addresses(entry.get(entry_key) for entry in entries if isinstance(entry, dict))
+
+
+def _first_address(addresses: list[str], mail: Mapping[str, Any]) -> str | None:
+    """The event's address when no ledger row is known: its recipients, else the message's destination or To."""
+    if addresses:
+        return addresses[0]
+    headers = mail.get("commonHeaders") if isinstance(mail.get("commonHeaders"), dict) else {}
+    for values in (mail.get("destination"), headers.get("to")):
+        found = parse_addresses(values) if isinstance(values, list) else []
+        if found:
+            return found[0]
     return None
 
 
@@ -176,8 +246,7 @@ def _apply_suppression_rules(conn: psycopg.Connection, sql: Mapping[str, str], k
         rows = [(a, "hard_bounce", f"Permanent/{detail.get('bounceSubType')}") for a in addresses]
     elif kind == "bounce" and detail.get("bounceType") in SOFT_BOUNCE_TYPES:
         for address in addresses:
-            count = conn.execute(sql["count-soft-bounces"],
-                                 {"email": address, "days": settings.soft_bounce_days}).fetchone()["n"]
+            count = _soft_bounces(conn, sql, address, settings.soft_bounce_days)
             if count >= settings.soft_bounce_limit:
                 rows.append((address, "soft_bounce_limit", f"{count} soft bounces in {settings.soft_bounce_days} days"))
     else:
@@ -187,6 +256,17 @@ def _apply_suppression_rules(conn: psycopg.Connection, sql: Mapping[str, str], k
         if conn.execute(sql["suppress"], {"email": address, "reason": reason, "detail": why}).fetchone():
             suppressed += 1
     return suppressed
+
+
+def _soft_bounces(conn: psycopg.Connection, sql: Mapping[str, str], address: str, days: int) -> int:
+    """Soft bounces of `address` in the window, this one included, each recipient string parsed like this one's.
+
+    The database only narrows the candidates (the local part appears in a bounced recipient): whether a recipient
+    such as "John <JOHN@xn--bcher-kva.de>" is this address takes the same parsing as the bounce being recorded.
+    """
+    local_part = address.rpartition("@")[0]
+    candidates = conn.execute(sql["soft-bounce-recipients"], {"local_part": local_part, "days": days}).fetchall()
+    return len({row["id"] for row in candidates if address in parse_addresses([row["address"]])})
 
 
 def _settle(conn: psycopg.Connection, sql: Mapping[str, str], kind: str, recipient: Mapping[str, Any],

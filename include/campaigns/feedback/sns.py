@@ -2,7 +2,14 @@
 
 No maintained Python library verifies SignatureVersion 2, so this is a port of the AWS JS/PHP validators onto
 `cryptography`. Everything fails closed with SnsVerificationError: a message is trusted only when its topic is
-allowed, its certificate URL is an SNS one, and its signature checks out against that certificate.
+allowed, its certificate URL is an SNS one, the certificate fetched from it is exactly one PEM certificate, its
+UnsubscribeURL (when present) is on the topic's SNS host, its Timestamp is not in the future beyond the allowed
+clock skew, and its signature checks out against that certificate.
+
+The certificate's validity dates are not checked against the clock: SNS keeps signing with a certificate until it
+publishes the next one at a new URL, and what makes a certificate trustworthy here is the URL it came from (https
+on an SNS host, fetched without redirects), not its dates. Nor is a message's age limited: a replayed old message
+is a duplicate by its MessageId, and SNS's retries of a message it could not deliver arrive late on purpose.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -53,8 +61,14 @@ HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": 
 # bucket named "sns.us-east-1.amazonaws.com" must not pass (novu #11056).
 _CERT_URL = re.compile(r"https://sns\.[a-z0-9-]{3,}\.amazonaws\.com(?:\.cn)?/SimpleNotificationService-[A-Za-z0-9]+\.pem")
 _REGION = re.compile(r"[a-z0-9-]{3,}")
+# Exactly one PEM certificate, whitespace around it aside. The base64 body cannot hold a dash, so a second BEGIN
+# line (or anything else) cannot hide inside it; cryptography's loader alone would skip text around the first one.
+_ONE_PEM_CERTIFICATE = re.compile(rb"\s*-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*")
+# Lambda's SNS records spell the unsigned URL keys so; SNS's HTTP deliveries use the URL casing.
+_LAMBDA_KEYS = {"SigningCertUrl": "SigningCertURL", "SubscribeUrl": "SubscribeURL", "UnsubscribeUrl": "UnsubscribeURL"}
 MAX_CERT_BYTES = 64 * 1024
 FETCH_TIMEOUT = 5.0
+DEFAULT_MAX_CLOCK_SKEW = 300.0
 
 
 def parse_envelope(body: bytes) -> dict[str, Any]:
@@ -65,6 +79,9 @@ def parse_envelope(body: bytes) -> dict[str, Any]:
         raise SnsVerificationError("body is not JSON") from exc
     if not isinstance(message, dict):
         raise SnsVerificationError("body is not a JSON object")
+    for lambda_key, key in _LAMBDA_KEYS.items():
+        if lambda_key in message and key not in message:
+            message[key] = message.pop(lambda_key)
     kind = message.get("Type")
     if kind not in REQUIRED_KEYS:
         raise SnsVerificationError(f"unsupported message Type {str(kind)[:40]!r}")
@@ -89,7 +106,10 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes:
                 continue
             raise SnsVerificationError(f"{kind} lacks {key}")
         parts.append(f"{key}\n{value}\n")
-    return "".join(parts).encode("utf-8")
+    try:
+        return "".join(parts).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate escape (\ud83c) decodes but cannot have been signed
+        raise SnsVerificationError(f"{kind} has text that is not valid Unicode") from exc
 
 
 def check_cert_url(url: str) -> None:
@@ -106,21 +126,47 @@ def topic_region(topic_arn: str) -> str:
     return parts[3]
 
 
-def check_subscribe_url(url: str, region_from_topic: str) -> None:
-    """Refuse a SubscribeURL that is not an SNS ConfirmSubscription call in the topic's region (no SSRF)."""
+def _check_topic_host_url(url: Any, region_from_topic: str, field: str) -> tuple[str, str, str]:
+    """(path, query, fragment) of an https URL on the topic's SNS host; SnsVerificationError naming `field` else."""
     if not isinstance(url, str) or not _REGION.fullmatch(region_from_topic or ""):
-        raise SnsVerificationError("SubscribeURL or region missing")
+        raise SnsVerificationError(f"{field} or region missing")
     if any(ch in url for ch in "\\@ \t\r\n"):
         # Userinfo and backslashes are where URL parsers disagree about the host; SNS never sends them.
-        raise SnsVerificationError(f"SubscribeURL has forbidden characters: {url[:200]!r}")
+        raise SnsVerificationError(f"{field} has forbidden characters: {url[:200]!r}")
     parts = urlsplit(url)
     allowed_hosts = {f"sns.{region_from_topic}.amazonaws.com", f"sns.{region_from_topic}.amazonaws.com.cn"}
     if parts.scheme != "https" or parts.netloc not in allowed_hosts:
-        raise SnsVerificationError(f"SubscribeURL is not https on the topic's SNS host: {url[:200]!r}")
-    if parts.path not in ("", "/") or parts.fragment:
+        raise SnsVerificationError(f"{field} is not https on the topic's SNS host: {url[:200]!r}")
+    return parts.path, parts.query, parts.fragment
+
+
+def check_subscribe_url(url: str, region_from_topic: str) -> None:
+    """Refuse a SubscribeURL that is not an SNS ConfirmSubscription call in the topic's region (no SSRF)."""
+    path, query, fragment = _check_topic_host_url(url, region_from_topic, "SubscribeURL")
+    if path not in ("", "/") or fragment:
         raise SnsVerificationError(f"SubscribeURL has an unexpected path: {url[:200]!r}")
-    if parse_qs(parts.query).get("Action") != ["ConfirmSubscription"]:
+    if parse_qs(query).get("Action") != ["ConfirmSubscription"]:
         raise SnsVerificationError("SubscribeURL is not a ConfirmSubscription call")
+
+
+def check_unsubscribe_url(url: str, region_from_topic: str) -> None:
+    """Refuse an UnsubscribeURL that is not https on the topic's SNS host, the same host rule as SubscribeURL.
+
+    The product never follows it, but a person reading a logged or stored message might: a genuine one only ever
+    points at SNS, so any other URL marks the message as not from SNS.
+    """
+    _check_topic_host_url(url, region_from_topic, "UnsubscribeURL")
+
+
+def check_timestamp(value: str, now: datetime, max_skew: timedelta) -> None:
+    """Refuse a Timestamp that is not an ISO 8601 time or lies more than `max_skew` after `now`."""
+    try:
+        sent = datetime.fromisoformat(value)
+    except (TypeError, ValueError) as exc:
+        raise SnsVerificationError(f"Timestamp is not an ISO 8601 time: {str(value)[:40]!r}") from exc
+    sent = sent if sent.tzinfo else sent.replace(tzinfo=UTC)
+    if sent - now > max_skew:
+        raise SnsVerificationError(f"Timestamp {value} is more than {max_skew.total_seconds():g} s in the future")
 
 
 def fetch_certificate(url: str) -> bytes:
@@ -136,9 +182,13 @@ class SnsVerifier:
     """Checks topic, signature version, certificate URL and RSA signature of SNS messages; caches certificates."""
 
     def __init__(self, allowed_topic_arns: Sequence[str], *, test_cert_pem: str | None = None,
-                 fetch: Callable[[str], bytes] | None = None, cache_size: int = 32) -> None:
+                 fetch: Callable[[str], bytes] | None = None, cache_size: int = 32,
+                 max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.allowed_topic_arns = frozenset(allowed_topic_arns)
         self.cache_size = max(cache_size, 1)
+        self.max_clock_skew = timedelta(seconds=max_clock_skew)
+        self._clock = clock
         self._cache: OrderedDict[str, rsa.RSAPublicKey] = OrderedDict()
         self._lock = threading.Lock()
         if test_cert_pem:
@@ -162,6 +212,9 @@ class SnsVerifier:
             raise SnsVerificationError(f"unsupported SignatureVersion {str(version)[:10]!r}")
         url = message.get("SigningCertURL")
         check_cert_url(url)
+        if "UnsubscribeURL" in message:
+            check_unsubscribe_url(message["UnsubscribeURL"], topic_region(topic))
+        check_timestamp(message.get("Timestamp"), self._clock(), self.max_clock_skew)
         to_sign = string_to_sign(message)
         try:
             signature = base64.b64decode(message.get("Signature") or "", validate=True)
@@ -185,6 +238,9 @@ class SnsVerifier:
             pem = self._fetch(url)
         except (requests.RequestException, OSError, ValueError) as exc:
             raise SnsVerificationError(f"could not fetch signing certificate {url}: {type(exc).__name__}") from exc
+        if not _ONE_PEM_CERTIFICATE.fullmatch(pem):
+            raise SnsVerificationError(
+                f"signing certificate at {url} is not a PEM certificate alone (one, nothing around it)")
         try:
             key = x509.load_pem_x509_certificate(pem).public_key()
         except ValueError as exc:

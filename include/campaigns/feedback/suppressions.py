@@ -26,9 +26,9 @@ from typing import Any
 
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
-from email_validator import EmailNotValidError, validate_email
 
 from campaigns import queries
+from campaigns.audience.addresses import EmailNotValidError, suppression_address
 from campaigns.config import Settings
 from campaigns.errors import SuppressionRequestError
 
@@ -94,7 +94,7 @@ def normalise(addresses: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     invalid: list[tuple[str, str]] = []
     for address in addresses:
         try:
-            email = validate_email(address, check_deliverability=False, allow_smtputf8=False).normalized.lower()
+            email = suppression_address(address)
         except EmailNotValidError as exc:
             invalid.append((address[:320], str(exc)))
             continue

@@ -28,17 +28,20 @@ VALUES (%(campaign_id)s, %(recipient_id)s, %(email)s, %(type)s, %(subtype)s, %(i
     ON CONFLICT (sns_message_id) DO NOTHING
 RETURNING id
 
--- name: count-soft-bounces
--- Soft bounces of one address in the window, this one included (inserted just before in the same transaction).
--- The address is matched in the payload's bouncedRecipients, so multi-recipient bounces count for each address.
-SELECT count(*) AS n
-  FROM email_events e
+-- name: soft-bounce-recipients
+-- Candidates for counting one address's soft bounces in the window (this one included: it was inserted just
+-- before in the same transaction): each bounced recipient string of each soft bounce that contains the address's
+-- local part. SES writes recipients as they were addressed ("John <john@example.com>", punycode domains), so the
+-- caller parses each candidate the way it parsed the bounce and counts the events whose recipient is the address;
+-- the local part only narrows the rows, and a multi-recipient bounce counts for each of its addresses.
+SELECT e.id, r ->> 'emailAddress' AS address
+  FROM email_events e,
+       jsonb_array_elements(CASE WHEN jsonb_typeof(e.payload -> 'bounce' -> 'bouncedRecipients') = 'array'
+                                 THEN e.payload -> 'bounce' -> 'bouncedRecipients' ELSE '[]'::jsonb END) r
  WHERE e.type = 'bounce'
    AND e.subtype IN ('Transient', 'Undetermined')
    AND e.occurred_at > now() - make_interval(days => %(days)s)
-   AND EXISTS (SELECT 1
-                 FROM jsonb_array_elements(coalesce(e.payload -> 'bounce' -> 'bouncedRecipients', '[]'::jsonb)) r
-                WHERE lower(r ->> 'emailAddress') = %(email)s)
+   AND strpos(lower(r ->> 'emailAddress'), %(local_part)s) > 0
 
 -- name: suppress
 -- One upsert for every rule. A hard bounce or complaint replaces only a soft_bounce_limit entry (a stronger

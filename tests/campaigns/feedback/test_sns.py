@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from unittest import mock
@@ -277,3 +278,106 @@ def test_confirm_subscription_never_fetches_unverified(verifier, key, other_key)
     with pytest.raises(SnsVerificationError, match="signature"):
         confirm_subscription(message, verifier=verifier, get=get)
     get.assert_not_called()
+
+
+# --- the certificate body, UnsubscribeURL, a Timestamp in the future, Lambda's key casing -------------------------
+
+UNSUBSCRIBE_URL = f"https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={TOPIC}:5e1a0c7f"
+
+
+@pytest.mark.parametrize("around", [
+    (b"<xml><value>\n", b"\n</value></xml>"),  # a body wrapped in a document
+    (b"", b"\nanything after it"),
+    (b"Certificate:\n    Data: ...\n", b""),  # openssl x509 -text output before the PEM
+], ids=["wrapped", "text-after", "text-before"])
+def test_certificate_body_with_anything_around_the_pem_is_refused_and_not_cached(cert_pem, key, around):
+    before, after = around
+    fetch = mock.Mock(side_effect=[before + cert_pem + after, cert_pem])
+    verifier = SnsVerifier([TOPIC], fetch=fetch)
+    with pytest.raises(SnsVerificationError, match="PEM certificate alone"):
+        verifier.verify(make_message(key))
+    verifier.verify(make_message(key))
+    assert fetch.call_count == 2
+
+
+def test_certificate_body_of_two_certificates_is_refused(cert_pem, other_key, key):
+    fetch = mock.Mock(return_value=cert_pem + self_signed_cert(other_key))
+    with pytest.raises(SnsVerificationError, match="PEM certificate alone"):
+        SnsVerifier([TOPIC], fetch=fetch).verify(make_message(key))
+
+
+def test_certificate_body_with_whitespace_around_it_verifies(cert_pem, key):
+    fetch = mock.Mock(return_value=b"\r\n  " + cert_pem.replace(b"\n", b"\r\n") + b"\n\n\t")
+    SnsVerifier([TOPIC], fetch=fetch).verify(make_message(key))
+
+
+@pytest.mark.parametrize("kind", ["Notification", "UnsubscribeConfirmation"])
+def test_unsubscribe_url_on_the_topic_host_verifies(verifier, key, kind):
+    verifier.verify(make_message(key, kind, UnsubscribeURL=UNSUBSCRIBE_URL))
+
+
+@pytest.mark.parametrize("url", [
+    UNSUBSCRIBE_URL.replace("https:", "http:"),
+    UNSUBSCRIBE_URL.replace("us-east-1", "eu-west-1"),  # an SNS host, but not the topic's
+    "https://example.com/?Action=Unsubscribe",
+    "https://sns.us-east-1.amazonaws.com@evil.com/?Action=Unsubscribe",
+    "https://sns.us-east-1.amazonaws.com.evil.com/?Action=Unsubscribe",
+    "https://sns.us-east-1.amazonaws.com:8443/?Action=Unsubscribe",
+    "",
+    None,
+])
+def test_unsubscribe_url_elsewhere_is_refused_without_fetching(verifier, fetch, key, url):
+    # UnsubscribeURL is not signed, so a forger can put anything there on a genuine message.
+    with pytest.raises(SnsVerificationError, match="UnsubscribeURL"):
+        verifier.verify({**make_message(key), "UnsubscribeURL": url})
+    fetch.assert_not_called()
+
+
+def clock_at(when: str):
+    return lambda: dt.datetime.fromisoformat(when)
+
+
+@pytest.mark.parametrize(("skew", "now", "verifies"), [
+    (300, "2026-01-02T02:59:06Z", True),  # Timestamp 03:04:05.678Z is 4 min 59.678 s ahead
+    (300, "2026-01-02T02:59:05Z", False),  # 5 min 0.678 s ahead
+    (60, "2026-01-02T03:03:00Z", False),
+    (300, "2031-06-01T00:00:00Z", True),  # years old: a duplicate by MessageId, not a forgery by age
+])
+def test_timestamp_in_the_future_beyond_the_skew_is_refused(cert_pem, key, skew, now, verifies):
+    fetch = mock.Mock(return_value=cert_pem)
+    verifier = SnsVerifier([TOPIC], fetch=fetch, max_clock_skew=skew, clock=clock_at(now))
+    if verifies:
+        verifier.verify(make_message(key))
+        return
+    with pytest.raises(SnsVerificationError, match="in the future"):
+        verifier.verify(make_message(key))
+    fetch.assert_not_called()
+
+
+@pytest.mark.parametrize("timestamp", ["January 5 2026", "", "2026-13-01T00:00:00Z"])
+def test_timestamp_that_is_no_time_is_refused(verifier, key, timestamp):
+    with pytest.raises(SnsVerificationError, match="Timestamp"):
+        verifier.verify(make_message(key, Timestamp=timestamp))
+
+
+def test_earlier_timestamp_altered_after_signing_is_refused(verifier, key):
+    with pytest.raises(SnsVerificationError, match="signature"):
+        verifier.verify({**make_message(key), "Timestamp": "2025-12-31T23:59:59.000Z"})
+
+
+def test_lambda_casing_of_the_unsigned_url_keys_is_read_and_checked(verifier, key):
+    message = make_message(key, UnsubscribeURL=UNSUBSCRIBE_URL)
+    lambda_style = {k: v for k, v in message.items() if k not in ("SigningCertURL", "UnsubscribeURL")}
+    lambda_style.update(SigningCertUrl=message["SigningCertURL"], UnsubscribeUrl=message["UnsubscribeURL"],
+                        Subject=None)
+    parsed = parse_envelope(json.dumps(lambda_style).encode())
+    verifier.verify(parsed)
+    parsed_bad = parse_envelope(json.dumps({**lambda_style, "UnsubscribeUrl": "https://evil.com/"}).encode())
+    with pytest.raises(SnsVerificationError, match="UnsubscribeURL"):
+        verifier.verify(parsed_bad)
+
+
+def test_text_that_cannot_have_been_signed_is_refused_not_a_crash(verifier, key):
+    body = json.dumps(make_message(key)).replace('"Message": "', '"Message": "\\ud83c', 1).encode()
+    with pytest.raises(SnsVerificationError, match="not valid Unicode"):
+        verifier.verify(parse_envelope(body))
