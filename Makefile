@@ -64,7 +64,8 @@ screenshots: $(STAMP)
 # Re-resolve the pins: a fresh venv, the direct dependencies from requirements.txt, one pip resolve, one freeze.
 lock:
 	rm -rf .local/lock-venv && $$(command -v $(PYTHON3) || command -v python3) -m venv .local/lock-venv
-	grep -A100 '^# Direct' requirements.txt | grep '==' | sed 's/==.*//' > .local/direct.txt
+	sed -n '/^# Direct/,/^# Transitive/p' requirements.txt | grep '==' | sed -E '/# hold/!s/==.*//; s/ *#.*//' \
+		> .local/direct.txt  # names only, except a pin marked "# hold" (kept exactly, with its reason)
 	.local/lock-venv/bin/pip install --quiet -r .local/direct.txt
 	.local/lock-venv/bin/pip freeze > .local/freeze.txt
 	@echo "new resolve in .local/freeze.txt: merge it into requirements.txt"
