@@ -42,17 +42,6 @@ def crashed_while_sending(db):
     return campaign_id, rows
 
 
-def test_runs_hourly_by_default_one_run_at_a_time():
-    dag = parse_dag("reconcile_unknown")
-    assert dag.schedule == "@hourly"
-    assert (dag.max_active_runs, dag.catchup) == (1, False)
-
-
-def test_the_schedule_is_a_setting(settings_env):
-    settings_env(RECONCILE_UNKNOWN_SCHEDULE="15 * * * *")
-    assert parse_dag("reconcile_unknown").schedule == "15 * * * *"
-
-
 def test_unknown_rows_are_reported_after_the_window_and_released_rows_are_sent_once(db, ses, fast_rate,
                                                                                      crashed_while_sending):
     campaign_id, rows = crashed_while_sending

@@ -26,17 +26,6 @@ def result_of(dag_run, task_id: str) -> dict:
         return XComModel.deserialize_value(row)
 
 
-def test_runs_daily_by_default_one_run_at_a_time():
-    dag = parse_dag("sync_ses_suppressions")
-    assert dag.schedule == "@daily"
-    assert (dag.max_active_runs, dag.catchup) == (1, False)
-
-
-def test_the_schedule_is_a_setting(settings_env):
-    settings_env(SES_SUPPRESSION_SYNC_SCHEDULE="0 3 * * *")
-    assert parse_dag("sync_ses_suppressions").schedule == "0 3 * * *"
-
-
 def test_imports_the_account_list_and_leaves_the_push_off_by_default(db, settings, account_list):  # noqa: F811
     account_list.seed("bounced@example.com", "BOUNCE", NOW - timedelta(days=2))
     account_list.seed("complained@example.com", "COMPLAINT", NOW - timedelta(days=1))
