@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -21,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
@@ -33,16 +36,6 @@ CORE_SERVICES = {
     "airflow-triggerer", "airflow-worker", "tracking",
 }
 LOCAL_SES_SERVICE, LOCAL_SES_PROFILE = "local-ses", "local-ses"
-
-# `airflow celery ...` comes from apache-airflow-providers-celery, which only the image installs
-# (include/docker/requirements-celery.txt), so the local CLI parser does not have it. These are the subcommands of
-# the pinned provider (3.26.0, airflow/providers/celery/cli/definition.py).
-CELERY_PROVIDER_COMMANDS = {("celery",)} | {
-    ("celery", name) for name in (
-        "worker", "flower", "stop", "list-workers", "shutdown-worker", "shutdown-all-workers", "add-queue",
-        "remove-queue", "remove-all-queues",
-    )
-}
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}; `$${...}` is an escaped literal.
 VARIABLE = re.compile(r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -170,8 +163,9 @@ def dockerfile() -> Path:
 
 def requirement_pin(name: str) -> str:
     for line in (ROOT / "requirements.txt").read_text().splitlines():
-        if re.fullmatch(rf"{re.escape(name)}(\[[^\]]*\])?==\S+", line.strip(), flags=re.IGNORECASE):
-            return line.split("==", 1)[1].strip()
+        line = line.split("#", 1)[0].strip()  # a held pin carries its reason as a comment
+        if re.fullmatch(rf"{re.escape(name)}(\[[^\]]*\])?==\S+", line, flags=re.IGNORECASE):
+            return line.split("==", 1)[1]
     raise AssertionError(f"{name} is not pinned in requirements.txt")
 
 
@@ -184,8 +178,8 @@ def load_stack_init():
 
 @pytest.fixture(scope="module")
 def airflow_cli() -> tuple[set[tuple[str, ...]], dict[tuple[str, ...], argparse.ArgumentParser]]:
-    """Every command path of the installed Airflow CLI (the same apache-airflow pin as the image), plus the Celery
-    provider's subcommands."""
+    """Every command path of the installed Airflow CLI: the same pins as the image (requirements.txt), so `airflow
+    celery ...` comes from the installed Celery provider."""
     from airflow.cli.cli_parser import get_parser
 
     parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {}
@@ -198,7 +192,7 @@ def airflow_cli() -> tuple[set[tuple[str, ...]], dict[tuple[str, ...], argparse.
                     walk(sub, (*prefix, name))
 
     walk(get_parser(), ())
-    return set(parsers) | CELERY_PROVIDER_COMMANDS, parsers
+    return set(parsers), parsers
 
 
 def airflow_command(tokens: list[str], known: set[tuple[str, ...]]) -> tuple[str, ...]:
@@ -289,29 +283,90 @@ def test_workers_use_celery_and_can_be_scaled():
     assert environment(worker)["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert "container_name" not in worker, "a fixed container_name prevents --scale airflow-worker=N"
     assert not worker.get("ports"), "a published port prevents --scale airflow-worker=N"
-    pins = (DOCKER_DIR / "requirements-celery.txt").read_text()
-    assert re.search(r"^apache-airflow-providers-celery==\d+\.\d+\.\d+$", pins, flags=re.MULTILINE)
-    assert "requirements-celery.txt" in dockerfile().read_text()
 
 
-def pinned_names(path: Path) -> set[str]:
-    names = set()
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if "==" in line:
-            names.add(re.sub(r"[-_.]+", "-", line.split("==")[0].split("[")[0]).lower())
-    return names
+def celery_app_paths() -> dict[str, str]:
+    """`celery --app MODULE.ATTR` of every service's command and healthcheck, by service name."""
+    paths = {}
+    for name, service in services().items():
+        texts = [*argv(service.get("command")), *(str(p) for p in (service.get("healthcheck") or {}).get("test", []))]
+        for text in texts:
+            for match in re.finditer(r"\bcelery\s+(?:--app|-A)[\s=]+(\S+)", interpolate(text)):
+                paths[name] = match[1]
+    return paths
 
 
-def test_celery_pins_go_in_after_requirements_without_moving_any_of_its_pins():
-    celery_pins = pinned_names(DOCKER_DIR / "requirements-celery.txt")
-    assert {"apache-airflow-providers-celery", "celery", "kombu"} <= celery_pins
-    overlap = celery_pins & pinned_names(ROOT / "requirements.txt")
-    assert not overlap, f"pinned in both requirements files: {sorted(overlap)}"
-    steps = dockerfile().read_text()
-    main = steps.index("pip install --no-cache-dir -r requirements.txt")
-    celery = steps.index("pip install --no-cache-dir --no-deps -r include/docker/requirements-celery.txt")
-    assert main < celery
+def test_celery_app_path_exists_in_the_installed_provider():
+    from celery import Celery
+
+    paths = celery_app_paths()
+    assert "airflow-worker" in paths, "the worker's healthcheck must ping its Celery app"
+    for name, path in paths.items():
+        module, _, attribute = path.rpartition(".")
+        app = getattr(importlib.import_module(module), attribute, None)
+        assert isinstance(app, Celery), f"{name}: {path} is not a Celery app of the installed provider"
+
+
+def test_installed_celery_stack_is_the_pinned_one():
+    """The tests (and `make`) run the pins the image installs, so the CLI and app checks above are the image's."""
+    for name in ("apache-airflow-providers-celery", "celery", "kombu", "redis", "flower"):
+        assert importlib.metadata.version(name) == requirement_pin(name), f"installed {name} is not the pin"
+
+
+def test_pinned_redis_satisfies_what_celery_and_kombu_ask_of_it():
+    """celery[redis] pulls in kombu[redis], whose metadata bounds redis-py: the pin must lie inside that bound (kombu
+    5.6 capped it below 6.5; kombu 5.7 allows redis < 9, so the campaign code keeps redis 8)."""
+    checked = 0
+    for dist in ("celery", "kombu"):
+        for line in importlib.metadata.requires(dist) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or not requirement.marker.evaluate({"extra": "redis"}):
+                continue
+            if requirement.marker.evaluate({"extra": ""}):
+                continue  # not specific to the redis extra (python_version markers and the like)
+            pin = requirement_pin(requirement.name)
+            assert requirement.specifier.contains(pin, prereleases=True), (
+                f"{dist}[redis] requires {requirement}, requirements.txt pins {requirement.name}=={pin}")
+            checked += 1
+    assert checked >= 2, "expected celery[redis] -> kombu[redis] and kombu[redis] -> redis"
+
+
+def pip_installs() -> list[list[str]]:
+    """The arguments of every `pip install` in the Dockerfile's RUN steps (continuation lines joined, `&&` and `;`
+    split as the shell splits them, quotes respected)."""
+    installs = []
+    for line in dockerfile().read_text().replace("\\\n", " ").splitlines():
+        if not line.startswith("RUN "):
+            continue
+        lexer = shlex.shlex(line.removeprefix("RUN "), posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        command: list[str] = []
+        for token in [*lexer, ";"]:
+            if token in ("&&", "||", ";", "|"):
+                if command[:2] == ["pip", "install"]:
+                    installs.append(command[2:])
+                command = []
+            else:
+                command.append(token)
+    return installs
+
+
+def test_image_installs_exactly_requirements_txt_and_no_dependency_without_deps():
+    installs = pip_installs()
+    requirement_files = [args[args.index("-r") + 1] for args in installs if "-r" in args]
+    assert requirement_files == ["requirements.txt"], f"the image installs {requirement_files}"
+    copied = [line.split()[-2] for line in dockerfile().read_text().splitlines() if line.startswith("COPY")]
+    assert "requirements.txt" in copied
+    for args in installs:
+        named = [a for a in args if not a.startswith("-") and a not in requirement_files]
+        if "-r" in args:
+            assert "--no-deps" not in args, "requirements.txt must go in with its dependencies checked by pip"
+            assert not named, f"the image installs {named} beside requirements.txt"
+        else:
+            # the one other install: the project itself, editable, whose dependencies requirements.txt holds
+            assert args == ["--no-cache-dir", "--no-deps", "-e", "."], f"unexpected `pip install {shlex.join(args)}`"
+    assert len(installs) == 2
+    assert not list(DOCKER_DIR.glob("*.txt")), "a second requirements file beside the image"
 
 
 # ---------------------------------------------------------------------------------------------------------------
