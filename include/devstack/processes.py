@@ -74,11 +74,14 @@ def spawn(
 
 
 def stop(pid_file: Path, *, timeout: float = 30.0) -> bool:
-    """SIGTERM the process group recorded in pid_file, escalate to SIGKILL after `timeout`; True if one was running."""
+    """SIGTERM the process group recorded in pid_file, escalate to SIGKILL after `timeout`; True if one was running.
+    Processes under it in groups of their own (an Airflow task process calls setpgid) are SIGKILLed if they outlive
+    the group."""
     pid = read_pid(pid_file)
     if pid is None or not is_alive(pid):
         pid_file.unlink(missing_ok=True)
         return False
+    tree = descendants(pid)
     _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _group_alive(pid):
@@ -86,8 +89,46 @@ def stop(pid_file: Path, *, timeout: float = 30.0) -> bool:
     if _group_alive(pid):
         _signal_group(pid, signal.SIGKILL)
         time.sleep(0.5)
+    _kill(tree)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under `pid` (children, theirs, ...), whatever process group or session they moved to."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        # fields[0] is the state, fields[1] the parent's pid.
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found.extend(below)
+        todo.extend(below)
+    return found
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL `pid` and every process under it at once, as when a machine dies (no shutdown, no cleanup); returns
+    the pids it signalled. What the Celery end-to-end test does to a worker and its task processes."""
+    tree = [pid, *descendants(pid)]
+    _kill(tree)
+    return tree
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _signal_group(pid: int, sig: int) -> None:
