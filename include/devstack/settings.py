@@ -61,6 +61,9 @@ class StackSettings:
     # [scheduler] task_instance_heartbeat_timeout: how long a task whose worker died stays `running` before the
     # scheduler fails it and its retry is queued (Airflow's default; the `celery` test instance sets 30)
     task_heartbeat_timeout: int = _int("STACK_TASK_HEARTBEAT_TIMEOUT", 300)
+    # SEND_TASK_SECONDS of the stack's tasks: how much sending one mapped send task carries (the campaigns default;
+    # the `celery` instance makes it short so that a 5,000-recipient campaign spreads over 10 tasks and both workers)
+    send_task_seconds: int = _int("STACK_SEND_TASK_SECONDS", 300)
     # the local SES stands in for an account with this MaxSendRate; the stack sends at ses_rate
     ses_local_max_send_rate: int = _int("STACK_SES_MAX_SEND_RATE", 200)
     ses_rate: int = _int("STACK_SES_RATE", 100)
@@ -146,8 +149,10 @@ _INSTANCE_NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 # (or after) `test`, so its ports, limiter db and broker db are its own; its short heartbeat timeout lets the e2e
 # test see a killed worker's task retried within a minute.
 _INSTANCE_DEFAULTS = {
-    "": {"port_offset": 100, "redis_db": 9, "broker_db": 11, "executor": "local", "heartbeat": 300},
-    CELERY_INSTANCE: {"port_offset": 200, "redis_db": 8, "broker_db": 12, "executor": "celery", "heartbeat": 30},
+    "": {"port_offset": 100, "redis_db": 9, "broker_db": 11, "executor": "local", "heartbeat": 300,
+         "send_task_seconds": 300},
+    CELERY_INSTANCE: {"port_offset": 200, "redis_db": 8, "broker_db": 12, "executor": "celery", "heartbeat": 30,
+                      "send_task_seconds": 20},
 }
 
 
@@ -172,6 +177,7 @@ def for_instance(name: str) -> StackSettings:
         celery_broker_db=_int("STACK_INSTANCE_CELERY_BROKER_DB", defaults["broker_db"]),
         executor=_executor(defaults["executor"]),
         task_heartbeat_timeout=_int("STACK_TASK_HEARTBEAT_TIMEOUT", defaults["heartbeat"]),
+        send_task_seconds=_int("STACK_SEND_TASK_SECONDS", defaults["send_task_seconds"]),
     )
 
 

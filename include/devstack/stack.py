@@ -81,6 +81,7 @@ def app_env(s: StackSettings) -> dict[str, str]:
         SES_LOCAL_MAX_SEND_RATE=str(s.ses_local_max_send_rate),
         SES_LOCAL_MAX_24H_SEND=str(s.ses_local_max_24h_send),
         SES_SENDING_RATE=str(s.ses_rate),
+        SEND_TASK_SECONDS=str(s.send_task_seconds),
         # Dev stack only: there is no real SNS here, so /webhooks/ses trusts a locally generated signing
         # certificate (the service logs a warning at start). The SigningCertURL and TopicArn checks still run.
         SNS_TEST_CERT_PEM=str(sns_test_signing_key(s)[1]),
