@@ -287,7 +287,20 @@ def start_tracking(s: StackSettings) -> None:
                timeout=60, log=s.log_dir / "tracking.log")
 
 
+def check_executor_unchanged(s: StackSettings) -> None:
+    """Refuse to `up` on another executor while Airflow still runs on the one it was started with: `up` leaves
+    running processes as they are, so the scheduler would go on with the old executor."""
+    marker = s.run_dir / "executor"
+    started = marker.read_text().strip() if marker.exists() else None
+    if started and started != s.executor and running(s.run_dir / "airflow-scheduler.pid"):
+        raise StackError(f"the stack's Airflow runs with STACK_EXECUTOR={started}, not {s.executor}: stop it first "
+                         f"(`make down`, or `python -m devstack down` with the same STACK_INSTANCE), then `up` again")
+
+
 def start_airflow(s: StackSettings, env: dict[str, str]) -> None:
+    check_executor_unchanged(s)
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    (s.run_dir / "executor").write_text(f"{s.executor}\n")
     for component in AIRFLOW_COMPONENTS:
         spawn(f"airflow-{component}", [str(VENV_BIN / "airflow"), component], run_dir=s.run_dir,
               log_dir=s.log_dir, env=env)

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from devstack import hostname, stack
-from devstack.processes import descendants, is_alive, kill_tree, poll, read_pid, spawn
+from devstack.processes import StackError, descendants, is_alive, kill_tree, poll, read_pid, spawn
 from devstack.settings import StackSettings, for_instance
 
 # a process that starts a child in a session (so a process group) of its own, as Airflow's task runner does, and
@@ -125,3 +125,18 @@ def test_down_stops_celery_workers_an_earlier_up_started_whatever_the_executor_i
     assert read_pid(local.run_dir / "celery-worker-1.pid") is None
     poll(lambda: not is_alive(parent) and not is_alive(child), what="the worker and its task process gone",
          timeout=10)
+
+
+def test_up_on_another_executor_while_airflow_still_runs_is_refused_with_what_to_do(tmp_path):
+    celery = _settings(tmp_path, executor="celery")
+    celery.run_dir.mkdir(parents=True)
+    (celery.run_dir / "executor").write_text("celery\n")
+    spawn("airflow-scheduler", [sys.executable, "-c", "import time; time.sleep(600)"], run_dir=celery.run_dir,
+          log_dir=tmp_path / "log")
+    try:
+        stack.check_executor_unchanged(celery)  # the same executor again: nothing to refuse
+
+        with pytest.raises(StackError, match="runs with STACK_EXECUTOR=celery, not local: stop it first"):
+            stack.check_executor_unchanged(replace(celery, executor="local"))
+    finally:
+        stack.stop_apps(celery)
