@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -98,16 +98,8 @@ def stop(pid_file: Path, *, timeout: float = 30.0) -> bool:
 def descendants(pid: int) -> list[int]:
     """Every live process under `pid` (children, theirs, ...), whatever process group or session they moved to."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        # fields[0] is the state, fields[1] the parent's pid.
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    for pid_, _pgid, ppid in _live_processes():
+        children.setdefault(ppid, []).append(pid_)
     found, todo = [], [pid]
     while todo:
         below = children.get(todo.pop(), [])
@@ -139,7 +131,8 @@ def _signal_group(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _group_alive(pgid: int) -> bool:
+def _live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, process group id, parent's pid) of every process that is not a zombie, from /proc."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -147,10 +140,13 @@ def _group_alive(pgid: int) -> bool:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        # fields[0] is the state, fields[2] the process group id.
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+        # fields[0] is the state, fields[1] the parent's pid, fields[2] the process group id.
+        if fields[0] != "Z":
+            yield int(entry.name), int(fields[2]), int(fields[1])
+
+
+def _group_alive(pgid: int) -> bool:
+    return any(group == pgid for _pid, group, _ppid in _live_processes())
 
 
 def poll(check: Callable[[], T], *, what: str, timeout: float, interval: float = 0.3) -> T:

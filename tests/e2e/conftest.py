@@ -23,12 +23,12 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from devstack import stack as devstack
 from devstack.demo import Api
 from devstack.processes import read_pid, running
 from devstack.settings import CELERY_STACK, TEST_STACK, StackSettings, for_instance
+from tests.e2e.helpers import connect
 
 # what tests/conftest.py set for dag.test(): the stack's processes must not inherit it
 _TEST_ONLY_PREFIXES = ("AIRFLOW", "TRACKING_", "SES_", "SNS_", "AWS_")
@@ -102,7 +102,7 @@ def api(stack) -> Api:
 @pytest.fixture
 def stack_db(stack):
     """A connection to the test stack's campaign database (neither the unit tests' nor the user's)."""
-    with psycopg.connect(stack.pg_dsn(), autocommit=True, row_factory=dict_row) as conn:
+    with connect(stack) as conn:
         yield conn
 
 

@@ -13,7 +13,6 @@ in-flight sends.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import urllib.request
@@ -21,14 +20,13 @@ import uuid
 from bisect import bisect_left
 from collections import Counter
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from campaigns.sending.ratelimit import default_thread_count
 from devstack import stack as devstack
 from devstack.demo import Api
 from devstack.processes import kill_tree, poll
+from tests.e2e.helpers import connect, import_list
 
 RECIPIENTS = 5000
 BATCH_SIZE = 500
@@ -40,34 +38,6 @@ BURST = 1  # SES_RATE_BURST: the stack leaves it at its default
 SEND_LAG_ALLOWANCE = 0.15  # seconds
 SLACK_AFTER_TIMEOUT = 30.0  # seconds the retry may take to start once the heartbeat timeout has passed
 pytestmark = pytest.mark.timeout(1200)
-
-
-@pytest.fixture
-def api(celery_stack) -> Api:
-    return Api(celery_stack)
-
-
-@pytest.fixture
-def campaign_db(celery_stack):
-    with psycopg.connect(celery_stack.pg_dsn(), autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def airflow_db(celery_stack):
-    """Airflow's metadata database: task_instance holds each task's last try, task_instance_history the earlier."""
-    with psycopg.connect(celery_stack.pg_dsn(celery_stack.airflow_db), autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-def _import_list(api: Api, stack, name: str, addresses: list[str]) -> None:
-    path = stack.state_dir / "e2e" / f"{name}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["email", "first_name"])
-        writer.writerows([address, f"Reader{i}"] for i, address in enumerate(addresses))
-    assert api.run("import_contacts", {"path": str(path), "list": name}, timeout=300)["state"] == "success"
 
 
 def _ledger_counts(campaign_db, key: str) -> Counter:
@@ -103,15 +73,21 @@ def _busiest_second(times: list[dt.datetime]) -> int:
     return max((bisect_left(ordered, t + dt.timedelta(seconds=1)) - i for i, t in enumerate(ordered)), default=0)
 
 
-def test_a_campaign_across_two_celery_workers_survives_one_killed_mid_send(celery_stack, api, campaign_db,
-                                                                             airflow_db):
+def test_a_campaign_across_two_celery_workers_survives_one_killed_mid_send(celery_stack):
     stack = celery_stack
+    api = Api(stack)
+    # Airflow's metadata database: task_instance holds each task's last try, task_instance_history the earlier ones
+    with connect(stack) as campaign_db, connect(stack, stack.airflow_db) as airflow_db:
+        _send_with_a_worker_killed(stack, api, campaign_db, airflow_db)
+
+
+def _send_with_a_worker_killed(stack, api: Api, campaign_db, airflow_db) -> None:
     workers = set(stack.celery_worker_names)
     assert len(workers) == 2
     assert devstack.celery_workers_answering(stack) == workers
     stamp = uuid.uuid4().hex[:10]
     key, prefix = f"celery-{stamp}", f"celery-{stamp}-"
-    _import_list(api, stack, key, [f"{prefix}{i}@example.org" for i in range(RECIPIENTS)])
+    import_list(api, stack, key, [f"{prefix}{i}@example.org" for i in range(RECIPIENTS)])
     api.wait_for_dag("send_campaign")
     run_id = api.trigger("send_campaign", {"campaign": {
         "key": key, "name": f"Celery {key}", "subject": "Hello {{ first_name }}", "from_email": "news@example.com",
