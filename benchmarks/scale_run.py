@@ -9,9 +9,14 @@ the same run (20 threads of bare SendEmail calls for 10 s), the same R for every
 stack's Airflow is restarted on it with SES_SENDING_RATE = R (and put back as it was afterwards: the settings of the
 stack the environment names, STACK_INSTANCE included). Prints per executor: wall time from trigger to success and
 its ratio to N/R (target <= 1.25 x N/R + 30 s), the sending phase, the delay from scheduled to running and from
-queued to running per mapped task (median, p95), the CPU seconds of each worker (a Celery worker's process tree; on
-LocalExecutor the scheduler's, whose children are its workers) per email it sent, the peak RSS of a send task and
-duplicates in the local SES (must be 0); then the figures side by side.
+queued to running per mapped task (median, p95), the CPU seconds of each worker (a Celery worker's process tree, and
+the scheduler's beside them; on LocalExecutor the scheduler's, whose children are its workers) per email it sent,
+the peak RSS of a send task and duplicates in the local SES (must be 0); then the figures side by side.
+
+Run it on a stack instance of its own, so that the user's stack and its data stay as they are:
+
+    STACK_INSTANCE=celery STACK_SEND_TASK_SECONDS=300 STACK_TASK_HEARTBEAT_TIMEOUT=300 \
+        .venv/bin/python benchmarks/scale_run.py --executor both
 """
 
 from __future__ import annotations
@@ -102,9 +107,12 @@ def worker_pids(executor: str) -> dict[str, int]:
     """The process at the top of each worker: every Celery worker, or the scheduler whose children are the
     LocalExecutor's workers."""
     s = replace(SETTINGS, executor=executor)
+    scheduler = read_pid(s.run_dir / "airflow-scheduler.pid")
     if executor == "celery":
-        return {name: pid for name in s.celery_worker_names if (pid := devstack.celery_worker_pid(s, name))}
-    return {LOCAL_WORKERS: read_pid(s.run_dir / "airflow-scheduler.pid")}
+        # the scheduler too, so that the total compares with LocalExecutor's, whose workers are its children
+        return {"scheduler": scheduler} | {
+            name: pid for name in s.celery_worker_names if (pid := devstack.celery_worker_pid(s, name))}
+    return {LOCAL_WORKERS: scheduler}
 
 
 def tree_cpu(pid: int) -> float:
@@ -248,7 +256,7 @@ def print_side_by_side(outcomes: list[Outcome], n: int, rate: int) -> None:
         ("queued -> running median (s)", lambda o: stat(o.queued_to_running, statistics.median)),
         ("queued -> running p95 (s)", lambda o: stat(o.queued_to_running, _p95)),
         ("workers", lambda o: str(len(o.cpu))),
-        ("worker CPU per email (ms, all)", cpu_per_email),
+        ("CPU per email, workers + scheduler (ms)", cpu_per_email),
         ("duplicates in the local SES", lambda o: str(o.duplicates)),
         ("verdict", lambda o: "PASS" if passed(o, n, rate) else "FAIL"),
     ]
