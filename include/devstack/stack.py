@@ -20,7 +20,7 @@ from pathlib import Path
 from devstack import services
 from devstack.hostname import WORKER_HOSTNAME_ENV
 from devstack.processes import StackError, read_pid, running, spawn, stop, wait_until
-from devstack.settings import StackSettings
+from devstack.settings import EXECUTORS, StackSettings
 
 VENV_BIN = Path(sys.executable).parent
 DEMO_SENDER_DOMAIN = "example.com"
@@ -287,12 +287,19 @@ def start_tracking(s: StackSettings) -> None:
                timeout=60, log=s.log_dir / "tracking.log")
 
 
+def running_executor(s: StackSettings) -> str | None:
+    """The STACK_EXECUTOR the stack's running Airflow was started with (None: its scheduler is not running)."""
+    marker = s.run_dir / "executor"
+    if not marker.exists() or not running(s.run_dir / "airflow-scheduler.pid"):
+        return None
+    return marker.read_text().strip()
+
+
 def check_executor_unchanged(s: StackSettings) -> None:
     """Refuse to `up` on another executor while Airflow still runs on the one it was started with: `up` leaves
     running processes as they are, so the scheduler would go on with the old executor."""
-    marker = s.run_dir / "executor"
-    started = marker.read_text().strip() if marker.exists() else None
-    if started and started != s.executor and running(s.run_dir / "airflow-scheduler.pid"):
+    started = running_executor(s)
+    if started and started != s.executor:
         raise StackError(f"the stack's Airflow runs with STACK_EXECUTOR={started}, not {s.executor}: stop it first "
                          f"(`make down`, or `python -m devstack down` with the same STACK_INSTANCE), then `up` again")
 
@@ -434,7 +441,8 @@ def down(s: StackSettings) -> None:
 
 def status(s: StackSettings) -> None:
     """One line per component: running or stopped (Celery workers by name, also one left from an earlier `up`)."""
-    print(f"{'executor':24} {s.airflow_executor}")
+    started = running_executor(s)
+    print(f"{'executor':24} {EXECUTORS[started] + ' (running)' if started else s.airflow_executor}")
     names = app_names(s) + [f.stem for f in _worker_pid_files(s) if f.stem not in app_names(s)]
     for name in names:
         print(f"{name:24} {'running' if running(s.run_dir / f'{name}.pid') else 'stopped'}")

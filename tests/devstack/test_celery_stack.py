@@ -135,6 +135,7 @@ def test_up_on_another_executor_while_airflow_still_runs_is_refused_with_what_to
           log_dir=tmp_path / "log")
     try:
         stack.check_executor_unchanged(celery)  # the same executor again: nothing to refuse
+        assert stack.running_executor(replace(celery, executor="local")) == "celery"  # what `status` shows
 
         with pytest.raises(StackError, match="runs with STACK_EXECUTOR=celery, not local: stop it first"):
             stack.check_executor_unchanged(replace(celery, executor="local"))
