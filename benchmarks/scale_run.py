@@ -155,7 +155,10 @@ def emails_by_worker(api: Api, run_id: str, campaign_id: int, executor: str) -> 
     with common.connect() as conn:
         rows = conn.execute("SELECT attempt, count(*) AS n FROM campaign_recipients WHERE campaign_id = %s "
                             "AND status = 'sent' GROUP BY attempt", [campaign_id]).fetchall()
-    return Counter({hosts.get(r["attempt"], "another try"): r["n"] for r in rows})
+    emails: Counter = Counter()
+    for row in rows:  # a worker ran several tasks: add up their rows
+        emails[hosts.get(row["attempt"], "another try")] += row["n"]
+    return emails
 
 
 def run_once(executor: str, rate: int, args: argparse.Namespace) -> Outcome:
