@@ -264,9 +264,9 @@ def print_side_by_side(outcomes: list[Outcome], n: int, rate: int) -> None:
         ("verdict", lambda o: "PASS" if passed(o, n, rate) else "FAIL"),
     ]
     print(f"\n== side by side: {n:,} recipients at R = {rate}/s (N/R = {n / rate:.1f} s)")
-    print(f"{'':34}" + "".join(f"{EXECUTORS[o.executor]:>18}" for o in outcomes))
+    print(f"{'':40}" + "".join(f"{EXECUTORS[o.executor]:>18}" for o in outcomes))
     for label, value in rows:
-        print(f"{label:34}" + "".join(f"{value(o):>18}" for o in outcomes))
+        print(f"{label:40}" + "".join(f"{value(o):>18}" for o in outcomes))
 
 
 def main() -> int:
