@@ -12,6 +12,7 @@ STACK   := $(PY) -m devstack
 help:
 	@echo "make test    install, start PostgreSQL + Redis, migrate, then ruff + pytest"
 	@echo "make up      the local stack: Airflow, tracking service (https), local SES, PostgreSQL, Redis"
+	@echo "             (make up EXECUTOR=celery: Airflow on the CeleryExecutor with STACK_CELERY_WORKERS workers)"
 	@echo "make demo    make up, a sample list and campaign, SES feedback, simulated readers: the funnel"
 	@echo "make down    stop exactly what make up started"
 	@echo "make status  what is running"
@@ -43,8 +44,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# EXECUTOR=celery (or STACK_EXECUTOR in the environment): the CeleryExecutor; unset: the LocalExecutor.
+EXECUTOR ?= $(STACK_EXECUTOR)
 up: $(STAMP)
-	$(STACK) up
+	STACK_EXECUTOR=$(EXECUTOR) $(STACK) up
 
 down:
 	@if [ -x $(PY) ]; then $(STACK) down; else echo "nothing to stop (no .venv)"; fi

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,11 +75,14 @@ def spawn(
 
 
 def stop(pid_file: Path, *, timeout: float = 30.0) -> bool:
-    """SIGTERM the process group recorded in pid_file, escalate to SIGKILL after `timeout`; True if one was running."""
+    """SIGTERM the process group recorded in pid_file, escalate to SIGKILL after `timeout`; True if one was running.
+    Processes under it in groups of their own (an Airflow task process calls setpgid) are SIGKILLed if they outlive
+    the group."""
     pid = read_pid(pid_file)
     if pid is None or not is_alive(pid):
         pid_file.unlink(missing_ok=True)
         return False
+    tree = descendants(pid)
     _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _group_alive(pid):
@@ -86,8 +90,36 @@ def stop(pid_file: Path, *, timeout: float = 30.0) -> bool:
     if _group_alive(pid):
         _signal_group(pid, signal.SIGKILL)
         time.sleep(0.5)
+    _kill(tree)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under `pid` (children, theirs, ...), whatever process group or session they moved to."""
+    children: dict[int, list[int]] = {}
+    for pid_, _pgid, ppid in _live_processes():
+        children.setdefault(ppid, []).append(pid_)
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found.extend(below)
+        todo.extend(below)
+    return found
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL `pid` and every process under it at once, as when a machine dies (no shutdown, no cleanup); returns
+    the pids it signalled. What the Celery end-to-end test does to a worker and its task processes."""
+    tree = [pid, *descendants(pid)]
+    _kill(tree)
+    return tree
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -99,7 +131,8 @@ def _signal_group(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _group_alive(pgid: int) -> bool:
+def _live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, process group id, parent's pid) of every process that is not a zombie, from /proc."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -107,10 +140,13 @@ def _group_alive(pgid: int) -> bool:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        # fields[0] is the state, fields[2] the process group id.
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+        # fields[0] is the state, fields[1] the parent's pid, fields[2] the process group id.
+        if fields[0] != "Z":
+            yield int(entry.name), int(fields[2]), int(fields[1])
+
+
+def _group_alive(pgid: int) -> bool:
+    return any(group == pgid for _pid, group, _ppid in _live_processes())
 
 
 def poll(check: Callable[[], T], *, what: str, timeout: float, interval: float = 0.3) -> T:

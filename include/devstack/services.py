@@ -259,13 +259,14 @@ def drop_databases(s: StackSettings, *names: str) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def flush_redis_db(s: StackSettings) -> None:
-    """Empty a named stack instance's Redis db (its limiter keys); never the user's stack's db."""
+def flush_redis_db(s: StackSettings, db: int | None = None) -> None:
+    """Empty a named stack instance's Redis db (by default its limiter keys; `db`: its Celery broker's); never the
+    user's stack's db."""
     import redis
 
-    if not s.instance or s.redis_db == 0:
+    if not s.instance or s.redis_db == 0 or db == 0:
         raise StackError("only a named stack instance's Redis db is ever flushed, never the user's stack's")
-    client = redis.Redis.from_url(s.redis_url(s.redis_db))
+    client = redis.Redis.from_url(s.redis_url(s.redis_db if db is None else db))
     try:
         client.flushdb()
     finally:

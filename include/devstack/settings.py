@@ -3,6 +3,10 @@
 One PostgreSQL and one Redis serve any number of named stack instances: the user's stack (no name, what `make up`
 starts) and e.g. the `test` instance the end-to-end tests start beside it, with its own databases, Redis db, app
 ports and state folder (`STACK_INSTANCE=test python -m devstack up`).
+
+Airflow runs on the LocalExecutor unless STACK_EXECUTOR=celery (`make up EXECUTOR=celery`): then on the
+CeleryExecutor, with STACK_CELERY_WORKERS worker processes and the stack's own Redis as the broker, on a db of its
+own. The `celery` instance is the Celery end-to-end tests' one: Celery, two workers, a short task heartbeat timeout.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 
 
 def _int(name: str, default: int) -> int:
@@ -23,6 +28,13 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _executor(default: str = "local") -> str:
+    raw = os.environ.get("STACK_EXECUTOR") or default
+    if raw not in EXECUTORS:
+        raise SystemExit(f"STACK_EXECUTOR must be one of {', '.join(sorted(EXECUTORS))}, got {raw!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,18 @@ class StackSettings:
     ses_port: int = _int("STACK_SES_PORT", 25500)
     ses_pool_slots: int = _int("STACK_SES_POOL_SLOTS", 4)
     airflow_parallelism: int = _int("STACK_AIRFLOW_PARALLELISM", 8)
+    # "local" (LocalExecutor) or "celery" (CeleryExecutor and celery_workers worker processes)
+    executor: str = _executor()
+    celery_workers: int = _int("STACK_CELERY_WORKERS", 2)
+    celery_concurrency: int = _int("STACK_CELERY_CONCURRENCY", 4)
+    # the broker's Redis db: never the limiter's (redis_db), the tests' or the benchmarks'
+    celery_broker_db: int = _int("STACK_CELERY_BROKER_DB", 10)
+    # [scheduler] task_instance_heartbeat_timeout: how long a task whose worker died stays `running` before the
+    # scheduler fails it and its retry is queued (Airflow's default; the `celery` test instance sets 30)
+    task_heartbeat_timeout: int = _int("STACK_TASK_HEARTBEAT_TIMEOUT", 300)
+    # SEND_TASK_SECONDS of the stack's tasks: how much sending one mapped send task carries (the campaigns default;
+    # the `celery` instance makes it short so that a 5,000-recipient campaign spreads over 10 tasks and both workers)
+    send_task_seconds: int = _int("STACK_SEND_TASK_SECONDS", 300)
     # the local SES stands in for an account with this MaxSendRate; the stack sends at ses_rate
     ses_local_max_send_rate: int = _int("STACK_SES_MAX_SEND_RATE", 200)
     ses_rate: int = _int("STACK_SES_RATE", 100)
@@ -75,6 +99,17 @@ class StackSettings:
         return (self.campaign_db,) if self.instance else (self.campaign_db, self.test_campaign_db)
 
     @property
+    def airflow_executor(self) -> str:
+        """Airflow's name of the executor this stack runs ([core] executor)."""
+        return EXECUTORS[self.executor]
+
+    @property
+    def celery_worker_names(self) -> tuple[str, ...]:
+        """The Airflow hostname of each Celery worker (what TaskInstance.hostname shows); none on LocalExecutor."""
+        count = self.celery_workers if self.executor == "celery" else 0
+        return tuple(f"celery-worker-{i}" for i in range(1, count + 1))
+
+    @property
     def run_dir(self) -> Path:
         return self.state_dir / "run"
 
@@ -108,7 +143,17 @@ class StackSettings:
 
 
 TEST_INSTANCE = "test"
+CELERY_INSTANCE = "celery"
 _INSTANCE_NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
+# What a named instance differs by unless STACK_INSTANCE_* / STACK_* say otherwise. The `celery` instance runs beside
+# (or after) `test`, so its ports, limiter db and broker db are its own; its short heartbeat timeout lets the e2e
+# test see a killed worker's task retried within a minute.
+_INSTANCE_DEFAULTS = {
+    "": {"port_offset": 100, "redis_db": 9, "broker_db": 11, "executor": "local", "heartbeat": 300,
+         "send_task_seconds": 300},
+    CELERY_INSTANCE: {"port_offset": 200, "redis_db": 8, "broker_db": 12, "executor": "celery", "heartbeat": 30,
+                      "send_task_seconds": 20},
+}
 
 
 def for_instance(name: str) -> StackSettings:
@@ -120,17 +165,24 @@ def for_instance(name: str) -> StackSettings:
         return base
     if not _INSTANCE_NAME.fullmatch(name):
         raise SystemExit(f"STACK_INSTANCE must be a lower-case name of letters and digits, got {name!r}")
-    offset = _int("STACK_INSTANCE_PORT_OFFSET", 100)
+    defaults = _INSTANCE_DEFAULTS.get(name, _INSTANCE_DEFAULTS[""])
+    offset = _int("STACK_INSTANCE_PORT_OFFSET", defaults["port_offset"])
     return replace(
         base, instance=name, servers_dir=base.state_dir, state_dir=base.state_dir / "instances" / name,
         airflow_port=base.airflow_port + offset, tracking_port=base.tracking_port + offset,
         ses_port=base.ses_port + offset,
         # a suffix, not "campaigns_test": that name is the unit tests' database, truncated before every test
         campaign_db=f"{base.campaign_db}_{name}_stack", airflow_db=f"{base.airflow_db}_{name}_stack",
-        redis_db=_int("STACK_INSTANCE_REDIS_DB", 9),
+        redis_db=_int("STACK_INSTANCE_REDIS_DB", defaults["redis_db"]),
+        celery_broker_db=_int("STACK_INSTANCE_CELERY_BROKER_DB", defaults["broker_db"]),
+        executor=_executor(defaults["executor"]),
+        task_heartbeat_timeout=_int("STACK_TASK_HEARTBEAT_TIMEOUT", defaults["heartbeat"]),
+        send_task_seconds=_int("STACK_SEND_TASK_SECONDS", defaults["send_task_seconds"]),
     )
 
 
 SETTINGS = for_instance(os.environ.get("STACK_INSTANCE", ""))
 # the stack the end-to-end tests start beside the user's, on the same servers (tests/e2e/conftest.py)
 TEST_STACK = for_instance(TEST_INSTANCE)
+# the Celery stack the Celery end-to-end test starts once the test stack's apps are stopped (tests/e2e/conftest.py)
+CELERY_STACK = for_instance(CELERY_INSTANCE)

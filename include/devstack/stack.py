@@ -1,5 +1,6 @@
-"""The local stack behind `make up`: Airflow (LocalExecutor, metadata in the project's PostgreSQL), the tracking
-service under gunicorn over HTTPS, and a local SES endpoint (moto server), all started by pid file."""
+"""The local stack behind `make up`: Airflow (LocalExecutor, or CeleryExecutor with its workers; metadata in the
+project's PostgreSQL), the tracking service under gunicorn over HTTPS, and a local SES endpoint (moto server), all
+started by pid file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,8 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from devstack import services
-from devstack.processes import StackError, running, spawn, stop, wait_until
-from devstack.settings import StackSettings
+from devstack.hostname import WORKER_HOSTNAME_ENV
+from devstack.processes import StackError, read_pid, running, spawn, stop, wait_until
+from devstack.settings import EXECUTORS, StackSettings
 
 VENV_BIN = Path(sys.executable).parent
 DEMO_SENDER_DOMAIN = "example.com"
@@ -26,6 +29,10 @@ CONFIGURATION_SET = "campaign-events"
 SNS_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:ses-events"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 AIRFLOW_USERS = {"admin": "admin", "viewer": "viewer"}  # simple auth manager: user -> role
+# Celery's Redis visibility timeout, Airflow's default made explicit: a task not acknowledged within it is handed to
+# another worker *even if it is still running* (Airflow acknowledges late, at the end of the task), so a lower value
+# would run a long send task twice at once. A dead worker's task is noticed by the task heartbeat timeout instead.
+CELERY_VISIBILITY_TIMEOUT = 86_400
 
 
 def _secret(s: StackSettings, name: str, make=lambda: secrets.token_urlsafe(32)) -> str:
@@ -74,6 +81,7 @@ def app_env(s: StackSettings) -> dict[str, str]:
         SES_LOCAL_MAX_SEND_RATE=str(s.ses_local_max_send_rate),
         SES_LOCAL_MAX_24H_SEND=str(s.ses_local_max_24h_send),
         SES_SENDING_RATE=str(s.ses_rate),
+        SEND_TASK_SECONDS=str(s.send_task_seconds),
         # Dev stack only: there is no real SNS here, so /webhooks/ses trusts a locally generated signing
         # certificate (the service logs a warning at start). The SigningCertURL and TopicArn checks still run.
         SNS_TEST_CERT_PEM=str(sns_test_signing_key(s)[1]),
@@ -136,7 +144,7 @@ def airflow_env(s: StackSettings, home: Path | None = None) -> dict[str, str]:
         AIRFLOW__CORE__DAGS_FOLDER=str(s.root / "dags"),
         AIRFLOW__CORE__PLUGINS_FOLDER=str(s.root / "plugins"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        AIRFLOW__CORE__EXECUTOR=s.airflow_executor,
         AIRFLOW__CORE__PARALLELISM=str(s.airflow_parallelism),
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
         AIRFLOW__CORE__FERNET_KEY=_secret(s, "fernet-key", _fernet_key),
@@ -147,12 +155,34 @@ def airflow_env(s: StackSettings, home: Path | None = None) -> dict[str, str]:
         AIRFLOW__API__HOST="127.0.0.1",
         AIRFLOW__API__BASE_URL=s.airflow_url,
         AIRFLOW__API_AUTH__JWT_SECRET=_secret(s, "jwt-secret"),
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=s.pg_dsn(s.airflow_db).replace("postgresql://", "postgresql+psycopg2://"),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=_airflow_db_url(s),
         AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(s.log_dir / "airflow"),
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
         AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
+        AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=str(s.task_heartbeat_timeout),
     )
+    env.update(celery_env(s))
     return env
+
+
+def celery_env(s: StackSettings) -> dict[str, str]:
+    """Airflow's Celery settings when the stack runs the CeleryExecutor (nothing on LocalExecutor): the broker on the
+    stack's own Redis, results in Airflow's metadata database, and a hostname callable that names each worker."""
+    if s.executor != "celery":
+        return {}
+    return {
+        # Redis rather than RabbitMQ: the stack already installs and starts it (one fewer daemon); a db of its own
+        "AIRFLOW__CELERY__BROKER_URL": s.redis_url(s.celery_broker_db),
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _airflow_db_url(s),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(s.celery_concurrency),
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": str(CELERY_VISIBILITY_TIMEOUT),
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devstack.hostname.worker_hostname",
+    }
+
+
+def _airflow_db_url(s: StackSettings) -> str:
+    """SQLAlchemy URL of the stack's Airflow metadata database (psycopg2, Airflow's tested driver)."""
+    return s.pg_dsn(s.airflow_db).replace("postgresql://", "postgresql+psycopg2://")
 
 
 def _airflow(env: dict[str, str], *args: str) -> None:
@@ -257,12 +287,69 @@ def start_tracking(s: StackSettings) -> None:
                timeout=60, log=s.log_dir / "tracking.log")
 
 
+def running_executor(s: StackSettings) -> str | None:
+    """The STACK_EXECUTOR the stack's running Airflow was started with (None: its scheduler is not running)."""
+    marker = s.run_dir / "executor"
+    if not marker.exists() or not running(s.run_dir / "airflow-scheduler.pid"):
+        return None
+    return marker.read_text().strip()
+
+
+def check_executor_unchanged(s: StackSettings) -> None:
+    """Refuse to `up` on another executor while Airflow still runs on the one it was started with: `up` leaves
+    running processes as they are, so the scheduler would go on with the old executor."""
+    started = running_executor(s)
+    if started and started != s.executor:
+        raise StackError(f"the stack's Airflow runs with STACK_EXECUTOR={started}, not {s.executor}: stop it first "
+                         f"(`make down`, or `python -m devstack down` with the same STACK_INSTANCE), then `up` again")
+
+
 def start_airflow(s: StackSettings, env: dict[str, str]) -> None:
+    check_executor_unchanged(s)
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    (s.run_dir / "executor").write_text(f"{s.executor}\n")
     for component in AIRFLOW_COMPONENTS:
         spawn(f"airflow-{component}", [str(VENV_BIN / "airflow"), component], run_dir=s.run_dir,
               log_dir=s.log_dir, env=env)
+    start_celery_workers(s, env)
     wait_until(lambda: _http_ok(f"{s.airflow_url}/api/v2/monitor/health"), what="Airflow api-server",
                timeout=180, log=s.log_dir / "airflow-api-server.log")
+    for name in s.celery_worker_names:
+        wait_until(lambda name=name: name in celery_workers_answering(s), what=f"Celery worker {name}",
+                   timeout=180, log=s.log_dir / f"{name}.log")
+
+
+def celery_node(name: str) -> str:
+    """The Celery node name of worker `name` (what `celery inspect ping` answers with)."""
+    return f"{name}@{socket.gethostname()}"
+
+
+def start_celery_workers(s: StackSettings, env: dict[str, str]) -> None:
+    """One `airflow celery worker` per name in s.celery_worker_names, each with its Airflow hostname in the env its
+    task processes inherit. --skip-serve-logs: every worker writes task logs to the stack's shared log folder, which
+    the api-server reads directly (and two log servers on this host would fight over one port)."""
+    for name in s.celery_worker_names:
+        spawn(name, [str(VENV_BIN / "airflow"), "celery", "worker", "--concurrency", str(s.celery_concurrency),
+                     "--celery-hostname", celery_node(name), "--skip-serve-logs"],
+              run_dir=s.run_dir, log_dir=s.log_dir, env={**env, WORKER_HOSTNAME_ENV: name})
+
+
+def celery_workers_answering(s: StackSettings, timeout: float = 1.0) -> set[str]:
+    """The stack's Celery workers that answer a broadcast ping on its broker (by Airflow hostname)."""
+    from celery import Celery
+
+    app = Celery(broker=s.redis_url(s.celery_broker_db))
+    try:
+        replies = app.control.ping(timeout=timeout)
+    finally:
+        app.close()
+    return {node.split("@", 1)[0] for reply in replies for node in reply}
+
+
+def celery_worker_pid(s: StackSettings, name: str) -> int | None:
+    """The pid of Celery worker `name`'s main process (its pid file), or None when it is not running."""
+    pid_file = s.run_dir / f"{name}.pid"
+    return read_pid(pid_file) if running(pid_file) else None
 
 
 def up(s: StackSettings) -> None:
@@ -279,7 +366,10 @@ def up(s: StackSettings) -> None:
     password = _secret(s, "airflow-admin-password")
     print(
         f"\nLocal stack{f' instance {s.instance!r}' if s.instance else ''} is up.\n"
-        f"  Airflow UI        {s.airflow_url}   login: admin / {password}  (read-only: viewer / "
+        f"  Executor          {s.airflow_executor}"
+        + (f" ({len(s.celery_worker_names)} workers x {s.celery_concurrency}, broker "
+           f"{s.redis_url(s.celery_broker_db)})\n" if s.celery_worker_names else "\n")
+        + f"  Airflow UI        {s.airflow_url}   login: admin / {password}  (read-only: viewer / "
         f"{_secret(s, 'airflow-viewer-password')})\n"
         f"  Tracking service  {s.tracking_base_url}/healthz   (self-signed certificate)\n"
         f"  Local SES         {s.ses_endpoint}   (moto; accepted messages: {s.ses_endpoint}/local-ses/messages)\n"
@@ -299,14 +389,32 @@ def write_env_file(s: StackSettings) -> Path:
     wanted = {k: v for k, v in env.items() if k.startswith(("AIRFLOW", "TRACKING_", "SES_", "SNS_"))}
     wanted.update(tracking_env(s))  # so that `python -m tracking_service.drain` finds the stack's spool
     path = s.state_dir / "stack.env"
-    path.write_text("".join(f"export {k}='{v}'\n" for k, v in sorted(wanted.items())))
+    workers = f", workers {', '.join(s.celery_worker_names)}" if s.celery_worker_names else ""
+    path.write_text(f"# executor: {s.airflow_executor}{workers}\n"
+                    + "".join(f"export {k}='{v}'\n" for k, v in sorted(wanted.items())))
     path.chmod(0o600)
     return path
 
 
+def _worker_pid_files(s: StackSettings) -> list[Path]:
+    """The pid files of every Celery worker this stack started, whichever executor its settings say now (so `down`
+    after `make up EXECUTOR=celery` stops them without being told)."""
+    return sorted(s.run_dir.glob("celery-worker-*.pid"))
+
+
+def app_names(s: StackSettings) -> list[str]:
+    """Every process `up` starts on top of PostgreSQL and Redis, by pid-file name."""
+    return [f"airflow-{c}" for c in AIRFLOW_COMPONENTS] + list(s.celery_worker_names) + ["tracking", "ses"]
+
+
 def stop_apps(s: StackSettings) -> list[str]:
-    """Stop Airflow, the tracking service and the local SES; PostgreSQL and Redis keep running."""
+    """Stop Airflow (its Celery workers first), the tracking service and the local SES; PostgreSQL and Redis keep
+    running."""
     stopped = []
+    for pid_file in _worker_pid_files(s):
+        # a warm shutdown: the worker finishes its running tasks first (up to the timeout, then SIGKILL)
+        if stop(pid_file, timeout=45):
+            stopped.append(pid_file.stem)
     for component in reversed(AIRFLOW_COMPONENTS):
         if stop(s.run_dir / f"airflow-{component}.pid", timeout=45):
             stopped.append(f"airflow {component}")
@@ -318,8 +426,7 @@ def stop_apps(s: StackSettings) -> list[str]:
 
 def apps_running(s: StackSettings) -> bool:
     """Whether every component `up` starts on top of PostgreSQL and Redis is running."""
-    names = [f"airflow-{c}" for c in AIRFLOW_COMPONENTS] + ["tracking", "ses"]
-    return all(running(s.run_dir / f"{name}.pid") for name in names)
+    return all(running(s.run_dir / f"{name}.pid") for name in app_names(s))
 
 
 def down(s: StackSettings) -> None:
@@ -333,8 +440,10 @@ def down(s: StackSettings) -> None:
 
 
 def status(s: StackSettings) -> None:
-    """One line per component: running or stopped."""
-    names = [f"airflow-{c}" for c in AIRFLOW_COMPONENTS] + ["tracking", "ses"]
+    """One line per component: running or stopped (Celery workers by name, also one left from an earlier `up`)."""
+    started = running_executor(s)
+    print(f"{'executor':24} {EXECUTORS[started] + ' (running)' if started else s.airflow_executor}")
+    names = app_names(s) + [f.stem for f in _worker_pid_files(s) if f.stem not in app_names(s)]
     for name in names:
         print(f"{name:24} {'running' if running(s.run_dir / f'{name}.pid') else 'stopped'}")
     print(f"{'redis':24} {'running' if running(s.server_run_dir / 'redis.pid') else 'stopped'}")
@@ -357,6 +466,7 @@ def reset(s: StackSettings) -> None:
     services.ensure_databases(s)
     services.migrate(s)
     services.flush_redis_db(s)
+    services.flush_redis_db(s, s.celery_broker_db)  # tasks queued for the old run's workers must not run now
     shutil.rmtree(s.state_dir / "tracking-spool", ignore_errors=True)
 
 
@@ -374,6 +484,7 @@ def clean(s: StackSettings) -> None:
         if services.servers_running(s):
             services.drop_databases(s, *s.campaign_databases, s.airflow_db)
             services.flush_redis_db(s)
+            services.flush_redis_db(s, s.celery_broker_db)
         else:
             print("PostgreSQL or Redis is not running: the instance's databases stay until `make clean`", flush=True)
     else:

@@ -3,6 +3,7 @@ notifications with the dev stack's local test key, and waiting on a condition wi
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import email
 import email.policy
@@ -12,7 +13,9 @@ import urllib.error
 import urllib.request
 import uuid
 
+import psycopg
 from cryptography.hazmat.primitives import serialization
+from psycopg.rows import dict_row
 
 from devstack.settings import TEST_STACK
 from devstack.stack import local_ses_messages
@@ -34,6 +37,23 @@ def https(url: str, tls, *, method: str = "GET", body: bytes | None = None, head
     except urllib.error.HTTPError as exc:  # 3xx/4xx arrive here when not followed
         return exc.code, dict(exc.headers), exc.read()
 
+
+
+def connect(stack, database: str | None = None) -> psycopg.Connection:
+    """A connection (autocommit, rows as dicts) to a stack instance's campaign database, or to `database` on its
+    PostgreSQL (its Airflow metadata database: stack.airflow_db)."""
+    return psycopg.connect(stack.pg_dsn(database), autocommit=True, row_factory=dict_row)
+
+
+def import_list(api, stack, name: str, addresses: list[str]) -> None:
+    """List `name` of `addresses` (first names Reader0, Reader1, ...), imported through the import_contacts DAG."""
+    path = stack.state_dir / "e2e" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["email", "first_name"])
+        writer.writerows([address, f"Reader{i}"] for i, address in enumerate(addresses))
+    assert api.run("import_contacts", {"path": str(path), "list": name}, timeout=300)["state"] == "success"
 
 
 def messages_to(stack, addresses: set[str]) -> dict[str, list[email.message.EmailMessage]]:

@@ -5,7 +5,6 @@ an event by hand; the SES mailbox simulator's addresses decide what comes back.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -16,19 +15,10 @@ from collections import Counter
 import pytest
 
 from devstack.processes import poll, task_process
+from tests.e2e.helpers import import_list
 
 SIMULATOR = "simulator.amazonses.com"
 pytestmark = pytest.mark.timeout(900)
-
-
-def _import_list(api, stack, name: str, addresses: list[str]) -> None:
-    path = stack.state_dir / "e2e" / f"{name}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["email", "first_name"])
-        writer.writerows([address, f"Reader{i}"] for i, address in enumerate(addresses))
-    assert api.run("import_contacts", {"path": str(path), "list": name}, timeout=300)["state"] == "success"
 
 
 def _campaign(key: str, list_name: str) -> dict:
@@ -55,7 +45,7 @@ def test_hard_bounces_and_complaints_are_suppressed_before_the_next_campaign(sta
     simulator = {kind: f"{kind}+{stamp}@{SIMULATOR}"
                  for kind in ("success", "bounce", "ooto", "complaint", "suppressionlist")}
     readers = [f"fb-{stamp}-{i}@example.org" for i in range(10)]
-    _import_list(api, stack, f"fb-{stamp}", readers + list(simulator.values()))
+    import_list(api, stack, f"fb-{stamp}", readers + list(simulator.values()))
     api.wait_for_dag("send_campaign")
 
     first = api.run("send_campaign", {"campaign": _campaign(f"fb-{stamp}-1", f"fb-{stamp}")}, timeout=600)
@@ -92,7 +82,7 @@ def test_a_complaint_rate_over_the_threshold_pauses_the_campaign_through_the_rep
     # every second recipient complains: far above REPUTATION_MAX_COMPLAINT_RATE (0.1 %) once 200 have been delivered
     addresses = [f"complaint+{stamp}-{i}@{SIMULATOR}" if i % 2 else f"rep-{stamp}-{i}@example.org"
                  for i in range(1500)]
-    _import_list(api, stack, f"rep-{stamp}", addresses)
+    import_list(api, stack, f"rep-{stamp}", addresses)
     api.wait_for_dag("send_campaign")
     run_id = api.trigger("send_campaign", {"campaign": _campaign(f"rep-{stamp}", f"rep-{stamp}")})
 
@@ -115,7 +105,7 @@ def test_a_complaint_rate_over_the_threshold_pauses_the_campaign_through_the_rep
 def test_after_kill_9_the_rows_whose_message_reached_ses_are_settled_by_its_events(stack, api, stack_db):
     stamp = uuid.uuid4().hex[:10]
     addresses = [f"kill-{stamp}-{i}@example.org" for i in range(3000)]
-    _import_list(api, stack, f"kill-{stamp}", addresses)
+    import_list(api, stack, f"kill-{stamp}", addresses)
     api.wait_for_dag("send_campaign")
     key = f"kill-{stamp}"
     run_id = api.trigger("send_campaign", {"campaign": _campaign(key, f"kill-{stamp}"), "batch_size": 500})
