@@ -159,6 +159,8 @@ class SendBatch:
         self.attempt = attempt
         self.from_email = from_email
         self.builder = builder
+        # the tags every message of this task carries; per recipient only its own id is added
+        self._tags = {**builder.feedback_tags, "campaign": str(task.campaign_id)}
         self.transport = transport
         self.limiter = limiter
         self.connect = connect
@@ -297,7 +299,7 @@ class SendBatch:
             ledger.release(conn, row["id"], self.attempt, Row.FAILED, f"compose: {exc}")
             self._count(Row.FAILED)
             return
-        tags = {**self.builder.feedback_tags, "campaign": str(self.task.campaign_id), "recipient": str(row["id"])}
+        tags = {**self._tags, "recipient": str(row["id"])}
         for retry in range(MAX_THROTTLE_RETRIES + 1):
             try:
                 message_id = self.transport.send(raw=raw, from_email=self.from_email, to=row["email"], tags=tags)
