@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import email.policy
+import io
 import json
 import logging
 import re
+import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -29,7 +32,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from devstack.local_ses.message import AcceptedMessage
-from devstack.local_ses.server import MessageStore, create_app, serving
+from devstack.local_ses.server import MessageStore, _ArrivalTimedSocket, create_app, serving
 from devstack.processes import wait_until
 from tests.browser import headless_chromium
 
@@ -115,6 +118,23 @@ def in_process():
     app, store = create_app()
     with serving(app) as url:
         yield app, store, _client(url), url
+
+
+def test_a_request_is_stamped_with_when_its_bytes_arrived_not_when_the_server_read_them():
+    """A rate at SES's door is judged by the receive times: they are the kernel's stamp of a request's first bytes,
+    so a server thread that gets to the request late (behind moto's work on others) does not move them."""
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as client:
+        conn, _ = server.accept()
+        with conn:
+            arrival = _ArrivalTimedSocket(conn)
+            client.sendall(b"POST /v2/email/outbound-emails HTTP/1.1\r\n")
+            select.select([conn], [], [], 30)  # the bytes are in the socket: a server reading now is late
+            late_read = time.time_ns()
+            line = io.BufferedReader(arrival).readline()
+    assert line == b"POST /v2/email/outbound-emails HTTP/1.1\r\n"
+    assert arrival.arrived_ns is not None
+    assert arrival.arrived_ns <= late_read
 
 
 def test_an_accepted_send_is_listed_with_its_receive_time_exact_tags_and_configuration_set(endpoint, ses):

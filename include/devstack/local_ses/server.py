@@ -3,7 +3,8 @@ local inbox to read it. Dev stack and tests only.
 
 Every request goes to moto's `DomainDispatcherApplication` exactly as under `moto_server` (`/moto-api/data.json`,
 `/moto-api/reset` included). A SESv2 SendEmail (`POST /v2/email/outbound-emails`) that moto answers 200 is also
-recorded as an `AcceptedMessage` (its receive time taken when the request arrived) and handed to every listener
+recorded as an `AcceptedMessage` (its receive time: when the request's first bytes reached this host, the kernel's
+receive timestamp, so the server's own load cannot shift it; see ArrivalTimedHandler) and handed to every listener
 before the answer goes out; a rejected one (unverified sender, bad request) records nothing.
 
 For the event publisher and tests:
@@ -56,6 +57,8 @@ import email.utils
 import io
 import json
 import logging
+import socket
+import struct
 import threading
 import uuid
 from collections import OrderedDict
@@ -72,6 +75,10 @@ from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import get_input_stream
 
 from devstack.local_ses.message import AcceptedMessage
+
+SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; Python's socket module does not name it. SCM_TIMESTAMPNS is the same.
+_TIMESTAMP_SPACE = socket.CMSG_SPACE(16)  # one struct timespec
+ARRIVED_AT = "local_ses.arrived_at"  # the WSGI environ key of a request's kernel receive time (UTC datetime)
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +217,7 @@ class LocalSes:
             self._listeners = (*self._listeners, listener)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
-        received_at = dt.datetime.now(dt.UTC)
+        received_at = environ.get(ARRIVED_AT) or dt.datetime.now(dt.UTC)
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         if path in self._mounts:
@@ -441,12 +448,73 @@ def create_app(listeners: Iterable[Listener] = (), *, max_messages: int = DEFAUL
     return LocalSes(store, listeners), store
 
 
-def make_server(app: LocalSes, host: str = "127.0.0.1", port: int = 0) -> Any:
-    """A threaded werkzeug server for `app`, with moto's request handler (as `moto_server` runs)."""
+class _ArrivalTimedSocket(io.RawIOBase):
+    """A connection's reads through recvmsg with SO_TIMESTAMPNS: each read also gives the kernel's receive time.
+
+    `arrived_ns` keeps the first timestamp seen since the last `expect_request()`: the request's first bytes.
+    (Linux merges segments that queue up unread and keeps the later stamp: a request line and headers that
+    arrive before the server reads them are stamped by the later of the client's writes, microseconds apart.)
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._sock = sock
+        self.arrived_ns: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.arrived_ns is None:
+            # A read's stamp is that of the last segment it took: take one byte, so it is the first segment's.
+            buffer = memoryview(buffer)[:1]
+        size, ancillary, _flags, _address = self._sock.recvmsg_into([buffer], _TIMESTAMP_SPACE)
+        for level, kind, data in ancillary:
+            if self.arrived_ns is None and level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])
+                self.arrived_ns = seconds * 1_000_000_000 + nanoseconds
+        return size
+
+    def expect_request(self) -> None:
+        self.arrived_ns = None
+
+
+def _arrival_timed_handler() -> type:
+    """moto's request handler (as `moto_server` runs), reading through _ArrivalTimedSocket.
+
+    A request's receive time is what a rate at SES's door is measured by. Taken in the WSGI app, it would also
+    hold how long this server's thread waited for the GIL behind moto's work on other requests, which moves under
+    load by tens of milliseconds and bunches the times; the kernel stamps the bytes when they arrive. HTTP/1.1
+    clients wait for each answer before the next request on a connection, so the request line is always read
+    afresh from the socket and its stamp is the request's.
+    """
     from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+    class ArrivalTimedHandler(MotoRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            self._arrival = _ArrivalTimedSocket(self.connection)
+            self.rfile = io.BufferedReader(self._arrival)
+
+        def handle_one_request(self) -> None:
+            self._arrival.expect_request()
+            super().handle_one_request()
+
+        def make_environ(self) -> dict[str, Any]:
+            environ = super().make_environ()
+            if self._arrival.arrived_ns is not None:
+                environ[ARRIVED_AT] = dt.datetime.fromtimestamp(self._arrival.arrived_ns / 1e9, dt.UTC)
+            return environ
+
+    return ArrivalTimedHandler
+
+
+def make_server(app: LocalSes, host: str = "127.0.0.1", port: int = 0) -> Any:
+    """A threaded werkzeug server for `app`, stamping each request with its arrival (_arrival_timed_handler)."""
     from werkzeug.serving import make_server as werkzeug_server
 
-    return werkzeug_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+    return werkzeug_server(host, port, app, threaded=True, request_handler=_arrival_timed_handler())
 
 
 @contextlib.contextmanager
