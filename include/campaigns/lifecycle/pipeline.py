@@ -22,6 +22,7 @@ from campaigns.sending import ledger, preflight
 from campaigns.sending.ledger import Attempt
 from campaigns.sending.messages import composer_for
 from campaigns.sending.plan import SendTask, plan
+from campaigns.sending.ratelimit import slot_batch
 from campaigns.sending.sender import SendBatch
 from campaigns.states import Row
 
@@ -248,7 +249,8 @@ def send_batch(descriptor: dict[str, Any], *, attempt: Attempt, resources: SendR
         transport=SesTransport(resources.ses_client, configuration_set=settings.configuration_set),
         limiter=resources.limiter, connect=lambda: db.connect(dsn, autocommit=True), threads=resources.threads,
         guard=ReputationGuard.from_settings(task.campaign_id, settings, run_id=attempt.run_id),
-        limiter_outage_seconds=settings.limiter_outage_seconds)
+        limiter_outage_seconds=settings.limiter_outage_seconds,
+        slot_batch=slot_batch(resources.limiter.rate, resources.threads))
     report = batch.run()
     log.info("%s: %s", task.label, report.as_dict())
     if report.account_stopped:

@@ -146,7 +146,15 @@ SELECT id, page_no, email, first_name, last_name, merge_data
 -- name: claim
 -- Right before its own SES call a row becomes `sending` with this attempt's id, committed. The suppression list
 -- is checked again here, so an unsubscribe, bounce or complaint that arrived mid-campaign takes effect.
-WITH sup AS (SELECT reason FROM suppressions WHERE email = lower(%(email)s))
+-- The same statement records the thread's previous row as `sent` (%(sent_id)s, NULL when there is none): one round
+-- trip per email, and a send thread never has more than one row `sending`, the one it is about to send or has
+-- just sent.
+WITH sent AS (
+    UPDATE campaign_recipients
+       SET status = 'sent', ses_message_id = %(sent_message_id)s, sent_at = %(sent_at)s, error = NULL,
+           updated_at = now()
+     WHERE id = %(sent_id)s AND status = 'sending' AND attempt = %(attempt)s
+), sup AS (SELECT reason FROM suppressions WHERE email = lower(%(email)s))
 UPDATE campaign_recipients
    SET status = CASE WHEN EXISTS (SELECT 1 FROM sup) THEN 'skipped' ELSE 'sending' END,
        skip_reason = (SELECT 'suppressed:' || reason FROM sup),
@@ -155,9 +163,10 @@ UPDATE campaign_recipients
 RETURNING status, skip_reason
 
 -- name: mark-sent
+-- A sent row on its own, when no claim follows soon (the thread stops, or its next slot is far off).
 UPDATE campaign_recipients
-   SET status = 'sent', ses_message_id = %(message_id)s, sent_at = now(), error = NULL, updated_at = now()
- WHERE id = %(id)s AND status = 'sending' AND attempt = %(attempt)s
+   SET status = 'sent', ses_message_id = %(sent_message_id)s, sent_at = %(sent_at)s, error = NULL, updated_at = now()
+ WHERE id = %(sent_id)s AND status = 'sending' AND attempt = %(attempt)s
 
 -- name: release-claim
 -- Used when SES certainly did not receive the request (failed, back to pending, or unknown).

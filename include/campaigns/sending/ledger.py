@@ -6,6 +6,7 @@ SES call; `sent` after it. A retried task turns stale `sending` rows into `unkno
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -142,16 +143,40 @@ def merge_fields(row: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def claim(conn: psycopg.Connection, row_id: int, email: str, attempt: Attempt) -> str | None:
+@dataclass(frozen=True)
+class Sent:
+    """A row SES accepted: its MessageId and when SES answered (what `sent_at` records)."""
+
+    row_id: int
+    message_id: str
+    at: dt.datetime
+
+    @classmethod
+    def now(cls, row_id: int, message_id: str) -> Sent:
+        return cls(row_id, message_id, dt.datetime.now(dt.UTC))
+
+
+_NOTHING_SENT = {"sent_id": None, "sent_message_id": None, "sent_at": None}
+
+
+def _sent_params(sent: Sent | None) -> dict[str, Any]:
+    if sent is None:
+        return _NOTHING_SENT
+    return {"sent_id": sent.row_id, "sent_message_id": sent.message_id, "sent_at": sent.at}
+
+
+def claim(conn: psycopg.Connection, row_id: int, email: str, attempt: Attempt, *,
+          settle: Sent | None = None) -> str | None:
     """Claim a pending row for this attempt: returns 'sending', 'skipped' (suppressed meanwhile), or None when
-    the row is no longer pending."""
-    result = conn.execute(queries.load("ledger")["claim"],
-                          {"id": row_id, "email": email, "attempt": str(attempt)}).fetchone()
+    the row is no longer pending. `settle`, the same attempt's previous row SES accepted, is recorded `sent` in the
+    same statement (one round trip for both)."""
+    result = conn.execute(queries.load("ledger")["claim"], {
+        "id": row_id, "email": email, "attempt": str(attempt), **_sent_params(settle)}).fetchone()
     return None if result is None else result["status"]
 
 
-def mark_sent(conn: psycopg.Connection, row_id: int, attempt: Attempt, message_id: str) -> None:
-    conn.execute(queries.load("ledger")["mark-sent"], {"id": row_id, "attempt": str(attempt), "message_id": message_id})
+def mark_sent(conn: psycopg.Connection, attempt: Attempt, sent: Sent) -> None:
+    conn.execute(queries.load("ledger")["mark-sent"], {"attempt": str(attempt), **_sent_params(sent)})
 
 
 def release(conn: psycopg.Connection, row_id: int, attempt: Attempt, status: str, error: str | None) -> None:

@@ -189,10 +189,23 @@ class RateLimiter:
                 "be sent until Redis answers again (fail closed), retry the task"
             ) from exc
 
-    def reserve_slot(self) -> Reservation:
-        """Reserve the next send slot and return it as Redis handed it out."""
-        slot, wait, now, interval, factor = self._run(("reserve", self._interval_us, self.burst), "reserve a slot")
+    def reserve_slot(self, count: int = 1) -> Reservation:
+        """Reserve the next send slot (and `count` - 1 more right behind it) and return it as Redis handed it out."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a whole number of at least 1, got {count!r}")
+        slot, wait, now, interval, factor = self._run(("reserve", self._interval_us, self.burst, count),
+                                                      "reserve a slot")
         return Reservation(int(slot), int(wait), int(now), int(interval), float(_text(factor)))
+
+    def reserve(self, count: int = 1) -> list[float]:
+        """Reserve `count` consecutive slots in one round trip: their `time.monotonic()` instants, in order.
+
+        Like acquire(), the instants count from the reply's arrival, so the round trip can only make a send late.
+        """
+        reservation = self.reserve_slot(count)
+        first = time.monotonic() + reservation.wait
+        step = reservation.interval_us / _US
+        return [first + i * step for i in range(count)]
 
     def acquire(self, stop: threading.Event | None = None) -> float:
         """Block until this caller's slot and return the seconds waited; return early once `stop` is set.
@@ -329,6 +342,15 @@ class RateSource:
         if not math.isfinite(max_rate) or max_rate <= 0:
             raise ValueError(f"SendQuota.MaxSendRate is {max_rate!r}, not a usable rate")
         return max_rate
+
+
+SLOT_BATCH_SECONDS = 0.005  # a send task reserves at most this much of the rate's slots in one Redis round trip
+
+
+def slot_batch(rate: float, threads: int) -> int:
+    """Slots a send task reserves per round trip: 1 until the rate packs several into SLOT_BATCH_SECONDS, and never
+    more than its threads can take at once (reserved slots are used within milliseconds, or dropped)."""
+    return max(1, min(threads, math.floor(rate * SLOT_BATCH_SECONDS)))
 
 
 def default_thread_count(rate: float, typical_latency: float = 0.08, cap: int = 32) -> int:

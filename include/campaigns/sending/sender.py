@@ -1,11 +1,16 @@
 """The send loop of one mapped send task: pending rows -> limiter slot -> claim -> compose -> SES -> ledger.
 
 A small thread pool lets one task reach hundreds of sends per second; every thread takes its slots from the same
-(global) limiter and has its own database connection. The campaign's state is re-read at most every
-`watch_interval` seconds, so a pause or cancel stops the task within about a second. Before each send the loop
-also runs the reputation step: at the guard's own, slower cadence (REPUTATION_CHECK_SECONDS) the guard it was given
-counts the campaign's bounces and complaints and pauses it when a rate is over its threshold
-(campaigns.lifecycle.reputation builds that guard; this part only knows the ReputationCheck protocol).
+(global) limiter and has its own database connection. A thread reserves its slot first, claims and composes
+shortly before it (SEND_PREPARE_SECONDS) and hands the transport the slot's instant: the request is built and
+signed, then held until the slot, so it leaves when the limiter said, however long the work before it took. The
+thread's `sent` row is recorded by the statement that claims its next row (one round trip per email).
+
+The campaign's state is re-read at most every `watch_interval` seconds, so a pause or cancel stops the task within
+about a second. Before each send the loop also runs the reputation step: at the guard's own, slower cadence
+(REPUTATION_CHECK_SECONDS) the guard it was given counts the campaign's bounces and complaints and pauses it when a
+rate is over its threshold (campaigns.lifecycle.reputation builds that guard; this part only knows the
+ReputationCheck protocol).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import queue
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,15 +46,23 @@ from campaigns.states import Row
 
 log = logging.getLogger(__name__)
 MAX_THROTTLE_RETRIES = 20
+# How long before its slot a thread claims and composes its row. Enough for the claim's round trip, the render and
+# the SES request's signing on a loaded machine; the suppression check is at most this much older than the send.
+SEND_PREPARE_SECONDS = 0.05
+# A thread whose next slot is further off than this records its last `sent` row at once instead of with its next
+# claim, so the ledger never trails SES by more than about this.
+SETTLE_ALONE_AFTER_SECONDS = 0.1
+SLOT_LATENESS_FLOOR = 0.001  # seconds: a queued slot later than max(its spacing, this) is dropped, never used late
 
 
 class Limiter(Protocol):
-    def acquire(self, stop: threading.Event | None = None) -> float: ...
+    def reserve(self, count: int = 1) -> list[float]: ...
     def throttled(self, factor: float = 0.5, seconds: float = 30.0) -> None: ...
 
 
 class Transport(Protocol):
-    def send(self, *, raw: bytes, from_email: str, to: str, tags: dict[str, str]) -> str: ...
+    def send(self, *, raw: bytes, from_email: str, to: str, tags: dict[str, str],
+             not_before: float | None = None) -> str: ...
 
 
 class MessageBuilder(Protocol):
@@ -143,6 +156,82 @@ class CampaignWatch:
             self._conn.close()
 
 
+class SlotQueue:
+    """The task's send slots, reserved `batch` at a time from the global limiter and handed to its threads in order.
+
+    One Redis round trip serves `batch` sends (the pipeline asks for more than one only when the rate is high, so
+    the slots are a few milliseconds long in all). A queued slot already later than its spacing when a thread asks
+    is dropped, never used: sent late, it would bunch with other workers' on-time slots at SES's door.
+    """
+
+    def __init__(self, limiter: Limiter, batch: int = 1) -> None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"slot batch must be a whole number of at least 1, got {batch!r}")
+        self._limiter = limiter
+        self._batch = batch
+        self._slots: deque[float] = deque()
+        self._tolerance = SLOT_LATENESS_FLOOR
+        self._lock = threading.Lock()
+
+    def next(self) -> float:
+        """The next slot's `time.monotonic()` instant (raises LimiterUnavailable when Redis does not answer)."""
+        with self._lock:
+            too_late = time.monotonic() - self._tolerance
+            while self._slots and self._slots[0] < too_late:
+                self._slots.popleft()
+            if not self._slots:
+                slots = self._limiter.reserve(self._batch)
+                if len(slots) > 1:
+                    self._tolerance = max(SLOT_LATENESS_FLOOR, slots[1] - slots[0])
+                self._slots.extend(slots)
+            return self._slots.popleft()
+
+
+class ThreadLedger:
+    """One send thread's view of the ledger: its connection, and the row SES accepted that the ledger will show
+    as `sent` with the thread's next claim (or its flush). A thread holds at most one `sending` row."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection], attempt: Attempt) -> None:
+        self._connect = connect
+        self.attempt = attempt
+        self._conn: psycopg.Connection | None = None
+        self._sent: ledger.Sent | None = None
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def claim(self, row: dict[str, Any]) -> str | None:
+        status = ledger.claim(self.conn, row["id"], row["email"], self.attempt, settle=self._sent)
+        self._sent = None
+        return status
+
+    def sent(self, row_id: int, message_id: str) -> None:
+        self._sent = ledger.Sent.now(row_id, message_id)
+
+    def release(self, row_id: int, status: str, error: str | None) -> None:
+        ledger.release(self.conn, row_id, self.attempt, status, error)
+
+    def flush(self) -> None:
+        """Record the accepted row now."""
+        if self._sent is not None:
+            ledger.mark_sent(self.conn, self.attempt, self._sent)
+            self._sent = None
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except psycopg.Error as exc:
+            # The row stays `sending`; the task's retry settles it from SES's events, never resending it.
+            log.error("could not record row %s as sent (%s: %s)", self._sent.row_id if self._sent else "?",
+                      type(exc).__name__, exc)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+
+
 class SendBatch:
     """Works through one SendTask's pending rows with `threads` senders.
 
@@ -152,7 +241,7 @@ class SendBatch:
     def __init__(self, task: SendTask, *, attempt: Attempt, from_email: str, builder: MessageBuilder,
                  transport: Transport, limiter: Limiter, connect: Callable[[], psycopg.Connection],
                  threads: int = 4, watch_interval: float = 0.5, guard: ReputationCheck | None = None,
-                 limiter_outage_seconds: float = Settings.limiter_outage_seconds) -> None:
+                 limiter_outage_seconds: float = Settings.limiter_outage_seconds, slot_batch: int = 1) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.task = task
@@ -163,6 +252,7 @@ class SendBatch:
         self._tags = {**builder.feedback_tags, "campaign": str(task.campaign_id)}
         self.transport = transport
         self.limiter = limiter
+        self._slots = SlotQueue(limiter, slot_batch)
         self.connect = connect
         self.threads = threads
         self.watch = CampaignWatch(connect, task.campaign_id, watch_interval, guard=guard, run_id=attempt.run_id)
@@ -235,7 +325,7 @@ class SendBatch:
 
     def _worker(self) -> None:
         """Take rows until the sentinel; after a stop, keep draining (without sending) so the producer never blocks."""
-        conn = None
+        thread = ThreadLedger(self.connect, self.attempt)
         try:
             while True:
                 row = self._queue.get()
@@ -246,17 +336,16 @@ class SendBatch:
                 try:
                     if not self._still_running():
                         continue
-                    conn = conn or self.connect()
-                    self._send_one(conn, row)
+                    self._send_one(thread, row)
                 except Exception as exc:  # noqa: BLE001 - the task fails with it and Airflow retries the task
                     log.error("%s: sending stopped: %s: %s", self.task.label, type(exc).__name__, exc)
                     self._halt(reason=f"{type(exc).__name__}: {exc}", error=exc)
         finally:
-            if conn is not None:
-                conn.close()
+            thread.close()
 
-    def _acquire(self) -> bool:
-        """Wait for this thread's send slot; False when the task is stopping or the campaign is no longer running.
+    def _reserve(self) -> float | None:
+        """This thread's next send slot (a time.monotonic() instant); None when the task is stopping or the
+        campaign is no longer running.
 
         While the limiter is unreachable (Redis down or restarting) nothing is sent: the thread retries with
         backoff for up to `limiter_outage_seconds`, still obeying pause and cancel, then raises LimiterUnavailable
@@ -266,8 +355,8 @@ class SendBatch:
         delay = 0.25
         while True:
             try:
-                self.limiter.acquire(self._stop)
-                return not self._stop.is_set()
+                slot = self._slots.next()
+                return None if self._stop.is_set() else slot
             except LimiterUnavailable:
                 now = time.monotonic()
                 if gave_up_at is None:
@@ -280,54 +369,63 @@ class SendBatch:
                 if now >= gave_up_at:
                     raise
             if self._stop.wait(delay):
-                return False
+                return None
             delay = min(delay * 2, 2.0)
             if not self._still_running():
-                return False
+                return None
 
-    def _send_one(self, conn: psycopg.Connection, row: dict[str, Any]) -> None:
+    def _send_one(self, thread: ThreadLedger, row: dict[str, Any]) -> None:
         # The slot comes first: if Redis is down nothing is claimed, the row stays pending (fail closed).
-        if not self._acquire():
+        slot = self._reserve()
+        if slot is None:
             return
-        claimed = ledger.claim(conn, row["id"], row["email"], self.attempt)
+        if slot - time.monotonic() > SETTLE_ALONE_AFTER_SECONDS:
+            thread.flush()
+        if self._stop.wait(max(0.0, slot - SEND_PREPARE_SECONDS - time.monotonic())):
+            return  # stopped while waiting: the slot stays spent, the row pending
+        claimed = thread.claim(row)
         if claimed != Row.SENDING:
             self._count(Row.SKIPPED if claimed == Row.SKIPPED else "already_claimed")
             return
         try:
             raw = self.builder.compose(row["id"], row["email"], ledger.merge_fields(row))
         except ComposeError as exc:  # TemplateProblem / AddressProblem: this recipient can never be sent as is
-            ledger.release(conn, row["id"], self.attempt, Row.FAILED, f"compose: {exc}")
+            thread.release(row["id"], Row.FAILED, f"compose: {exc}")
             self._count(Row.FAILED)
             return
         tags = {**self._tags, "recipient": str(row["id"])}
         for retry in range(MAX_THROTTLE_RETRIES + 1):
             try:
-                message_id = self.transport.send(raw=raw, from_email=self.from_email, to=row["email"], tags=tags)
+                message_id = self.transport.send(raw=raw, from_email=self.from_email, to=row["email"], tags=tags,
+                                                 not_before=slot)
             except Throttled as exc:
                 self.limiter.throttled()
                 if retry == MAX_THROTTLE_RETRIES or self._stop.is_set():
-                    ledger.release(conn, row["id"], self.attempt, Row.PENDING, str(exc))
+                    thread.release(row["id"], Row.PENDING, str(exc))
                     self._halt(reason=f"still throttled after {retry} retries", error=exc)
                     return
                 time.sleep(min(5.0, 0.05 * 2 ** retry) * (0.5 + random.random()))  # noqa: S311 - jitter only
-                self.limiter.acquire(self._stop)
+                slot = self._reserve()
+                if slot is None:
+                    thread.release(row["id"], Row.PENDING, str(exc))
+                    return
                 continue
             except RecipientRejected as exc:
-                ledger.release(conn, row["id"], self.attempt, Row.FAILED, str(exc))
+                thread.release(row["id"], Row.FAILED, str(exc))
                 self._count(Row.FAILED)
                 return
             except AccountStopped as exc:
-                ledger.release(conn, row["id"], self.attempt, Row.PENDING, str(exc))
+                thread.release(row["id"], Row.PENDING, str(exc))
                 self._halt(reason=f"SES stopped sending: {exc}", account=str(exc))
                 return
             except NotSent as exc:
-                ledger.release(conn, row["id"], self.attempt, Row.PENDING, str(exc))
+                thread.release(row["id"], Row.PENDING, str(exc))
                 self._halt(reason=str(exc), error=exc)
                 return
             except (OutcomeUnknown, SendError) as exc:
-                ledger.release(conn, row["id"], self.attempt, Row.UNKNOWN, str(exc))
+                thread.release(row["id"], Row.UNKNOWN, str(exc))
                 self._count(Row.UNKNOWN)
                 return
-            ledger.mark_sent(conn, row["id"], self.attempt, message_id)
+            thread.sent(row["id"], message_id)
             self._count(Row.SENT)
             return

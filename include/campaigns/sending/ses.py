@@ -11,6 +11,7 @@ them (the campaign, and the list the List-Id names). Writing the header ourselve
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,8 +81,9 @@ class SesTransport:
         self.client = client
         self.configuration_set = configuration_set
 
-    def send(self, *, raw: bytes, from_email: str, to: str, tags: Mapping[str, str]) -> str:
-        """Send and return SES's MessageId."""
+    def send(self, *, raw: bytes, from_email: str, to: str, tags: Mapping[str, str],
+             not_before: float | None = None) -> str:
+        """Send and return SES's MessageId; not before `not_before` (a time.monotonic() instant), if given."""
         params: dict[str, Any] = {
             "FromEmailAddress": from_email,
             "Destination": {"ToAddresses": [to]},
@@ -90,6 +92,8 @@ class SesTransport:
         }
         if self.configuration_set:
             params["ConfigurationSetName"] = self.configuration_set
+        if not_before is not None and (wait := not_before - time.monotonic()) > 0:
+            time.sleep(wait)
         try:
             return self.client.send_email(**params)["MessageId"]
         except ClientError as exc:

@@ -74,7 +74,7 @@ def sent_campaign_with_unknown(db, settings):
     for row_id in ids[4:]:
         email = db.execute("SELECT email FROM campaign_recipients WHERE id = %s", [row_id]).fetchone()["email"]
         ledger.claim(db, row_id, email, CRASHED)
-        ledger.mark_sent(db, row_id, CRASHED, f"ses-{row_id}")
+        ledger.mark_sent(db, CRASHED, ledger.Sent.now(row_id, f"ses-{row_id}"))
     states.move_campaign(db, campaign_id, states.SENT, expected=states.RUNNING)
     return campaign_id, ids
 

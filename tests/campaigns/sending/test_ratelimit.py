@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import multiprocessing
@@ -47,22 +48,28 @@ def _worst_window_excess(slots_us: list[int], rate: float, burst: int) -> float:
     return worst
 
 
-def _reserve_in_child(url: str, key: str, rate: float, burst: int, count: int, go, out) -> None:
+def _reserve_in_child(url: str, key: str, rate: float, burst: int, count: int, go, out, per_call=(1,)) -> None:
     client = redis_lib.Redis.from_url(url)
     limiter = RateLimiter(client, key, rate, burst)
     go.wait(10)
     # No sleeping: reservations run ahead into the future, which contends harder than real senders do.
-    out.put([limiter.reserve_slot().slot_us for _ in range(count)])
+    slots: list[int] = []
+    for call in range(count):
+        reservation = limiter.reserve_slot(n := per_call[call % len(per_call)])
+        slots.extend(reservation.slot_us + i * reservation.interval_us for i in range(n))
+    out.put(slots)
     client.close()
 
 
-def test_two_processes_sharing_a_key_never_exceed_the_rate(redis_client):
+@pytest.mark.parametrize("per_call", [(1,), (1, 3, 2, 5, 1, 4)], ids=["one slot a call", "several slots a call"])
+def test_two_processes_sharing_a_key_never_exceed_the_rate(redis_client, per_call):
     rate, burst, count = 200.0, 3, 100
     url = "redis://{host}:{port}/{db}".format(**redis_client.connection_pool.connection_kwargs)
     ctx = multiprocessing.get_context("fork")
     go, out = ctx.Event(), ctx.Queue()
     workers = [
-        ctx.Process(target=_reserve_in_child, args=(url, KEY, rate, burst, count, go, out)) for _ in range(2)
+        ctx.Process(target=_reserve_in_child, args=(url, KEY, rate, burst, count, go, out, per_call))
+        for _ in range(2)
     ]
     for worker in workers:
         worker.start()
@@ -73,10 +80,10 @@ def test_two_processes_sharing_a_key_never_exceed_the_rate(redis_client):
         assert worker.exitcode == 0
 
     slots = [slot for batch in per_process for slot in batch]
-    assert len(slots) == 2 * count
+    assert len(slots) == 2 * sum(per_call[call % len(per_call)] for call in range(count))
     assert _worst_window_excess(slots, rate, burst) <= 1e-9
     # The two processes really were spaced against each other, not each against itself.
-    assert max(slots) - min(slots) >= (2 * count - burst) / rate * 1_000_000
+    assert max(slots) - min(slots) >= (len(slots) - burst) / rate * 1_000_000
 
 
 def test_reservations_are_spaced_by_the_interval_after_the_burst(redis_client):
@@ -90,6 +97,19 @@ def test_reservations_are_spaced_by_the_interval_after_the_burst(redis_client):
     assert all(r.slot_us == r.now_us + r.wait_us for r in slots)
     # The TAT (5 intervals ahead) is kept only while it is in the future, plus a 1 s margin.
     assert 0 < redis_client.pttl(KEY) <= 500 + 1000
+
+
+def test_several_slots_in_one_round_trip_are_spaced_like_single_ones(redis_client, monkeypatch):
+    limiter = RateLimiter(redis_client, KEY, rate=100, burst=1)
+    reply_at = 500.0
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: reply_at)
+
+    first = limiter.reserve(3)
+    second = limiter.reserve(2)
+
+    assert first[0] == pytest.approx(reply_at, abs=0.001)  # idle limiter: the first slot is now
+    assert [b - a for a, b in itertools.pairwise(first)] == pytest.approx([0.01, 0.01])
+    assert second == pytest.approx([first[0] + 0.03, first[0] + 0.04], abs=0.001)  # queued right behind
 
 
 def test_each_account_and_region_has_its_own_limiter(redis_client):
@@ -214,6 +234,12 @@ def test_bad_limiter_arguments_raise_value_error_naming_them(redis_client, kwarg
     kwargs.setdefault("key", KEY)
     with pytest.raises(ValueError, match=rf"^{argument} must"):
         RateLimiter(redis_client, **kwargs)
+
+
+@pytest.mark.parametrize("count", [0, -2, 1.5, True])
+def test_a_bad_slot_count_raises_value_error_naming_it(redis_client, count):
+    with pytest.raises(ValueError, match=r"^count must"):
+        RateLimiter(redis_client, KEY, rate=10).reserve(count)
 
 
 @pytest.mark.parametrize(
@@ -374,3 +400,10 @@ def test_default_thread_count_reaches_the_rate_within_the_cap():
         default_thread_count(14, cap=0)
     with pytest.raises(ValueError, match=r"^rate"):
         default_thread_count(0)
+
+
+def test_slots_are_reserved_one_at_a_time_until_the_rate_packs_several_into_a_few_milliseconds():
+    assert ratelimit.slot_batch(100, threads=4) == 1  # 10 ms apart: one round trip per slot, as ever
+    assert ratelimit.slot_batch(400, threads=24) == 2
+    assert ratelimit.slot_batch(1000, threads=24) == 5
+    assert ratelimit.slot_batch(100_000, threads=4) == 4  # never more than the task's threads take at once

@@ -32,7 +32,7 @@ from campaigns.sending.messages import composer_for
 from campaigns.sending.plan import SendTask
 from campaigns.sending.ratelimit import LimiterUnavailable, RateLimiter
 from campaigns.sending.resources import SendResources
-from campaigns.sending.sender import SendBatch
+from campaigns.sending.sender import SendBatch, SlotQueue
 from campaigns.sending.ses import SesTransport, client_config
 from devstack.settings import SETTINGS
 from tests.helpers import add_contacts, inline_campaign, sent_messages
@@ -314,11 +314,11 @@ class FlakyLimiter:
         self.limiter, self.up_at = limiter, up_at
         self.refused = 0
 
-    def acquire(self, stop=None):
+    def reserve(self, count=1):
         if time.monotonic() < self.up_at:
             self.refused += 1
             raise LimiterUnavailable("Redis connection refused (simulated outage)")
-        return self.limiter.acquire(stop)
+        return self.limiter.reserve(count)
 
     def throttled(self, *args, **kwargs):
         return self.limiter.throttled(*args, **kwargs)
@@ -381,18 +381,18 @@ task = SendTask.from_dict(args["task"])
 client = boto3.client("sesv2", region_name="us-east-1", endpoint_url=args["endpoint"], config=client_config())
 connect = lambda: db.connect(args["dsn"], autocommit=True)
 campaign = connect().execute("SELECT * FROM campaigns WHERE id = %s", [task.campaign_id]).fetchone()
-SendBatch(task, attempt=Attempt("run-1", 0, 1), from_email="news@example.com",
+SendBatch(task, attempt=Attempt("run-1", 0, args.get("try", 1)), from_email="news@example.com",
           builder=composer_for(campaign, get_settings()),
           transport=SesTransport(client), limiter=RateLimiter(redis.Redis.from_url(args["redis"]),
           "ses:rate:test:kill", rate=40), connect=connect, threads=4).run()
 """
 
 
-def test_sigkill_mid_batch_then_retry_sends_each_recipient_at_most_once(campaign, db, redis_client):
-    """A sending process is killed with SIGKILL (no cleanup runs); the retry settles and finishes the task."""
+@pytest.fixture
+def moto_server():
+    """moto in a thread of this process (the send processes reach it over HTTP): (endpoint, sesv2 client)."""
     from moto.server import ThreadedMotoServer
 
-    campaign_id, task = campaign
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -400,35 +400,77 @@ def test_sigkill_mid_batch_then_retry_sends_each_recipient_at_most_once(campaign
         requests.post(f"{endpoint}/moto-api/reset", timeout=10)  # the backends are per process: start empty
         client = boto3.client("sesv2", region_name="us-east-1", endpoint_url=endpoint, config=client_config())
         client.create_email_identity(EmailIdentity="example.com")
-        args = json.dumps({"task": task.as_dict(), "endpoint": endpoint,
-                           "dsn": SETTINGS.pg_dsn(SETTINGS.test_campaign_db),
-                           "redis": SETTINGS.redis_url(SETTINGS.test_redis_db)})
-        child = subprocess.Popen([sys.executable, "-c", CHILD, args], env=os.environ.copy())
-        deadline = time.monotonic() + 60
-        while statuses(db, campaign_id).get("sent", 0) < 12 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-        before = statuses(db, campaign_id)
-        assert 0 < before.get("pending", 0) < 40, before
-
-        report = batch(task, client, RateLimiter(redis_client, "ses:rate:test:kill", rate=1000),
-                       attempt=Attempt("run-1", 0, 2), client=client).run()
-
-        after = statuses(db, campaign_id)
-        assert set(after) <= {"sent", "unknown"}  # every row terminal
-        assert after.get("unknown", 0) == report.settled_unknown == before.get("sending", 0)
-        assert after.get("unknown", 0) <= 4  # at most the killed task's in-flight sends
-        from moto.core import DEFAULT_ACCOUNT_ID
-        from moto.ses.models import ses_backends
-
-        per_recipient = messages_per_recipient(ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages)
-        assert max(per_recipient.values()) == 1  # nobody got the campaign twice
-        sent_rows = db.execute("SELECT email FROM campaign_recipients WHERE campaign_id = %s AND status = 'sent'",
-                               [campaign_id]).fetchall()
-        assert all(per_recipient[row["email"]] == 1 for row in sent_rows)  # nobody marked sent was lost
+        yield endpoint, client
     finally:
         server.stop()
+
+
+def _killed_after(db, campaign_id, task, endpoint, *, sent: int, attempt: int = 1) -> dict:
+    """Run the task in a child process and SIGKILL it (no cleanup runs) once `sent` rows are `sent`: the
+    ledger's counts right after."""
+    args = json.dumps({"task": task.as_dict(), "endpoint": endpoint, "try": attempt,
+                       "dsn": SETTINGS.pg_dsn(SETTINGS.test_campaign_db),
+                       "redis": SETTINGS.redis_url(SETTINGS.test_redis_db)})
+    child = subprocess.Popen([sys.executable, "-c", CHILD, args], env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while statuses(db, campaign_id).get("sent", 0) < sent and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    return statuses(db, campaign_id)
+
+
+def _moto_sends_per_recipient() -> Counter:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ses.models import ses_backends
+
+    return messages_per_recipient(ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages)
+
+
+def test_processes_killed_at_random_points_leave_no_more_sending_rows_than_sends_in_flight(
+        campaign, db, redis_client, moto_server):
+    """Four attempts SIGKILLed one after another, each at a random point of its sending; a fifth finishes. After
+    every kill at most the 4 threads' rows are `sending` (each thread holds one: the row it is sending, or the one
+    SES just accepted and its next claim records); nobody is sent twice and every row ends terminal."""
+    campaign_id, task = campaign
+    endpoint, client = moto_server
+    rng = random.Random(19)
+    for attempt in range(1, 5):
+        already = statuses(db, campaign_id).get("sent", 0)
+        counts = _killed_after(db, campaign_id, task, endpoint, sent=already + rng.randint(1, 6), attempt=attempt)
+        assert counts.get("sending", 0) <= 4, (attempt, counts)
+    batch(task, client, RateLimiter(redis_client, "ses:rate:test:kill", rate=1000),
+          attempt=Attempt("run-1", 0, 5), client=client).run()
+
+    after = statuses(db, campaign_id)
+    assert set(after) <= {"sent", "unknown"}
+    assert sum(after.values()) == 40
+    per_recipient = _moto_sends_per_recipient()
+    assert max(per_recipient.values()) == 1
+    sent_rows = db.execute("SELECT email FROM campaign_recipients WHERE campaign_id = %s AND status = 'sent'",
+                           [campaign_id]).fetchall()
+    assert all(per_recipient[row["email"]] == 1 for row in sent_rows)
+
+
+def test_sigkill_mid_batch_then_retry_sends_each_recipient_at_most_once(campaign, db, redis_client, moto_server):
+    """A sending process is killed with SIGKILL (no cleanup runs); the retry settles and finishes the task."""
+    campaign_id, task = campaign
+    endpoint, client = moto_server
+    before = _killed_after(db, campaign_id, task, endpoint, sent=12)
+    assert 0 < before.get("pending", 0) < 40, before
+
+    report = batch(task, client, RateLimiter(redis_client, "ses:rate:test:kill", rate=1000),
+                   attempt=Attempt("run-1", 0, 2), client=client).run()
+
+    after = statuses(db, campaign_id)
+    assert set(after) <= {"sent", "unknown"}  # every row terminal
+    assert after.get("unknown", 0) == report.settled_unknown == before.get("sending", 0)
+    assert after.get("unknown", 0) <= 4  # at most the killed task's in-flight sends
+    per_recipient = _moto_sends_per_recipient()
+    assert max(per_recipient.values()) == 1  # nobody got the campaign twice
+    sent_rows = db.execute("SELECT email FROM campaign_recipients WHERE campaign_id = %s AND status = 'sent'",
+                           [campaign_id]).fetchall()
+    assert all(per_recipient[row["email"]] == 1 for row in sent_rows)  # nobody marked sent was lost
 
 
 def test_tracked_links_are_registered_before_the_first_message_leaves(campaign, ses, limiter, db):
@@ -475,3 +517,47 @@ def test_finalize_of_an_earlier_run_leaves_the_resumed_campaign_alone(campaign, 
     assert (row["status"], row["run_id"]) == ("running", "run-2")
     # the run that drives it settles it as before: still pending rows -> paused, with the reason
     assert pipeline.finalize(campaign_id, "run-2")["status"] == "paused"
+
+
+class ScriptedLimiter:
+    """A limiter that hands out the given reservations (lists of time.monotonic() instants) in order."""
+
+    def __init__(self, *reservations: list[float]) -> None:
+        self.reservations = list(reservations)
+        self.asked: list[int] = []
+
+    def reserve(self, count=1):
+        self.asked.append(count)
+        return self.reservations.pop(0)
+
+    def throttled(self, *args, **kwargs):
+        return None
+
+
+def test_slots_reserved_together_are_handed_out_in_order_one_round_trip_for_the_batch():
+    now = time.monotonic()
+    limiter = ScriptedLimiter([now + 1.0, now + 1.01, now + 1.02], [now + 1.03, now + 1.04, now + 1.05])
+    slots = SlotQueue(limiter, batch=3)
+
+    taken = [slots.next() for _ in range(4)]
+
+    assert taken == [now + 1.0, now + 1.01, now + 1.02, now + 1.03]
+    assert limiter.asked == [3, 3]
+
+
+def test_a_queued_slot_already_late_by_more_than_its_spacing_is_dropped_never_sent_late():
+    now = time.monotonic()
+    late, on_time = [now - 1.0, now - 0.99, now - 0.98], [now + 0.5, now + 0.51, now + 0.52]
+    limiter = ScriptedLimiter(late, on_time)
+    slots = SlotQueue(limiter, batch=3)
+
+    first = slots.next()  # a fresh reservation's first slot is used whatever its instant
+    second = slots.next()  # the rest of the late batch is dropped
+
+    assert first == late[0]
+    assert second == on_time[0]
+
+
+def test_a_bad_slot_batch_raises_value_error_naming_it():
+    with pytest.raises(ValueError, match="slot batch must"):
+        SlotQueue(ScriptedLimiter(), batch=0)

@@ -11,6 +11,8 @@ ARGV[1]  operation: "reserve" or "throttle"
 
 reserve  ARGV[2]  emission interval at the full rate, integer microseconds (ceil(1e6 / rate))
          ARGV[3]  burst, integer >= 1: how many slots may start back-to-back after an idle period
+         ARGV[4]  count, integer >= 1 (default 1): consecutive slots reserved at once, interval_us apart from
+                  slot_us (one round trip for several sends when the rate is high)
          returns  {slot_us, wait_us, now_us, interval_us, factor}
                   slot_us, now_us: Redis TIME in microseconds; wait_us = slot_us - now_us >= 0;
                   interval_us: the interval this reservation used (penalty applied); factor: a string.
@@ -51,8 +53,9 @@ end
 if op == 'reserve' then
   local interval = tonumber(ARGV[2])
   local burst = tonumber(ARGV[3])
-  if interval == nil or interval < 1 or burst == nil or burst < 1 then
-    return redis.error_reply('ERR gcra: reserve needs interval_us >= 1 and burst >= 1')
+  local count = tonumber(ARGV[4] or '1')
+  if interval == nil or interval < 1 or burst == nil or burst < 1 or count == nil or count < 1 then
+    return redis.error_reply('ERR gcra: reserve needs interval_us >= 1, burst >= 1 and count >= 1')
   end
 
   local now = now_us()
@@ -70,7 +73,7 @@ if op == 'reserve' then
   if slot < now then
     slot = now
   end
-  local new_tat = tat + step
+  local new_tat = tat + count * step
   -- Keep the key only while its TAT is in the future (+1 s so a slow reply cannot race the expiry).
   local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
   redis.call('SET', tat_key, string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
