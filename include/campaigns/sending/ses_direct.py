@@ -13,8 +13,8 @@ What is resolved once, and why that is the client's answer for every SendEmail w
   product never sends;
 - the User-Agent: the client's features plus those a call registers; a SendEmail call registers none (no checksum,
   compression, account-id endpoint or CBOR protocol);
-- no retries: the client is built with total_max_attempts=1 (ses.client_config), so its needs-retry and retry
-  quota handlers never act.
+- one attempt: the sending client is built with total_max_attempts=1 (ses.client_config); needs-retry is still
+  emitted for what its handler writes into an answer (MaxAttemptsReached), and any delay it asks for is ignored.
 The events that let a caller watch or answer a call (provide-client-params, before-parameter-build, before-call,
 before-send) are still emitted on the client, so moto, botocore's Stubber and handlers a test registers see this
 path as they see the client's.
@@ -70,36 +70,43 @@ class DirectSendEmail:
         connection errors (EndpointConnectionError, ReadTimeoutError, ...) for the transport.
         """
         context = dict(self._context)
-        answered, request = self._signed_request(dict(params), context)
-        if answered is None:
-            wait_until(not_before)
-            response, error = self._endpoint._do_get_response(request, self._model, context)
-            if error is not None:
-                raise error
-            if "ResponseMetadata" in response[1]:
-                response[1]["ResponseMetadata"]["RetryAttempts"] = 0  # as the client's endpoint says of one try
-            answered = response
+        request_dict = self._request_dict(dict(params), context)
+        _, answered = self._events.emit_until_response(
+            f"before-call.{self._event_suffix}", model=self._model, params=request_dict,
+            request_signer=self._client._request_signer, context=context)
+        if answered is None:  # no handler answered in SES's place (botocore's Stubber, a test's fault)
+            answered = self._one_attempt(request_dict, context, not_before)
         http, parsed = answered
         if http.status_code >= 300:
             code = parsed.get("Error", {}).get("Code")
             raise self._client.exceptions.from_code(code)(parsed, OPERATION)
         return parsed
 
-    def _signed_request(self, params: dict[str, Any], context: dict[str, Any]):
-        """(answer, None) when a before-call handler answered (Stubber, a test's fault); else (None, request)."""
+    def _request_dict(self, params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+        """The request dict the client builds from `params`, with the User-Agent resolved once."""
         client = self._client
         params = client._emit_api_params(api_params=params, operation_model=self._model, context=context)
         request_dict = client._convert_to_request_dict(
             api_params=params, operation_model=self._model, endpoint_url=self._endpoint_url, context=context,
             headers=self._endpoint_headers, set_user_agent_header=False)
         request_dict["headers"]["User-Agent"] = self._user_agent
-        _, answer = self._events.emit_until_response(
-            f"before-call.{self._event_suffix}", model=self._model, params=request_dict,
-            request_signer=client._request_signer, context=context)
-        if answer is not None:
-            return answer, None
+        return request_dict
+
+    def _one_attempt(self, request_dict: dict[str, Any], context: dict[str, Any], not_before: float | None):
+        """Sign, wait for the slot, write, parse: the client endpoint's one attempt, (http response, parsed)."""
         context["retries"] = {"attempt": 1, "invocation-id": str(uuid.uuid4())}
-        return None, self._sign(request_dict)
+        request = self._sign(request_dict)
+        wait_until(not_before)
+        response, error = self._endpoint._do_get_response(request, self._model, context)
+        # The retry handlers write their verdict into the answer's metadata (MaxAttemptsReached); their delay is
+        # ignored: this path makes one attempt, as the sending client does.
+        self._events.emit(f"needs-retry.{self._event_suffix}", response=response, endpoint=self._endpoint,
+                          operation=self._model, attempts=1, caught_exception=error, request_dict=request_dict)
+        if error is not None:
+            raise error
+        if "ResponseMetadata" in response[1]:
+            response[1]["ResponseMetadata"]["RetryAttempts"] = 0
+        return response
 
     def _sign(self, request_dict: dict[str, Any]) -> AWSPreparedRequest:
         """What the client's request-created handlers do (sign, retry headers), then the bytes to send."""
