@@ -94,7 +94,7 @@ def far_end() -> Iterator[FarEnd]:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     end = FarEnd(server.server_address[1], answer=http_answer(200, OK))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield end
     end.released.set()
