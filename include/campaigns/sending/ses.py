@@ -6,12 +6,18 @@ message twice, and SES has no idempotency token. Throttling is retried by the se
 Gmail's feedback loop reads the `Feedback-ID` header, which SES writes itself as
 `<ses:feedback-id-a>:<ses:feedback-id-b>:<SES's own id>:AmazonSES` from two message tags; `feedback_tags` fills
 them (the campaign, and the list the List-Id names). Writing the header ourselves would give the message two.
+
+A send is held at its limiter slot after it is signed (`not_before`): the limiter spaces slots 1/R apart, and
+signing first means the time a request reaches SES no longer varies by how long signing took under load, so a
+1-second window at SES's door holds R + burst, not ~8% more. The request goes out through `ses_direct` (botocore's
+own signer, HTTP session and parser without the client's per-call machinery: about 40% less client CPU) unless
+`direct=False` asks for client.send_email itself.
 """
 
 from __future__ import annotations
 
 import re
-import time
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +31,7 @@ from botocore.exceptions import (
 )
 
 from campaigns.errors import AccountStopped, NotSent, OutcomeUnknown, RecipientRejected, Throttled
+from campaigns.sending.ses_direct import OPERATION, DirectSendEmail, wait_until
 
 THROTTLING = {"TooManyRequestsException", "ThrottlingException", "Throttling"}
 REJECTED = {"MessageRejected", "BadRequestException", "InvalidParameterValue", "InvalidParameterValueException"}
@@ -50,8 +57,13 @@ def feedback_tags(campaign: str, sender: str) -> dict[str, str]:
 
 
 def client_config(max_connections: int = 10) -> Config:
-    """botocore settings for sending: no automatic retries, bounded timeouts, a connection per send thread."""
+    """botocore settings for sending: no automatic retries, bounded timeouts, a connection per send thread.
+
+    No client-side parameter validation: the product builds every request itself, SES validates them anyway (a
+    bad value is a BadRequestException, which classify maps), and validating cost ~5% of a send's client CPU.
+    """
     return Config(
+        parameter_validation=False,
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=5,
         read_timeout=30,
@@ -75,15 +87,25 @@ def endpoint_is_local(client: Any) -> bool:
 
 
 class SesTransport:
-    """Sends one raw message to one recipient; raises a SendError subclass that says what to do next."""
+    """Sends one raw message to one recipient; raises a SendError subclass that says what to do next.
 
-    def __init__(self, client: Any, *, configuration_set: str | None = None) -> None:
+    `direct`: send through ses_direct.DirectSendEmail (the default, for its CPU); False sends with
+    client.send_email, the reference the direct path is tested against.
+    """
+
+    def __init__(self, client: Any, *, configuration_set: str | None = None, direct: bool = True) -> None:
         self.client = client
         self.configuration_set = configuration_set
+        self._send_email = DirectSendEmail(client).call if direct else ClientSendEmail(client).call
 
     def send(self, *, raw: bytes, from_email: str, to: str, tags: Mapping[str, str],
              not_before: float | None = None) -> str:
-        """Send and return SES's MessageId; not before `not_before` (a time.monotonic() instant), if given."""
+        """Send and return SES's MessageId.
+
+        `not_before`: a time.monotonic() instant (the limiter's slot); the request is built and signed first,
+        then written no earlier than it. One call is one attempt: a retry (after Throttled) is a new call that
+        needs a new slot, and is signed anew.
+        """
         params: dict[str, Any] = {
             "FromEmailAddress": from_email,
             "Destination": {"ToAddresses": [to]},
@@ -92,16 +114,36 @@ class SesTransport:
         }
         if self.configuration_set:
             params["ConfigurationSetName"] = self.configuration_set
-        if not_before is not None and (wait := not_before - time.monotonic()) > 0:
-            time.sleep(wait)
         try:
-            return self.client.send_email(**params)["MessageId"]
+            return self._send_email(params, not_before=not_before)["MessageId"]
         except ClientError as exc:
             raise classify(exc) from exc
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
             raise NotSent(f"SES endpoint unreachable: {exc}") from exc
         except (ReadTimeoutError, ConnectionClosedError) as exc:
             raise OutcomeUnknown(f"no answer from SES after the request was sent: {exc}") from exc
+
+
+class ClientSendEmail:
+    """client.send_email, held at `not_before` by a before-send handler: after botocore has signed the request."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._slot = threading.local()  # the calling thread's not_before; a task's threads share the client
+        service_id = client.meta.service_model.service_id.hyphenize()
+        # first, so the wait comes before any handler that answers in SES's place (moto)
+        client.meta.events.register_first(f"before-send.{service_id}.{OPERATION}", self._hold)
+
+    def call(self, params: Mapping[str, Any], *, not_before: float | None = None) -> dict[str, Any]:
+        """SendEmail with `params` through the client, written no earlier than `not_before`."""
+        self._slot.not_before = not_before
+        try:
+            return self._client.send_email(**params)
+        finally:
+            self._slot.not_before = None
+
+    def _hold(self, **kwargs: Any) -> None:
+        wait_until(getattr(self._slot, "not_before", None))
 
 
 def classify(exc: ClientError):
