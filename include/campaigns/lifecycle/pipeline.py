@@ -214,7 +214,7 @@ def plan_batches(campaign_id: int, conf: dict[str, Any], run_id: str, rate: floa
         page_size = (campaign["snapshot"] or {}).get("page_size", options.batch_size)
         shape = parallelism_for(conn, campaign_id, rate, settings)
         tasks = plan(conn, campaign_id, page_size=page_size, rate=rate, task_seconds=settings.max_send_task_seconds,
-                     parallel=shape.tasks, share=None if shape.fixed else shape.share)
+                     parallel=shape.tasks, share=shape.long_campaign_share)
         log.info("plan: %s", describe(tasks, page_size, rate, shape, settings))
         if options.dry_run:
             log.info("dry run: nothing is sent; the campaign stays %s", campaign["status"])

@@ -83,6 +83,12 @@ class Parallelism:
         """The fewest processes that hold R."""
         return max(self.by_cpu, self.by_threads)
 
+    @property
+    def long_campaign_share(self) -> int | None:
+        """What a campaign longer than one wave of P tasks runs on (plan's `share`): its whole pool share, unless an
+        operator fixed P."""
+        return self.share if self.fixed is None else None
+
     def why(self) -> str:
         """One line for the plan task's log: the choice and what limited it."""
         pool = (f"pool `ses` {self.pool_slots} slot(s), {self.other_campaigns} other campaign(s) sending: "
@@ -215,5 +221,7 @@ def describe(tasks: list[SendTask], page_size: int, rate: float, shape: Parallel
     side_by_side = tasks[0].parallel
     threads = settings.send_threads or threads_per_task(rate, side_by_side, settings.ses_latency_seconds)
     pages = sum(task.last_page - task.first_page + 1 for task in tasks)
+    waves = (f", in {math.ceil(len(tasks) / side_by_side)} waves on the whole pool share (longer than one wave of "
+             f"{shape.tasks})") if side_by_side > shape.tasks else ""
     return (f"{len(tasks)} send task(s) over {pages} page(s) of {page_size}, {side_by_side} side by side at "
-            f"{rate / side_by_side:.4g}/s each with {threads} thread(s) (R = {rate:.4g}/s; {shape.why()})")
+            f"{rate / side_by_side:.4g}/s each with {threads} thread(s){waves} (R = {rate:.4g}/s; {shape.why()})")

@@ -39,7 +39,7 @@ def plan_now(db, campaign_id: int, rate: float, **settings) -> tuple[plan.Parall
     chosen = Settings(**settings)
     shape = plan.parallelism_for(db, campaign_id, rate, chosen)
     tasks = plan.plan(db, campaign_id, page_size=500, rate=rate, task_seconds=chosen.max_send_task_seconds,
-                      parallel=shape.tasks, share=None if shape.fixed else shape.share)
+                      parallel=shape.tasks, share=shape.long_campaign_share)
     return shape, tasks
 
 
@@ -92,6 +92,9 @@ def test_a_long_campaign_runs_whole_waves_of_its_pool_share(db):
     assert {task.parallel for task in tasks} == {4}  # ... but four run at once when the campaign spans waves
     assert len(tasks) % 4 == 0
     assert all(task.total == len(tasks) for task in tasks)
+    line = plan.describe(tasks, 500, 100, shape, Settings(ses_pool_slots=4))
+    assert line.startswith("16 send task(s) over 200 page(s) of 500, 4 side by side at 25/s each with 3 thread(s), "
+                           "in 4 waves on the whole pool share (longer than one wave of 1)")
 
 
 def test_one_campaign_at_1000_per_second_uses_the_fewest_processes_that_hold_the_rate():
