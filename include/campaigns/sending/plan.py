@@ -149,7 +149,7 @@ def parallelism(rate: float, *, pool_slots: int, other_campaigns: int, cpu_per_e
 
 def pages_per_task(open_pages: int, page_size: int, rate: float, task_seconds: float, parallel: int = 1) -> int:
     """Pages one send task carries: `task_seconds` of sending at its share of the rate when `parallel` tasks run
-    side by side (the `ses` pool's slots), so a big campaign spreads over that many processes (and Celery workers)
+    side by side (P, within the `ses` pool's slots), so a big campaign spreads over that many processes (and Celery workers)
     instead of one GIL-bound process, while each task still carries many seconds of sending (the scheduler adds
     seconds per task); never so few pages that the task count passes MAX_SEND_TASKS."""
     _whole(parallel, "parallel")
@@ -221,7 +221,7 @@ def describe(tasks: list[SendTask], page_size: int, rate: float, shape: Parallel
     side_by_side = tasks[0].parallel
     threads = settings.send_threads or threads_per_task(rate, side_by_side, settings.ses_latency_seconds)
     pages = sum(task.last_page - task.first_page + 1 for task in tasks)
-    waves = (f", in {math.ceil(len(tasks) / side_by_side)} waves on the whole pool share (longer than one wave of "
+    waves = (f", in {math.ceil(len(tasks) / side_by_side)} wave(s) on the whole pool share (longer than one wave of "
              f"{shape.tasks})") if side_by_side > shape.tasks else ""
     return (f"{len(tasks)} send task(s) over {pages} page(s) of {page_size}, {side_by_side} side by side at "
             f"{rate / side_by_side:.4g}/s each with {threads} thread(s){waves} (R = {rate:.4g}/s; {shape.why()})")

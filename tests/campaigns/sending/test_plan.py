@@ -94,7 +94,7 @@ def test_a_long_campaign_runs_whole_waves_of_its_pool_share(db):
     assert all(task.total == len(tasks) for task in tasks)
     line = plan.describe(tasks, 500, 100, shape, Settings(ses_pool_slots=4))
     assert line.startswith("16 send task(s) over 200 page(s) of 500, 4 side by side at 25/s each with 3 thread(s), "
-                           "in 4 waves on the whole pool share (longer than one wave of 1)")
+                           "in 4 wave(s) on the whole pool share (longer than one wave of 1)")
 
 
 def test_one_campaign_at_1000_per_second_uses_the_fewest_processes_that_hold_the_rate():
