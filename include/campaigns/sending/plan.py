@@ -149,9 +149,9 @@ def parallelism(rate: float, *, pool_slots: int, other_campaigns: int, cpu_per_e
 
 def pages_per_task(open_pages: int, page_size: int, rate: float, task_seconds: float, parallel: int = 1) -> int:
     """Pages one send task carries: `task_seconds` of sending at its share of the rate when `parallel` tasks run
-    side by side (P, within the `ses` pool's slots), so a big campaign spreads over that many processes (and Celery workers)
-    instead of one GIL-bound process, while each task still carries many seconds of sending (the scheduler adds
-    seconds per task); never so few pages that the task count passes MAX_SEND_TASKS."""
+    side by side (P, within the `ses` pool's slots), so a big campaign spreads over that many processes (and
+    Celery workers) instead of one GIL-bound process, while each task still carries many seconds of sending (the
+    scheduler adds seconds per task); never so few pages that the task count passes MAX_SEND_TASKS."""
     _whole(parallel, "parallel")
     by_rate = max(1, math.floor(rate / parallel * task_seconds / page_size))
     by_cap = math.ceil(open_pages / MAX_SEND_TASKS)
