@@ -150,7 +150,7 @@ def send_campaign():
         ti = context["ti"]
         attempt = Attempt(run_id=ti.run_id, map_index=ti.map_index, try_number=ti.try_number)
         settings = get_settings()
-        with send_resources(sibling_tasks=descriptor["total"], settings=settings) as resources:
+        with send_resources(parallel=descriptor["parallel"], settings=settings) as resources:
             return send(descriptor, attempt=attempt, resources=resources, settings=settings)
 
     @task(trigger_rule="all_done", retries=1)

@@ -628,6 +628,13 @@ def test_image_airflow_version_equals_the_requirements_pin():
     assert pin in image.rpartition(":")[2], f"the built image is tagged {image}, not with Airflow {pin}"
 
 
+def test_send_tasks_are_planned_for_the_pool_airflow_init_creates():
+    # a task cannot read the pool: the workers read SES_POOL_SLOTS, the very value airflow-init sizes the pool from
+    slots = environment(services()["airflow-init"])["SES_POOL_SLOTS"]
+    assert environment(services()["airflow-worker"])["SES_POOL_SLOTS"] == slots
+    assert environment(services()["airflow-scheduler"])["SES_POOL_SLOTS"] == slots
+
+
 def test_airflow_init_creates_the_ses_pool_from_ses_pool_slots():
     script = INIT_SCRIPT.read_text()
     assert re.search(r'^airflow pools set ses "\$\{SES_POOL_SLOTS\}"', script, flags=re.MULTILINE)

@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/faults/control_while_sending.py [--recipients 30000]
 
-A campaign big enough for four parallel send tasks (SEND_TASK_PARALLELISM, the `ses` pool's 4 slots) is started;
+A campaign big enough for four parallel send tasks (SEND_TASK_PARALLELISM=4, the `ses` pool's 4 slots) is started;
 once all four are running, `campaign_control` is triggered through POST /api/v2/dags/campaign_control/dagRuns.
+Start the stack with that setting (`SEND_TASK_PARALLELISM=4 make up`): at the stack's R = 100/s the plan would
+otherwise run one task, the fewest that hold R.
 Expected, for pause and for cancel: the last sent_at is at most 5 s after the action's requested_at (the time the
 control task applied it), the send run ends cleanly, the campaign ends paused (pending rows kept) / cancelled (no
 pending rows left), and the local SES holds exactly one message per sent row.

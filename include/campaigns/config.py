@@ -165,14 +165,24 @@ class Settings:
         500, "SES_BATCH_SIZE", "recipients per page (the unit of bookkeeping), at most MAX_BATCH_SIZE",
         read=_number(MIN_BATCH_SIZE, integer=True), aliases=("AWS_SES_BATCH_SIZE",))
     send_threads: int | None = declare(
-        None, "SES_SEND_THREADS", "threads per send task; None: chosen from the rate and a typical SES latency",
-        read=_number(1, integer=True), shown_default="from the rate")
+        None, "SES_SEND_THREADS", "threads per send task; None: chosen from the task's share of the rate and "
+        "SES_LATENCY_SECONDS", read=_number(1, integer=True), shown_default="from the rate")
+    ses_latency_seconds: float = declare(
+        0.08, "SES_LATENCY_SECONDS", "typical time of one SendEmail call, request to answer: threads per send task "
+        "are chosen from it (Little's law)", read=_number(0.001))
     max_send_task_seconds: float = declare(
         300.0, "SEND_TASK_SECONDS", "how much sending one mapped task carries, at the configured rate",
         read=_number(1))
-    parallel_send_tasks: int = declare(
-        4, "SEND_TASK_PARALLELISM", "send tasks of one campaign meant to run side by side (the `ses` pool's slots)",
-        read=_number(1, integer=True))
+    parallel_send_tasks: int | None = declare(
+        None, "SEND_TASK_PARALLELISM", "send tasks of one campaign that run side by side; None: the fewest that hold "
+        "the rate, within the campaign's share of SES_POOL_SLOTS", read=_number(1, integer=True),
+        shown_default="from the rate")
+    ses_pool_slots: int = declare(
+        4, "SES_POOL_SLOTS", "slots of the Airflow pool `ses` (send tasks running at once, all campaigns together); "
+        "the local stack and docker-compose create the pool from it", read=_number(1, integer=True))
+    # the send path's measured CPU per email (benchmarks/send_path_cpu.py); the plan chooses processes from it
+    send_cpu_per_email_us: float = declare(
+        1500.0, "SEND_CPU_PER_EMAIL_US", "CPU microseconds one email costs a send task's process", read=_number(1))
     limiter_outage_seconds: float = declare(
         120.0, "LIMITER_OUTAGE_SECONDS", "how long a send task waits out an unreachable limiter before failing",
         read=_number(0))
@@ -287,6 +297,9 @@ class Settings:
                            ("REPUTATION_MAX_COMPLAINT_RATE", self.reputation_max_complaint_rate)):
             if not 0 < rate <= 1:
                 raise ConfigError(f"{name} must be a fraction above 0 and at most 1 (0.05 = 5 %), got {rate}")
+        if self.parallel_send_tasks is not None and self.parallel_send_tasks > self.ses_pool_slots:
+            raise ConfigError(f"SEND_TASK_PARALLELISM must be at most SES_POOL_SLOTS ({self.ses_pool_slots}): the "
+                              f"`ses` pool runs no more send tasks at once, got {self.parallel_send_tasks}")
         if self.batch_size > MAX_BATCH_SIZE:
             raise ConfigError(f"SES_BATCH_SIZE must be at most {MAX_BATCH_SIZE}, got {self.batch_size}")
         if self.sns_test_confirm_url is not None:

@@ -82,6 +82,8 @@ def app_env(s: StackSettings) -> dict[str, str]:
         SES_LOCAL_MAX_24H_SEND=str(s.ses_local_max_24h_send),
         SES_SENDING_RATE=str(s.ses_rate),
         SEND_TASK_SECONDS=str(s.send_task_seconds),
+        # the pool's size as the plan reads it (tasks cannot read pools): the same value setup_airflow creates it with
+        SES_POOL_SLOTS=str(s.ses_pool_slots),
         # Dev stack only: there is no real SNS here, so /webhooks/ses trusts a locally generated signing
         # certificate (the service logs a warning at start). The SigningCertURL and TopicArn checks still run.
         SNS_TEST_CERT_PEM=str(sns_test_signing_key(s)[1]),
@@ -199,15 +201,19 @@ def _http_ok(url: str, *, insecure_tls: bool = False) -> bool:
         return response.status == 200
 
 
+def pools(s: StackSettings) -> dict[str, dict]:
+    """The Airflow pools the stack creates (`airflow pools import` format): `ses`, sized as app_env tells the tasks."""
+    description = "Concurrent send_batch tasks across all campaigns (the Redis limiter caps the rate)"
+    return {"ses": {"slots": s.ses_pool_slots, "include_deferred": False, "description": description}}
+
+
 def setup_airflow(s: StackSettings) -> dict[str, str]:
     """Migrate the metadata DB, create the `ses` pool and the three connections (idempotent)."""
     env = airflow_env(s)
     _airflow(env, "db", "migrate")
-    pools = s.state_dir / "airflow" / "pools.json"
-    pools.write_text(json.dumps({"ses": {
-        "slots": s.ses_pool_slots, "include_deferred": False,
-        "description": "Concurrent send_batch tasks across all campaigns (the Redis limiter caps the rate)"}}))
-    _airflow(env, "pools", "import", str(pools))
+    path = s.state_dir / "airflow" / "pools.json"
+    path.write_text(json.dumps(pools(s)))
+    _airflow(env, "pools", "import", str(path))
     conns = s.state_dir / "airflow" / "connections.json"
     conns.write_text(json.dumps(connections(s)))
     conns.chmod(0o600)

@@ -47,6 +47,13 @@ def test_auto_rate_and_key_rotation():
     ({"SNS_TEST_CONFIRM_URL": "http://127.0.0.1.evil.example/"}, "SNS_TEST_CONFIRM_URL must be an http"),
     ({"SNS_TEST_CONFIRM_URL": "http://127.0.0.1:25500/sns/confirm?next=x"}, "SNS_TEST_CONFIRM_URL must be an http"),
     ({"SNS_TEST_CONFIRM_URL": "file:///etc/passwd"}, "SNS_TEST_CONFIRM_URL must be an http"),
+    # the send plan's settings (campaigns.sending.plan)
+    ({"SES_POOL_SLOTS": "0"}, "SES_POOL_SLOTS must be at least 1"),
+    ({"SES_POOL_SLOTS": "four"}, "SES_POOL_SLOTS must be a whole number"),
+    ({"SEND_TASK_PARALLELISM": "8", "SES_POOL_SLOTS": "4"}, "SEND_TASK_PARALLELISM must be at most SES_POOL_SLOTS"),
+    ({"SEND_CPU_PER_EMAIL_US": "fast"}, "SEND_CPU_PER_EMAIL_US must be a number"),
+    ({"SEND_CPU_PER_EMAIL_US": "0"}, "SEND_CPU_PER_EMAIL_US must be at least 1"),
+    ({"SES_LATENCY_SECONDS": "0"}, "SES_LATENCY_SECONDS must be at least 0.001"),
 ])
 def test_bad_values_name_the_setting(env, message):
     with pytest.raises(ConfigError, match=message):

@@ -70,3 +70,10 @@ def test_clean_stops_the_apps_of_every_instance_before_deleting_their_pid_files(
 
     assert not is_alive(pid)
     assert not user.state_dir.exists()
+
+
+def test_the_stack_tells_send_tasks_the_size_of_the_ses_pool_it_creates(tmp_path):
+    s = replace(StackSettings(state_dir=tmp_path / "state"), ses_pool_slots=7)
+
+    assert stack.pools(s)["ses"]["slots"] == 7
+    assert stack.app_env(s)["SES_POOL_SLOTS"] == "7"  # the plan reads this; tasks cannot read pools

@@ -508,8 +508,10 @@ def airflow_cli() -> str | None:
     return str(sibling) if sibling.exists() else shutil.which("airflow")
 
 
-def check_pool(cli: str | None = None, run: Callable[..., Any] = subprocess.run) -> Check:
-    """The Airflow pool `ses` through the CLI (tasks cannot read pools in Airflow 3)."""
+def check_pool(cli: str | None = None, run: Callable[..., Any] = subprocess.run,
+               expected_slots: int | None = None) -> Check:
+    """The Airflow pool `ses` through the CLI (tasks cannot read pools in Airflow 3); with `expected_slots`
+    (SES_POOL_SLOTS, what send tasks are planned for), also that the pool has that many slots."""
     name = "ses pool"
     fix = (f"`airflow pools set {POOL} 4 'Concurrent send_batch tasks across all campaigns'` (without it send "
            "tasks wait forever in state scheduled)")
@@ -537,6 +539,11 @@ def check_pool(cli: str | None = None, run: Callable[..., Any] = subprocess.run)
         return Check(name, FAIL, f"could not read the answer of `airflow pools get {POOL}`: {output[-300:]}", fix)
     if slots <= 0:
         return Check(name, FAIL, f"pool {POOL!r} has {slots} slots: no send task can run", fix)
+    if expected_slots is not None and slots != expected_slots:
+        return Check(name, WARN, f"pool {POOL!r} has {slots} slot(s), but send tasks are planned for SES_POOL_SLOTS "
+                                 f"= {expected_slots} at once (fewer slots: planned tasks wait for one; more: unused)",
+                     f"set SES_POOL_SLOTS={slots} for every worker, or `airflow pools set {POOL} {expected_slots} "
+                     "'Concurrent send_batch tasks across all campaigns'`")
     return Check(name, PASS, f"pool {POOL!r} has {slots} slot(s) for send tasks")
 
 
@@ -593,7 +600,7 @@ def _guarded(names: tuple[str, ...], check: Callable[[], Check | list[Check]]) -
 
 
 def run_checks(settings: Settings, aws: AwsClients, *, from_email: str | None = None, in_task: bool = False,
-               pool: Callable[[], Check] = check_pool, get: Callable[..., tuple[int, str]] = http_get,
+               pool: Callable[..., Check] = check_pool, get: Callable[..., tuple[int, str]] = http_get,
                resolver: Resolver | None = None) -> Report:
     """Every check, in the order an operator fixes them; `resolver` answers the sender's DNS lookups (default: the
     system's, with SENDER_DNS_TIMEOUT_SECONDS)."""
@@ -607,7 +614,8 @@ def run_checks(settings: Settings, aws: AwsClients, *, from_email: str | None = 
         (("tracking url",), lambda: check_tracking(settings, get)),
         (("ses pool",), (lambda: Check("ses pool", NOT_IN_TASK, "tasks cannot read pools in Airflow 3: run "
                                                                "`ses-doctor` on the Airflow host, or `airflow pools "
-                                                               "get ses`")) if in_task else pool),
+                                                               "get ses`")) if in_task
+                       else lambda: pool(expected_slots=settings.ses_pool_slots)),
         (("redis",), lambda: check_redis(settings)),
         (("postgresql",), lambda: check_postgres(settings)),
     ]

@@ -21,7 +21,7 @@ from campaigns.lifecycle.reputation import ReputationGuard
 from campaigns.sending import ledger, preflight
 from campaigns.sending.ledger import Attempt
 from campaigns.sending.messages import composer_for
-from campaigns.sending.plan import SendTask, plan
+from campaigns.sending.plan import SendTask, describe, parallelism_for, plan
 from campaigns.sending.ratelimit import slot_batch
 from campaigns.sending.sender import SendBatch
 from campaigns.states import Row
@@ -213,10 +213,10 @@ def plan_batches(campaign_id: int, conf: dict[str, Any], run_id: str, rate: floa
     with db.campaign_db(settings.db_conn_id, autocommit=True) as conn:
         campaign = definitions.load_campaign(conn, campaign_id)
         page_size = (campaign["snapshot"] or {}).get("page_size", options.batch_size)
-        tasks = plan(conn, campaign_id, page_size=page_size, rate=rate,
-                     task_seconds=settings.max_send_task_seconds, parallel=settings.parallel_send_tasks)
-        log.info("plan: %d send task(s) over %s page(s) of %d", len(tasks),
-                 sum(t.last_page - t.first_page + 1 for t in tasks), page_size)
+        shape = parallelism_for(conn, campaign_id, rate, settings)
+        tasks = plan(conn, campaign_id, page_size=page_size, rate=rate, task_seconds=settings.max_send_task_seconds,
+                     parallel=shape.tasks, share=shape.long_campaign_share)
+        log.info("plan: %s", describe(tasks, page_size, rate, shape, settings))
         if options.dry_run:
             log.info("dry run: nothing is sent; the campaign stays %s", campaign["status"])
             return []

@@ -14,7 +14,8 @@ from typing import Any
 
 from campaigns import db
 from campaigns.config import Settings, get_settings
-from campaigns.sending.ratelimit import RateLimiter, RateSource, default_thread_count, limiter_key
+from campaigns.sending.plan import threads_per_task
+from campaigns.sending.ratelimit import RateLimiter, RateSource, limiter_key
 from campaigns.sending.ses import ses_client_from_airflow
 
 
@@ -52,18 +53,17 @@ def _account_id(aws_conn_id: str) -> str:
 
 
 @contextmanager
-def send_resources(sibling_tasks: int = 1, settings: Settings | None = None) -> Iterator[SendResources]:
+def send_resources(parallel: int = 1, settings: Settings | None = None) -> Iterator[SendResources]:
     """The SES client, the global limiter and the thread count for one send task.
 
-    `sibling_tasks`: how many send tasks of the campaign run side by side (its plan's task count, at most
-    SEND_TASK_PARALLELISM). They share the rate, so each needs threads for its share only: more threads than that
-    just wait on the limiter and cost CPU (context switches, GIL hand-offs) that the sending itself needs.
+    `parallel`: how many send tasks of the campaign run side by side (its plan's SendTask.parallel). They share the
+    rate, so each runs threads for its share only (plan.threads_per_task): more threads than that just wait on the
+    limiter and cost CPU (context switches, GIL hand-offs) that the sending itself needs.
     `settings`: the DAG task's; None (tests) means the process's, get_settings().
     """
     settings = settings or get_settings()
     rate = sending_rate(settings)
-    share = rate / max(1, min(sibling_tasks, settings.parallel_send_tasks))
-    threads = settings.send_threads or default_thread_count(share)
+    threads = settings.send_threads or threads_per_task(rate, parallel, settings.ses_latency_seconds)
     client = ses_client_from_airflow(settings.aws_conn_id, max_connections=threads)
     redis_client = db.resolve_redis(settings.redis_conn_id, settings)  # REDIS_URL, else the Redis provider's hook
     key = limiter_key(_account_id(settings.aws_conn_id), client.meta.region_name)

@@ -17,7 +17,7 @@ from botocore.stub import Stubber
 from campaigns.config import Settings
 from campaigns.doctor import checks as doctor
 from campaigns.doctor import cli
-from campaigns.doctor.checks import FAIL, LOCAL, PASS, AwsClients, Check
+from campaigns.doctor.checks import FAIL, LOCAL, PASS, WARN, AwsClients, Check
 from tests.helpers import FakeResolver
 
 TOPIC = "arn:aws:sns:us-east-1:111122223333:ses-events"
@@ -477,6 +477,14 @@ def test_pool_check_reads_the_pool_through_the_airflow_cli(ses_pool):
     assert "3 slot(s)" in check.detail
 
 
+def test_pool_of_another_size_than_ses_pool_slots_warns_with_both_numbers(ses_pool):
+    check = doctor.check_pool(expected_slots=4)
+    assert check.status == WARN
+    assert "has 3 slot(s), but send tasks are planned for SES_POOL_SLOTS = 4" in check.detail
+    assert "SES_POOL_SLOTS=3" in check.fix
+    assert doctor.check_pool(expected_slots=3).status == PASS
+
+
 def test_missing_pool_fails_with_the_command_that_creates_it():
     check = doctor.check_pool()  # the test AIRFLOW_HOME has only default_pool unless ses_pool made one
     assert check.status == FAIL
@@ -574,7 +582,8 @@ def local_ses():
 
 def test_local_stack_reports_only_pass_or_not_checkable_locally(local_ses, settings, db, redis_client,
                                                                  tracking_server, ses_pool):
-    local = replace(settings, tracking_base_url=tracking_server, sending_rate=10.0, ses_local_max_send_rate=14.0)
+    local = replace(settings, tracking_base_url=tracking_server, sending_rate=10.0, ses_local_max_send_rate=14.0,
+                    ses_pool_slots=3)  # the ses_pool fixture's size
     # example.com's real DMARC record, as a resolver that reaches DNS would answer
     resolver = FakeResolver({"_dmarc.example.com": ["v=DMARC1;p=reject;sp=reject;adkim=s;aspf=s"]})
     report = doctor.run_checks(local, local_ses, resolver=resolver)

@@ -10,16 +10,21 @@ from campaigns.sending.resources import send_resources
 
 @pytest.fixture
 def rate_400(settings_env, redis_client):
-    settings_env(SES_SENDING_RATE=400, SEND_TASK_PARALLELISM=4)
+    settings_env(SES_SENDING_RATE=400, SES_POOL_SLOTS=4)
 
 
 @pytest.mark.usefixtures("rate_400", "ses")
 def test_parallel_send_tasks_get_threads_for_their_share_of_the_rate():
     with send_resources() as alone:
         assert alone.threads == default_thread_count(400)
-    with send_resources(sibling_tasks=4) as one_of_four:
+    # the plan says how many of the campaign's tasks run side by side (SendTask.parallel): each shares the rate
+    with send_resources(parallel=4) as one_of_four:
         assert one_of_four.threads == default_thread_count(100) < alone.threads
-    # a plan of 9 tasks still runs 4 side by side (the ses pool's slots): each shares the rate four ways
-    with send_resources(sibling_tasks=9) as one_of_nine:
-        assert one_of_nine.threads == default_thread_count(100)
-        assert one_of_nine.limiter.rate == 400  # the limiter still holds the account's whole rate
+        assert one_of_four.limiter.rate == 400  # the limiter still holds the account's whole rate
+
+
+@pytest.mark.usefixtures("ses")
+def test_threads_follow_the_configured_ses_latency(settings_env, redis_client):
+    settings_env(SES_SENDING_RATE=400, SES_LATENCY_SECONDS=0.05)
+    with send_resources(parallel=2) as one_of_two:
+        assert one_of_two.threads == 13  # 200/s x 0.05 s x 1.25 = 12.5 calls in flight
