@@ -130,6 +130,11 @@ class NotSent(SendError):
     """The request certainly did not reach SES: the row may go back to pending and be retried."""
 
 
+class SlotMissed(NotSent):
+    """The request was ready later than its slot allows and was not written: it takes a new slot. Written late,
+    it would bunch with other workers' on-time sends and a second at SES's door would hold more than R + burst."""
+
+
 class OutcomeUnknown(SendError):
     """The request may have reached SES: the row becomes `unknown` and is never resent automatically."""
 

@@ -3,11 +3,11 @@
 5,000 recipients at R = 100/s in 10 send tasks (batch size 500, pool `ses` of 4 slots, so they spread over both
 workers) on the `celery` stack instance. From Airflow's task instances (the metadata database, every try): send
 tasks ran on both workers' hostnames. From the local SES's receive times (the kernel's stamp of each request's
-arrival): no 1-second window holds more than R + burst sends, two workers or not. Once half the campaign is sent, one worker and its task processes are SIGKILLed
-(as when its machine dies) while a send of its task is in flight; the scheduler notices through the task heartbeat
-timeout and the lost task's retry runs on the other worker within that timeout + 30 s of the kill. The run
-succeeds, nobody gets the campaign twice, every ledger row is terminal and `unknown` stays within the killed tasks'
-in-flight sends.
+arrival): no 1-second window holds more than R + burst sends, two workers or not. Once half the campaign is sent,
+one worker and its task processes are SIGKILLed (as when its machine dies) while a send of its task is in flight;
+the scheduler notices through the task heartbeat timeout and the lost task's retry runs on the other worker within
+that timeout + 30 s of the kill. The run succeeds, nobody gets the campaign twice, every ledger row is terminal and
+`unknown` stays within the killed tasks' in-flight sends.
 """
 
 from __future__ import annotations

@@ -146,6 +146,15 @@ class Reservation:
         return _US / self.interval_us
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One send slot as a sender holds it: its `time.monotonic()` instant, and the spacing to the next slot at the
+    rate in force (how late a send may leave and still not bunch with the next one at SES's door)."""
+
+    at: float
+    spacing: float
+
+
 class RateLimiter:
     """A global GCRA limiter on one Redis key, shared by every thread and process that uses the same key.
 
@@ -197,15 +206,15 @@ class RateLimiter:
                                                       "reserve a slot")
         return Reservation(int(slot), int(wait), int(now), int(interval), float(_text(factor)))
 
-    def reserve(self, count: int = 1) -> list[float]:
-        """Reserve `count` consecutive slots in one round trip: their `time.monotonic()` instants, in order.
+    def reserve(self, count: int = 1) -> list[Slot]:
+        """Reserve `count` consecutive slots in one round trip, in order.
 
         Like acquire(), the instants count from the reply's arrival, so the round trip can only make a send late.
         """
         reservation = self.reserve_slot(count)
         first = time.monotonic() + reservation.wait
         step = reservation.interval_us / _US
-        return [first + i * step for i in range(count)]
+        return [Slot(first + i * step, step) for i in range(count)]
 
     def acquire(self, stop: threading.Event | None = None) -> float:
         """Block until this caller's slot and return the seconds waited; return early once `stop` is set.

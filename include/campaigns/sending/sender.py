@@ -37,11 +37,13 @@ from campaigns.errors import (
     OutcomeUnknown,
     RecipientRejected,
     SendError,
+    SlotMissed,
     Throttled,
 )
 from campaigns.sending import ledger
 from campaigns.sending.ledger import Attempt
 from campaigns.sending.plan import SendTask
+from campaigns.sending.ratelimit import Slot
 from campaigns.states import Row
 
 log = logging.getLogger(__name__)
@@ -52,17 +54,17 @@ SEND_PREPARE_SECONDS = 0.05
 # A thread whose next slot is further off than this records its last `sent` row at once instead of with its next
 # claim, so the ledger never trails SES by more than about this.
 SETTLE_ALONE_AFTER_SECONDS = 0.1
-SLOT_LATENESS_FLOOR = 0.001  # seconds: a queued slot later than max(its spacing, this) is dropped, never used late
+MAX_SLOT_MISSES = 3  # a send whose request missed this many slots in a row goes out with the next one, however late
 
 
 class Limiter(Protocol):
-    def reserve(self, count: int = 1) -> list[float]: ...
+    def reserve(self, count: int = 1) -> list[Slot]: ...
     def throttled(self, factor: float = 0.5, seconds: float = 30.0) -> None: ...
 
 
 class Transport(Protocol):
     def send(self, *, raw: bytes, from_email: str, to: str, tags: dict[str, str],
-             not_before: float | None = None) -> str: ...
+             not_before: float | None = None, latest: float | None = None) -> str: ...
 
 
 class MessageBuilder(Protocol):
@@ -169,21 +171,17 @@ class SlotQueue:
             raise ValueError(f"slot batch must be a whole number of at least 1, got {batch!r}")
         self._limiter = limiter
         self._batch = batch
-        self._slots: deque[float] = deque()
-        self._tolerance = SLOT_LATENESS_FLOOR
+        self._slots: deque[Slot] = deque()
         self._lock = threading.Lock()
 
-    def next(self) -> float:
-        """The next slot's `time.monotonic()` instant (raises LimiterUnavailable when Redis does not answer)."""
+    def next(self) -> Slot:
+        """The next slot (raises LimiterUnavailable when Redis does not answer)."""
         with self._lock:
-            too_late = time.monotonic() - self._tolerance
-            while self._slots and self._slots[0] < too_late:
+            now = time.monotonic()
+            while self._slots and self._slots[0].at + self._slots[0].spacing < now:
                 self._slots.popleft()
             if not self._slots:
-                slots = self._limiter.reserve(self._batch)
-                if len(slots) > 1:
-                    self._tolerance = max(SLOT_LATENESS_FLOOR, slots[1] - slots[0])
-                self._slots.extend(slots)
+                self._slots.extend(self._limiter.reserve(self._batch))
             return self._slots.popleft()
 
 
@@ -343,9 +341,8 @@ class SendBatch:
         finally:
             thread.close()
 
-    def _reserve(self) -> float | None:
-        """This thread's next send slot (a time.monotonic() instant); None when the task is stopping or the
-        campaign is no longer running.
+    def _reserve(self) -> Slot | None:
+        """This thread's next send slot; None when the task is stopping or the campaign is no longer running.
 
         While the limiter is unreachable (Redis down or restarting) nothing is sent: the thread retries with
         backoff for up to `limiter_outage_seconds`, still obeying pause and cancel, then raises LimiterUnavailable
@@ -379,9 +376,10 @@ class SendBatch:
         slot = self._reserve()
         if slot is None:
             return
-        if slot - time.monotonic() > SETTLE_ALONE_AFTER_SECONDS:
+        bound = slot.at > time.monotonic()
+        if slot.at - time.monotonic() > SETTLE_ALONE_AFTER_SECONDS:
             thread.flush()
-        if self._stop.wait(max(0.0, slot - SEND_PREPARE_SECONDS - time.monotonic())):
+        if self._stop.wait(max(0.0, slot.at - SEND_PREPARE_SECONDS - time.monotonic())):
             return  # stopped while waiting: the slot stays spent, the row pending
         claimed = thread.claim(row)
         if claimed != Row.SENDING:
@@ -393,23 +391,32 @@ class SendBatch:
             thread.release(row["id"], Row.FAILED, f"compose: {exc}")
             self._count(Row.FAILED)
             return
+        self._deliver(thread, row, raw, slot, bound)
+
+    def _deliver(self, thread: ThreadLedger, row: dict[str, Any], raw: bytes, slot: Slot, bound: bool) -> None:
+        """The claimed row's SES call at `slot` (again at new slots after throttling), then its ledger outcome.
+
+        `bound`: the slot was still ahead when the thread got it, so the rate binds and the request must leave
+        within one spacing of it, or take another (SlotMissed); a slot already due is used at once.
+        """
         tags = {**self._tags, "recipient": str(row["id"])}
-        for retry in range(MAX_THROTTLE_RETRIES + 1):
+        throttles = misses = 0
+        while True:
+            latest = slot.at + slot.spacing if bound and misses < MAX_SLOT_MISSES else None
             try:
                 message_id = self.transport.send(raw=raw, from_email=self.from_email, to=row["email"], tags=tags,
-                                                 not_before=slot)
+                                                 not_before=slot.at, latest=latest)
+            except SlotMissed:
+                misses += 1
+                self._count("slot_missed")
             except Throttled as exc:
                 self.limiter.throttled()
-                if retry == MAX_THROTTLE_RETRIES or self._stop.is_set():
+                if throttles == MAX_THROTTLE_RETRIES or self._stop.is_set():
                     thread.release(row["id"], Row.PENDING, str(exc))
-                    self._halt(reason=f"still throttled after {retry} retries", error=exc)
+                    self._halt(reason=f"still throttled after {throttles} retries", error=exc)
                     return
-                time.sleep(min(5.0, 0.05 * 2 ** retry) * (0.5 + random.random()))  # noqa: S311 - jitter only
-                slot = self._reserve()
-                if slot is None:
-                    thread.release(row["id"], Row.PENDING, str(exc))
-                    return
-                continue
+                time.sleep(min(5.0, 0.05 * 2 ** throttles) * (0.5 + random.random()))  # noqa: S311 - jitter only
+                throttles += 1
             except RecipientRejected as exc:
                 thread.release(row["id"], Row.FAILED, str(exc))
                 self._count(Row.FAILED)
@@ -426,6 +433,12 @@ class SendBatch:
                 thread.release(row["id"], Row.UNKNOWN, str(exc))
                 self._count(Row.UNKNOWN)
                 return
-            thread.sent(row["id"], message_id)
-            self._count(Row.SENT)
-            return
+            else:
+                thread.sent(row["id"], message_id)
+                self._count(Row.SENT)
+                return
+            slot = self._reserve()
+            if slot is None:
+                thread.release(row["id"], Row.PENDING, "stopped before a new slot")
+                return
+            bound = slot.at > time.monotonic()

@@ -99,11 +99,12 @@ class SesTransport:
         self._send_email = DirectSendEmail(client).call if direct else ClientSendEmail(client).call
 
     def send(self, *, raw: bytes, from_email: str, to: str, tags: Mapping[str, str],
-             not_before: float | None = None) -> str:
+             not_before: float | None = None, latest: float | None = None) -> str:
         """Send and return SES's MessageId.
 
         `not_before`: a time.monotonic() instant (the limiter's slot); the request is built and signed first,
-        then written no earlier than it. One call is one attempt: a retry (after Throttled) is a new call that
+        then written no earlier than it, and never after `latest` (if given): a request ready later raises
+        SlotMissed unwritten. One call is one attempt: a retry (after Throttled or SlotMissed) is a new call that
         needs a new slot, and is signed anew.
         """
         params: dict[str, Any] = {
@@ -115,7 +116,7 @@ class SesTransport:
         if self.configuration_set:
             params["ConfigurationSetName"] = self.configuration_set
         try:
-            return self._send_email(params, not_before=not_before)["MessageId"]
+            return self._send_email(params, not_before=not_before, latest=latest)["MessageId"]
         except ClientError as exc:
             raise classify(exc) from exc
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
@@ -134,16 +135,17 @@ class ClientSendEmail:
         # first, so the wait comes before any handler that answers in SES's place (moto)
         client.meta.events.register_first(f"before-send.{service_id}.{OPERATION}", self._hold)
 
-    def call(self, params: Mapping[str, Any], *, not_before: float | None = None) -> dict[str, Any]:
-        """SendEmail with `params` through the client, written no earlier than `not_before`."""
-        self._slot.not_before = not_before
+    def call(self, params: Mapping[str, Any], *, not_before: float | None = None,
+             latest: float | None = None) -> dict[str, Any]:
+        """SendEmail with `params` through the client, written no earlier than `not_before` (nor after `latest`)."""
+        self._slot.window = (not_before, latest)
         try:
             return self._client.send_email(**params)
         finally:
-            self._slot.not_before = None
+            self._slot.window = (None, None)
 
     def _hold(self, **kwargs: Any) -> None:
-        wait_until(getattr(self._slot, "not_before", None))
+        wait_until(*getattr(self._slot, "window", (None, None)))
 
 
 def classify(exc: ClientError):

@@ -31,6 +31,8 @@ from botocore.awsrequest import AWSPreparedRequest, create_request_object
 from botocore.context import start_as_current_context
 from botocore.handlers import add_retry_headers
 
+from campaigns.errors import SlotMissed
+
 OPERATION = "SendEmail"
 
 
@@ -63,7 +65,8 @@ class DirectSendEmail:
             "auth_options": meta.service_model.metadata.get("auth"),
         }
 
-    def call(self, params: Mapping[str, Any], *, not_before: float | None = None) -> dict[str, Any]:
+    def call(self, params: Mapping[str, Any], *, not_before: float | None = None,
+             latest: float | None = None) -> dict[str, Any]:
         """SendEmail with `params`, written at `not_before` (time.monotonic()) or at once; the parsed answer.
 
         Raises what client.send_email raises: the client's ClientError subclass for an error answer, botocore's
@@ -75,7 +78,7 @@ class DirectSendEmail:
             f"before-call.{self._event_suffix}", model=self._model, params=request_dict,
             request_signer=self._client._request_signer, context=context)
         if answered is None:  # no handler answered in SES's place (botocore's Stubber, a test's fault)
-            answered = self._one_attempt(request_dict, context, not_before)
+            answered = self._one_attempt(request_dict, context, not_before, latest)
         http, parsed = answered
         if http.status_code >= 300:
             code = parsed.get("Error", {}).get("Code")
@@ -92,11 +95,12 @@ class DirectSendEmail:
         request_dict["headers"]["User-Agent"] = self._user_agent
         return request_dict
 
-    def _one_attempt(self, request_dict: dict[str, Any], context: dict[str, Any], not_before: float | None):
+    def _one_attempt(self, request_dict: dict[str, Any], context: dict[str, Any], not_before: float | None,
+                     latest: float | None):
         """Sign, wait for the slot, write, parse: the client endpoint's one attempt, (http response, parsed)."""
         context["retries"] = {"attempt": 1, "invocation-id": str(uuid.uuid4())}
         request = self._sign(request_dict)
-        wait_until(not_before)
+        wait_until(not_before, latest)
         response, error = self._endpoint._do_get_response(request, self._model, context)
         # The retry handlers write their verdict into the answer's metadata (MaxAttemptsReached); their delay is
         # ignored: this path makes one attempt, as the sending client does.
@@ -116,10 +120,14 @@ class DirectSendEmail:
         return self._endpoint.prepare_request(request)
 
 
-def wait_until(not_before: float | None) -> None:
-    """Sleep until the time.monotonic() instant `not_before`; at once when it is None or past."""
+def wait_until(not_before: float | None, latest: float | None = None) -> None:
+    """Sleep until the time.monotonic() instant `not_before`; at once when it is None or past. Raises SlotMissed
+    when it is already past `latest` (None: no limit), so the request is not written late."""
     if not_before is None:
         return
     delay = not_before - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+    if latest is not None and (now := time.monotonic()) > latest:
+        raise SlotMissed(f"the request could leave only {(now - not_before) * 1000:.1f} ms after its slot, later "
+                         f"than the {(latest - not_before) * 1000:.1f} ms it may")

@@ -30,7 +30,7 @@ from campaigns.lifecycle import pipeline
 from campaigns.sending.ledger import Attempt
 from campaigns.sending.messages import composer_for
 from campaigns.sending.plan import SendTask
-from campaigns.sending.ratelimit import LimiterUnavailable, RateLimiter
+from campaigns.sending.ratelimit import LimiterUnavailable, RateLimiter, Slot
 from campaigns.sending.resources import SendResources
 from campaigns.sending.sender import SendBatch, SlotQueue
 from campaigns.sending.ses import SesTransport, client_config
@@ -520,7 +520,7 @@ def test_finalize_of_an_earlier_run_leaves_the_resumed_campaign_alone(campaign, 
 
 
 class ScriptedLimiter:
-    """A limiter that hands out the given reservations (lists of time.monotonic() instants) in order."""
+    """A limiter that hands out the given reservations (lists of time.monotonic() instants, 10 ms apart) in order."""
 
     def __init__(self, *reservations: list[float]) -> None:
         self.reservations = list(reservations)
@@ -528,7 +528,7 @@ class ScriptedLimiter:
 
     def reserve(self, count=1):
         self.asked.append(count)
-        return self.reservations.pop(0)
+        return [Slot(at, 0.01) for at in self.reservations.pop(0)]
 
     def throttled(self, *args, **kwargs):
         return None
@@ -539,7 +539,7 @@ def test_slots_reserved_together_are_handed_out_in_order_one_round_trip_for_the_
     limiter = ScriptedLimiter([now + 1.0, now + 1.01, now + 1.02], [now + 1.03, now + 1.04, now + 1.05])
     slots = SlotQueue(limiter, batch=3)
 
-    taken = [slots.next() for _ in range(4)]
+    taken = [slots.next().at for _ in range(4)]
 
     assert taken == [now + 1.0, now + 1.01, now + 1.02, now + 1.03]
     assert limiter.asked == [3, 3]
@@ -551,13 +551,33 @@ def test_a_queued_slot_already_late_by_more_than_its_spacing_is_dropped_never_se
     limiter = ScriptedLimiter(late, on_time)
     slots = SlotQueue(limiter, batch=3)
 
-    first = slots.next()  # a fresh reservation's first slot is used whatever its instant
+    first = slots.next()  # a fresh reservation's first slot is handed out whatever its instant
     second = slots.next()  # the rest of the late batch is dropped
 
-    assert first == late[0]
-    assert second == on_time[0]
+    assert first.at == late[0]
+    assert second.at == on_time[0]
 
 
 def test_a_bad_slot_batch_raises_value_error_naming_it():
     with pytest.raises(ValueError, match="slot batch must"):
         SlotQueue(ScriptedLimiter(), batch=0)
+
+
+def test_a_request_that_misses_its_slot_goes_out_once_at_a_new_one(campaign, ses, redis_client, db):
+    """Signing that takes longer than the slot allows (a loaded machine) costs the send its slot, not its place:
+    it takes the next one, and every recipient still gets exactly one message."""
+    campaign_id, task = campaign
+    calls = []
+
+    def slow_third_signing(**kwargs) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 3:  # by then the rate binds: the slot was still ahead when the thread took it
+            time.sleep(0.2)  # 50 ms slots at 20/s: ready long after its slot
+
+    ses.meta.events.register("before-sign.sesv2.SendEmail", slow_third_signing)
+    report = batch(task, ses, RateLimiter(redis_client, "ses:rate:test:missed", rate=20)).run()
+
+    assert report.counts["slot_missed"] >= 1
+    assert report.counts["sent"] == 40
+    assert statuses(db, campaign_id) == {"sent": 40}
+    assert set(messages_per_recipient().values()) == {1}

@@ -24,7 +24,7 @@ import pytest
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 
-from campaigns.errors import SendError
+from campaigns.errors import SendError, SlotMissed
 from campaigns.sending.ses import (
     ACCOUNT_STOPPED,
     NOT_PROCESSED,
@@ -269,3 +269,18 @@ def test_a_slot_already_past_is_written_at_once(far_end, transports, direct):
 
     [arrival] = far_end.arrivals
     assert arrival.at - started < WRITE_BOUND
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct path", "client path"])
+def test_a_request_ready_after_its_latest_instant_is_not_written(far_end, transports, direct):
+    """Written late it would bunch with other workers' on-time sends at SES's door: it takes a new slot instead."""
+    transport = transports[1] if direct else transports[0]
+    now = time.monotonic()
+
+    with pytest.raises(SlotMissed, match="after its slot"):
+        transport.send(raw=b"x", from_email="news@example.com", to="ann@example.org", tags={},
+                       not_before=now - 0.02, latest=now - 0.01)
+
+    transport.send(raw=b"y", from_email="news@example.com", to="bo@example.org", tags={})
+    [arrival] = far_end.arrivals  # the first was never written; the connection still serves the next
+    assert b"bo@example.org" in arrival.raw
