@@ -79,6 +79,8 @@ class Point:
 
 @dataclass
 class _ThreadStages:
+    """One thread's open frames and totals: only that thread writes them, so no lock is taken per call."""
+
     stack: list[list[Any]] = field(default_factory=list)  # [stage, depth] frames, innermost last
     mark: float = 0.0
     totals: Counter = field(default_factory=Counter)
@@ -431,30 +433,11 @@ def send_round(dsn: str, point: Point, endpoint: str, nginx: psutil.Process, ser
     """One fresh campaign through SendBatch(...).run() at `point`; CPU seconds per stage and per process."""
     import redis
 
-    from campaigns import db
-    from campaigns.config import get_settings
-    from campaigns.lifecycle import pipeline
-    from campaigns.lifecycle.reputation import ReputationGuard
-    from campaigns.sending.ledger import Attempt
-    from campaigns.sending.ratelimit import RateLimiter
-    from campaigns.sending.sender import SendBatch
-    from campaigns.sending.ses import SesTransport
-
     prepared = prepare_campaign(dsn, emails)
-    campaign, settings = prepared["campaign"], get_settings()
-    _, client = sesv2_client(endpoint, point.threads)
     redis_client = redis.Redis.from_url(redis_url)
     key = f"ses:rate:{{bench-cpu-{uuid.uuid4().hex[:6]}:us-east-1}}"
     clock, backends = StageClock(), BackendCpu()
-    builder = pipeline.composer_for(campaign, settings)
-    builder.compose = clock.wrap("compose", builder.compose)
-    transport = SesTransport(client)
-    transport.send = clock.wrap("ses", transport.send)
-    attempt = Attempt(RUN_ID, 0, 1)
-    batch = SendBatch(prepared["task"], attempt=attempt, from_email=campaign["from_email"], builder=builder,
-                      transport=transport, limiter=RateLimiter(redis_client, key, point.rate),
-                      connect=lambda: db.connect(dsn, autocommit=True), threads=point.threads,
-                      guard=ReputationGuard.from_settings(prepared["task"].campaign_id, settings, run_id=RUN_ID))
+    batch = instrumented_batch(dsn, prepared, point, endpoint, redis_client, key, clock)
     with patched_libraries(clock, backends):
         before = (time.process_time(), _cpu(nginx, children=True), _cpu(server, children=True), time.perf_counter())
         report = batch.run()
@@ -467,6 +450,29 @@ def send_round(dsn: str, point: Point, endpoint: str, nginx: psutil.Process, ser
             "nginx": after[1] - before[1], "server": after[2] - before[2], "backends": database,
             "wall": after[3] - before[3], "calls": calls, "error": report.as_dict()["error"],
             **ledger_outcome(dsn, prepared["task"].campaign_id)}
+
+
+def instrumented_batch(dsn: str, prepared: dict[str, Any], point: Point, endpoint: str, redis_client, key: str,
+                       clock: StageClock):
+    """The SendBatch a send task builds (send_batch in the pipeline), its composer and transport timed by `clock`."""
+    from campaigns import db
+    from campaigns.config import get_settings
+    from campaigns.lifecycle import pipeline
+    from campaigns.lifecycle.reputation import ReputationGuard
+    from campaigns.sending.ledger import Attempt
+    from campaigns.sending.ratelimit import RateLimiter
+    from campaigns.sending.sender import SendBatch
+    from campaigns.sending.ses import SesTransport
+
+    campaign, task, settings = prepared["campaign"], prepared["task"], get_settings()
+    builder = pipeline.composer_for(campaign, settings)
+    builder.compose = clock.wrap("compose", builder.compose)
+    transport = SesTransport(sesv2_client(endpoint, point.threads)[1])
+    transport.send = clock.wrap("ses", transport.send)
+    return SendBatch(task, attempt=Attempt(RUN_ID, 0, 1), from_email=campaign["from_email"], builder=builder,
+                     transport=transport, limiter=RateLimiter(redis_client, key, point.rate),
+                     connect=lambda: db.connect(dsn, autocommit=True), threads=point.threads,
+                     guard=ReputationGuard.from_settings(task.campaign_id, settings, run_id=RUN_ID))
 
 
 def ledger_outcome(dsn: str, campaign_id: int) -> dict[str, Any]:
@@ -593,6 +599,10 @@ def revision_tree(rev: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+MEASUREMENT_OPTIONS = ("emails", "rounds", "point", "floor_emails", "unbound_rate", "unbound_threads", "latency_rate",
+                       "latency_threads", "latency", "redis_db")
+
+
 def run_measurement(tree: Path, label: str, stand_in: StandIn, args: argparse.Namespace) -> dict[str, Any]:
     """This script in a subprocess with `tree`'s code on PYTHONPATH; returns what it measured."""
     with tempfile.NamedTemporaryFile(suffix=".json") as results:
@@ -607,10 +617,6 @@ def run_measurement(tree: Path, label: str, stand_in: StandIn, args: argparse.Na
 def passed_on(args: argparse.Namespace) -> list[str]:
     """The measurement options, as the measurement process takes them."""
     return [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in MEASUREMENT_OPTIONS]
-
-
-MEASUREMENT_OPTIONS = ("emails", "rounds", "point", "floor_emails", "unbound_rate", "unbound_threads", "latency_rate",
-                       "latency_threads", "latency", "redis_db")
 
 
 def per_email(rounds: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> float:
