@@ -330,3 +330,24 @@ def ensure_spamassassin() -> str:
         raise StackError(f"SpamAssassin is installed but its rules are missing from {SPAMASSASSIN_RULES}: "
                          "reinstall the package (sudo apt-get install --reinstall -y spamassassin)")
     return SPAMASSASSIN
+
+
+NGINX = "/usr/sbin/nginx"
+NGINX_ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")  # libnginx-mod-http-echo: echo_sleep
+
+
+def ensure_nginx() -> str:
+    """Debian's nginx and its echo module, the SES stand-in of benchmarks/send_path_cpu.py (a fixed SendEmail answer,
+    after `echo_sleep` for the latency point); returns the nginx binary.
+
+    Installed with apt-get when missing and we are root (as ensure_spamassassin does); otherwise says what to install.
+    Only the packages: the benchmark runs nginx with its own config and prefix, never the system's service.
+    """
+    missing = [package for package, path in (("nginx", Path(NGINX)), ("libnginx-mod-http-echo", NGINX_ECHO_MODULE))
+               if not path.exists()]
+    if missing:
+        if not _is_root() or shutil.which("apt-get") is None:
+            raise StackError(f"The send path CPU benchmark needs {', '.join(missing)} ({NGINX}, {NGINX_ECHO_MODULE}): "
+                             f"sudo apt-get install -y {' '.join(missing)}")
+        _apt_install(*missing)
+    return NGINX
