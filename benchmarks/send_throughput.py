@@ -28,6 +28,7 @@ import redis
 from campaigns import db
 from campaigns.config import get_settings
 from campaigns.lifecycle import pipeline
+from campaigns.sending.ledger import Attempt
 from campaigns.sending.plan import SendTask
 from campaigns.sending.ratelimit import RateLimiter, default_thread_count
 from campaigns.sending.sender import SendBatch
@@ -133,7 +134,7 @@ def _send(dsn: str, endpoint: str, *, rate: float, seconds: float, latency: floa
     client = ses_client(endpoint, threads, latency)
     limiter_redis = redis.Redis.from_url(SETTINGS.redis_url(2))
     key = f"ses:rate:{{bench-{uuid.uuid4().hex[:6]}:us-east-1}}"
-    batch = SendBatch(prepared["task"], attempt="bench/0/1", from_email="news@example.com",
+    batch = SendBatch(prepared["task"], attempt=Attempt("bench", 0, 1), from_email="news@example.com",
                       builder=pipeline.composer_for(prepared["campaign"], get_settings()),
                       transport=SesTransport(client), limiter=RateLimiter(limiter_redis, key, rate),
                       connect=lambda: db.connect(dsn, autocommit=True), threads=threads)
