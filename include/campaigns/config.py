@@ -159,6 +159,10 @@ class Settings:
         0.9, "SES_RATE_SAFETY_FACTOR", "fraction of SES's MaxSendRate used when the rate is auto", read=_number(0.01))
     rate_burst: int = declare(
         1, "SES_RATE_BURST", "sends the limiter lets through back to back", read=_number(1, integer=True))
+    send_timing_allowance: float = declare(
+        0.03, "SEND_TIMING_ALLOWANCE_SECONDS", "how late after its slot a send may reach SES: slots are spaced at "
+        "R / (1 + this), so no second at SES's door holds more than R + burst; a request not ready within half of "
+        "it takes a new slot", read=_number(0.001))
     rate_refresh_seconds: float = declare(
         300.0, "SES_RATE_REFRESH_SECONDS", "how often auto re-reads GetAccount", read=_number(1))
     batch_size: int = declare(

@@ -250,7 +250,8 @@ def send_batch(descriptor: dict[str, Any], *, attempt: Attempt, resources: SendR
         limiter=resources.limiter, connect=lambda: db.connect(dsn, autocommit=True), threads=resources.threads,
         guard=ReputationGuard.from_settings(task.campaign_id, settings, run_id=attempt.run_id),
         limiter_outage_seconds=settings.limiter_outage_seconds,
-        slot_batch=slot_batch(resources.limiter.rate, resources.threads))
+        slot_batch=slot_batch(resources.limiter.rate, resources.threads),
+        slot_lateness=settings.send_timing_allowance / 2)
     report = batch.run()
     log.info("%s: %s", task.label, report.as_dict())
     if report.account_stopped:

@@ -146,13 +146,31 @@ class Reservation:
         return _US / self.interval_us
 
 
-@dataclass(frozen=True)
-class Slot:
-    """One send slot as a sender holds it: its `time.monotonic()` instant, and the spacing to the next slot at the
-    rate in force (how late a send may leave and still not bunch with the next one at SES's door)."""
+CLOCK_DRIFT = 0.001  # s/s: how fast the Redis-to-local clock mapping may drift (NTP slews at most 0.0005 s/s)
 
-    at: float
-    spacing: float
+
+class RedisClock:
+    """Maps Redis TIME to this process's time.monotonic(): the least-delayed reply seen, drifting later slowly.
+
+    A reply that sat in a busy process before it was read would put every slot it maps late by that delay, and a
+    send late by a few milliseconds bunches with another worker's on-time one at SES's door. The offset taken is
+    the smallest (arrival - Redis TIME) seen, allowed to grow by CLOCK_DRIFT per second so it follows the clocks;
+    it only ever errs late by the fastest reply's latency, so a slot is never used early.
+    """
+
+    def __init__(self) -> None:
+        self._offset: float | None = None
+        self._seen_at = 0.0
+
+    def to_local(self, redis_us: int, reply_redis_us: int, arrived: float) -> float:
+        """The local instant of `redis_us`, given a reply stamped `reply_redis_us` that arrived at `arrived`."""
+        sample = arrived - reply_redis_us / _US
+        if self._offset is None or sample < self._offset + CLOCK_DRIFT * (arrived - self._seen_at):
+            self._offset = sample
+        else:
+            self._offset += CLOCK_DRIFT * (arrived - self._seen_at)
+        self._seen_at = arrived
+        return redis_us / _US + self._offset
 
 
 class RateLimiter:
@@ -173,6 +191,8 @@ class RateLimiter:
         self.rate = rate
         self._client = client
         self._script = _gcra_script(client)
+        self._clock = RedisClock()
+        self._clock_lock = threading.Lock()
 
     @property
     def rate(self) -> float:
@@ -206,15 +226,15 @@ class RateLimiter:
                                                       "reserve a slot")
         return Reservation(int(slot), int(wait), int(now), int(interval), float(_text(factor)))
 
-    def reserve(self, count: int = 1) -> list[Slot]:
-        """Reserve `count` consecutive slots in one round trip, in order.
-
-        Like acquire(), the instants count from the reply's arrival, so the round trip can only make a send late.
-        """
+    def reserve(self, count: int = 1) -> list[float]:
+        """Reserve `count` consecutive slots in one round trip: their time.monotonic() instants, in order (mapped
+        through RedisClock, so a reply read late does not make its slots late)."""
         reservation = self.reserve_slot(count)
-        first = time.monotonic() + reservation.wait
+        arrived = time.monotonic()
+        with self._clock_lock:
+            first = self._clock.to_local(reservation.slot_us, reservation.now_us, arrived)
         step = reservation.interval_us / _US
-        return [Slot(first + i * step, step) for i in range(count)]
+        return [first + i * step for i in range(count)]
 
     def acquire(self, stop: threading.Event | None = None) -> float:
         """Block until this caller's slot and return the seconds waited; return early once `stop` is set.
@@ -351,6 +371,13 @@ class RateSource:
         if not math.isfinite(max_rate) or max_rate <= 0:
             raise ValueError(f"SendQuota.MaxSendRate is {max_rate!r}, not a usable rate")
         return max_rate
+
+
+def door_rate(rate: float, allowance: float) -> float:
+    """The rate the limiter spaces slots at so that sends leaving up to `allowance` seconds after their slots
+    still put no more than rate + burst into any second at SES's door: in a window of 1 + allowance seconds of
+    slots there are rate x (1 + allowance) / (1 + allowance) = rate."""
+    return rate / (1 + allowance)
 
 
 SLOT_BATCH_SECONDS = 0.005  # a send task reserves at most this much of the rate's slots in one Redis round trip

@@ -15,7 +15,7 @@ from typing import Any
 from campaigns import db
 from campaigns.config import Settings, get_settings
 from campaigns.sending.plan import threads_per_task
-from campaigns.sending.ratelimit import RateLimiter, RateSource, limiter_key
+from campaigns.sending.ratelimit import RateLimiter, RateSource, door_rate, limiter_key
 from campaigns.sending.ses import ses_client_from_airflow
 
 
@@ -67,7 +67,7 @@ def send_resources(parallel: int = 1, settings: Settings | None = None) -> Itera
     client = ses_client_from_airflow(settings.aws_conn_id, max_connections=threads)
     redis_client = db.resolve_redis(settings.redis_conn_id, settings)  # REDIS_URL, else the Redis provider's hook
     key = limiter_key(_account_id(settings.aws_conn_id), client.meta.region_name)
-    limiter = RateLimiter(redis_client, key, rate, burst=settings.rate_burst)
+    limiter = RateLimiter(redis_client, key, door_rate(rate, settings.send_timing_allowance), burst=settings.rate_burst)
     try:
         yield SendResources(ses_client=client, limiter=limiter, threads=threads)
     finally:

@@ -43,7 +43,6 @@ from campaigns.errors import (
 from campaigns.sending import ledger
 from campaigns.sending.ledger import Attempt
 from campaigns.sending.plan import SendTask
-from campaigns.sending.ratelimit import Slot
 from campaigns.states import Row
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ MAX_SLOT_MISSES = 3  # a send whose request missed this many slots in a row goes
 
 
 class Limiter(Protocol):
-    def reserve(self, count: int = 1) -> list[Slot]: ...
+    def reserve(self, count: int = 1) -> list[float]: ...
     def throttled(self, factor: float = 0.5, seconds: float = 30.0) -> None: ...
 
 
@@ -162,23 +161,24 @@ class SlotQueue:
     """The task's send slots, reserved `batch` at a time from the global limiter and handed to its threads in order.
 
     One Redis round trip serves `batch` sends (the pipeline asks for more than one only when the rate is high, so
-    the slots are a few milliseconds long in all). A queued slot already later than its spacing when a thread asks
-    is dropped, never used: sent late, it would bunch with other workers' on-time slots at SES's door.
+    the slots are a few milliseconds long in all). A queued slot already more than `lateness` past when a thread
+    asks is dropped, never used: sent late, it would bunch with other workers' on-time slots at SES's door.
     """
 
-    def __init__(self, limiter: Limiter, batch: int = 1) -> None:
+    def __init__(self, limiter: Limiter, batch: int = 1, lateness: float = 0.0) -> None:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"slot batch must be a whole number of at least 1, got {batch!r}")
         self._limiter = limiter
         self._batch = batch
-        self._slots: deque[Slot] = deque()
+        self._lateness = lateness
+        self._slots: deque[float] = deque()
         self._lock = threading.Lock()
 
-    def next(self) -> Slot:
-        """The next slot (raises LimiterUnavailable when Redis does not answer)."""
+    def next(self) -> float:
+        """The next slot's time.monotonic() instant (raises LimiterUnavailable when Redis does not answer)."""
         with self._lock:
-            now = time.monotonic()
-            while self._slots and self._slots[0].at + self._slots[0].spacing < now:
+            too_late = time.monotonic() - self._lateness
+            while self._slots and self._slots[0] < too_late:
                 self._slots.popleft()
             if not self._slots:
                 self._slots.extend(self._limiter.reserve(self._batch))
@@ -239,7 +239,8 @@ class SendBatch:
     def __init__(self, task: SendTask, *, attempt: Attempt, from_email: str, builder: MessageBuilder,
                  transport: Transport, limiter: Limiter, connect: Callable[[], psycopg.Connection],
                  threads: int = 4, watch_interval: float = 0.5, guard: ReputationCheck | None = None,
-                 limiter_outage_seconds: float = Settings.limiter_outage_seconds, slot_batch: int = 1) -> None:
+                 limiter_outage_seconds: float = Settings.limiter_outage_seconds, slot_batch: int = 1,
+                 slot_lateness: float = Settings.send_timing_allowance / 2) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.task = task
@@ -250,7 +251,9 @@ class SendBatch:
         self._tags = {**builder.feedback_tags, "campaign": str(task.campaign_id)}
         self.transport = transport
         self.limiter = limiter
-        self._slots = SlotQueue(limiter, slot_batch)
+        # How late after its slot a request may leave (the rest of the timing allowance covers the write itself)
+        self.slot_lateness = slot_lateness
+        self._slots = SlotQueue(limiter, slot_batch, slot_lateness)
         self.connect = connect
         self.threads = threads
         self.watch = CampaignWatch(connect, task.campaign_id, watch_interval, guard=guard, run_id=attempt.run_id)
@@ -341,7 +344,7 @@ class SendBatch:
         finally:
             thread.close()
 
-    def _reserve(self) -> Slot | None:
+    def _reserve(self) -> float | None:
         """This thread's next send slot; None when the task is stopping or the campaign is no longer running.
 
         While the limiter is unreachable (Redis down or restarting) nothing is sent: the thread retries with
@@ -376,10 +379,10 @@ class SendBatch:
         slot = self._reserve()
         if slot is None:
             return
-        bound = slot.at > time.monotonic()
-        if slot.at - time.monotonic() > SETTLE_ALONE_AFTER_SECONDS:
+        bound = slot > time.monotonic()
+        if slot - time.monotonic() > SETTLE_ALONE_AFTER_SECONDS:
             thread.flush()
-        if self._stop.wait(max(0.0, slot.at - SEND_PREPARE_SECONDS - time.monotonic())):
+        if self._stop.wait(max(0.0, slot - SEND_PREPARE_SECONDS - time.monotonic())):
             return  # stopped while waiting: the slot stays spent, the row pending
         claimed = thread.claim(row)
         if claimed != Row.SENDING:
@@ -393,19 +396,19 @@ class SendBatch:
             return
         self._deliver(thread, row, raw, slot, bound)
 
-    def _deliver(self, thread: ThreadLedger, row: dict[str, Any], raw: bytes, slot: Slot, bound: bool) -> None:
+    def _deliver(self, thread: ThreadLedger, row: dict[str, Any], raw: bytes, slot: float, bound: bool) -> None:
         """The claimed row's SES call at `slot` (again at new slots after throttling), then its ledger outcome.
 
         `bound`: the slot was still ahead when the thread got it, so the rate binds and the request must leave
-        within one spacing of it, or take another (SlotMissed); a slot already due is used at once.
+        within `slot_lateness` of it, or take another (SlotMissed); a slot already due is used at once.
         """
         tags = {**self._tags, "recipient": str(row["id"])}
         throttles = misses = 0
         while True:
-            latest = slot.at + slot.spacing if bound and misses < MAX_SLOT_MISSES else None
+            latest = slot + self.slot_lateness if bound and misses < MAX_SLOT_MISSES else None
             try:
                 message_id = self.transport.send(raw=raw, from_email=self.from_email, to=row["email"], tags=tags,
-                                                 not_before=slot.at, latest=latest)
+                                                 not_before=slot, latest=latest)
             except SlotMissed:
                 misses += 1
                 self._count("slot_missed")
@@ -441,4 +444,4 @@ class SendBatch:
             if slot is None:
                 thread.release(row["id"], Row.PENDING, "stopped before a new slot")
                 return
-            bound = slot.at > time.monotonic()
+            bound = slot > time.monotonic()

@@ -104,13 +104,30 @@ def test_several_slots_in_one_round_trip_are_spaced_like_single_ones(redis_clien
     reply_at = 500.0
     monkeypatch.setattr(ratelimit.time, "monotonic", lambda: reply_at)
 
-    first = [slot.at for slot in limiter.reserve(3)]
+    first = limiter.reserve(3)
     second = limiter.reserve(2)
 
     assert first[0] == pytest.approx(reply_at, abs=0.001)  # idle limiter: the first slot is now
     assert [b - a for a, b in itertools.pairwise(first)] == pytest.approx([0.01, 0.01])
-    assert [slot.at for slot in second] == pytest.approx([first[0] + 0.03, first[0] + 0.04], abs=0.001)
-    assert {slot.spacing for slot in second} == {0.01}  # how late a send at it may leave
+    assert second == pytest.approx([first[0] + 0.03, first[0] + 0.04], abs=0.001)  # queued right behind
+
+
+def test_a_reply_read_late_does_not_make_its_slot_late(redis_client, monkeypatch):
+    """Slots map from the Redis clock through the least-delayed reply seen: a reply that waited 50 ms in a busy
+    process still maps its slot to the instant the Redis clock gave, not 50 ms after."""
+    limiter = RateLimiter(redis_client, KEY, rate=10, burst=1)
+    local = {"now": 1000.0}
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: local["now"])
+    redis_then = _redis_now_us(redis_client)
+    [first] = limiter.reserve()  # idle: its slot is now, on a fast reply
+    local["now"] = 1000.0 + (_redis_now_us(redis_client) - redis_then) / 1e6 + 0.05  # this reply is read 50 ms late
+    [second] = limiter.reserve()
+
+    assert second == pytest.approx(first + 0.1, abs=0.005)  # one interval after the first, not 50 ms more
+
+
+def test_the_door_rate_leaves_room_for_sends_up_to_the_allowance_late():
+    assert ratelimit.door_rate(100, 0.03) == pytest.approx(100 / 1.03)
 
 
 def test_each_account_and_region_has_its_own_limiter(redis_client):
