@@ -62,6 +62,7 @@ STAGE_LABELS = {"ledger": "ledger (psycopg)", "limiter": "limiter (redis-py)", "
                 "ses": "SES client (transport.send)", "else": "everything else"}
 SEND_PATH = "/v2/email/outbound-emails"
 RUN_ID = "bench-cpu"
+MAX_RATE = 1_000_000.0  # sends/s: the most any revision's limiter and planner accept
 
 
 @dataclass(frozen=True)
@@ -403,7 +404,7 @@ def prepare_campaign(dsn: str, recipients: int) -> dict[str, Any]:
             "batch_size": 500}
     campaign_id = pipeline.resolve_campaign(conf, RUN_ID)
     pipeline.snapshot_recipients(campaign_id, conf)
-    [task] = pipeline.plan_batches(campaign_id, conf, RUN_ID, rate=1e9)  # one task carries everything
+    [task] = pipeline.plan_batches(campaign_id, conf, RUN_ID, rate=MAX_RATE)  # one task carries everything
     with db.connect(dsn) as conn:
         campaign = conn.execute("SELECT * FROM campaigns WHERE id = %s", [campaign_id]).fetchone()
     return {"task": SendTask.from_dict(task), "campaign": campaign}
@@ -472,7 +473,18 @@ def instrumented_batch(dsn: str, prepared: dict[str, Any], point: Point, endpoin
     return SendBatch(task, attempt=Attempt(RUN_ID, 0, 1), from_email=campaign["from_email"], builder=builder,
                      transport=transport, limiter=RateLimiter(redis_client, key, point.rate),
                      connect=lambda: db.connect(dsn, autocommit=True), threads=point.threads,
-                     guard=ReputationGuard.from_settings(task.campaign_id, settings, run_id=RUN_ID))
+                     guard=ReputationGuard.from_settings(task.campaign_id, settings, run_id=RUN_ID),
+                     **pipeline_options(SendBatch, point))
+
+
+def pipeline_options(send_batch: type, point: Point) -> dict[str, Any]:
+    """What the revision's pipeline.send_batch passes to SendBatch beyond the above, for the options it has:
+    slots reserved several per round trip at high rates (ratelimit.slot_batch), since 2026-12-04."""
+    if "slot_batch" not in inspect.signature(send_batch).parameters:
+        return {}
+    from campaigns.sending.ratelimit import slot_batch
+
+    return {"slot_batch": slot_batch(point.rate, point.threads)}
 
 
 def ledger_outcome(dsn: str, campaign_id: int) -> dict[str, Any]:
@@ -547,6 +559,8 @@ def measure(args: argparse.Namespace) -> None:
     from devstack.services import scratch_database
     from devstack.settings import SETTINGS
 
+    # One send task carries the whole campaign, whatever a revision's planner would split it into.
+    os.environ["SEND_TASK_PARALLELISM"] = "1"
     nginx = psutil.Process(args.nginx_pid)
     endpoints = json.loads(args.endpoints)
     results: dict[str, Any] = {"points": {}, "floor": {"signer": [], "boto3": []}}
