@@ -8,7 +8,7 @@ R is 1000/s unless the local SES alone cannot take that: then R is the local SES
 the same run (20 threads of bare SendEmail calls for 10 s), the same R for every executor. For each executor the
 stack's Airflow is restarted on it with SES_SENDING_RATE = R (and put back as it was afterwards: the settings of the
 stack the environment names, STACK_INSTANCE included). Prints per executor: wall time from trigger to success and
-its ratio to N/R (target <= 1.25 x N/R + 30 s), the sending phase, the delay from scheduled to running and from
+its ratio to N/R (target <= 1.15 x N/R + 30 s), the sending phase, the delay from scheduled to running and from
 queued to running per mapped task (median, p95), the CPU seconds of each worker (a Celery worker's process tree, and
 the scheduler's beside them; on LocalExecutor the scheduler's, whose children are its workers) per email it sent,
 the peak RSS of a send task and duplicates in the local SES (must be 0); then the figures side by side.
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
+TARGET_RATIO = 1.15  # trigger -> success within 1.15 x N/R + 30 s (issue #19)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks" / "faults"), str(ROOT), str(ROOT / "include")]
 
@@ -211,7 +212,7 @@ def run_once(executor: str, rate: int, args: argparse.Namespace) -> Outcome:
 
 def passed(o: Outcome, n: int, rate: int) -> bool:
     return (o.state == "success" and o.duplicates == 0 and o.addresses == n
-            and o.wall <= 1.25 * n / rate + 30)
+            and o.wall <= TARGET_RATIO * n / rate + 30)
 
 
 def print_outcome(o: Outcome, n: int, rate: int, batch_size: int) -> None:
@@ -222,7 +223,8 @@ def print_outcome(o: Outcome, n: int, rate: int, batch_size: int) -> None:
         return
     print(f"wall time trigger -> success    {o.wall:8.1f} s")
     print(f"N / R                           {ideal:8.1f} s   ratio {o.wall / ideal:.3f}   "
-          f"target <= 1.25 x N/R + 30 s = {1.25 * ideal + 30:.1f} s: {'yes' if passed(o, n, rate) else 'NO'}")
+          f"target <= {TARGET_RATIO} x N/R + 30 s = {TARGET_RATIO * ideal + 30:.1f} s: "
+          f"{'yes' if passed(o, n, rate) else 'NO'}")
     print(f"sending (first -> last sent_at) {o.sending:8.1f} s   achieved {o.sent / max(o.sending, 1e-9):.1f}/s "
           f"= {o.sent / max(o.sending, 1e-9) / rate:.3f} R")
     for label, values in (("scheduled -> running (pool-slot waits included)", o.scheduled_to_running),
