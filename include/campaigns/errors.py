@@ -19,6 +19,7 @@
         ├── RecipientRejected          permanent for this recipient: ledger row -> failed
         ├── AccountStopped             SES stopped the account/sender: pause the campaign with the reason
         ├── NotSent                    the request never reached SES (connection refused): row -> pending, retry
+        │   └── SlotMissed             ready too late after its limiter slot, not written: take a new slot
         └── OutcomeUnknown             the request may have reached SES (timeout): row -> unknown, never resent
 
     ConnectionError                    an outage that passes: NOT a CampaignError, so the task's retries handle it

@@ -514,7 +514,11 @@ def make_server(app: LocalSes, host: str = "127.0.0.1", port: int = 0) -> Any:
     """A threaded werkzeug server for `app`, stamping each request with its arrival (_arrival_timed_handler)."""
     from werkzeug.serving import make_server as werkzeug_server
 
-    return werkzeug_server(host, port, app, threaded=True, request_handler=_arrival_timed_handler())
+    server = werkzeug_server(host, port, app, threaded=True, request_handler=_arrival_timed_handler())
+    # Linux enables receive timestamps host-wide a moment after the first socket asks: ask at start, so the
+    # first requests are stamped too (an unstamped one falls back to the time the app sees it).
+    server.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    return server
 
 
 @contextlib.contextmanager
