@@ -101,7 +101,10 @@ def _newest_run(api, dag_id: str, after: set[str]) -> str:
 
 
 def _run_ids(api, dag_id: str) -> set[str]:
-    return {r["dag_run_id"] for r in api._call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=1000")["dag_runs"]}
+    """The newest runs of `dag_id` (a page of them: the API caps a page at [api] maximum_page_limit, 100, and a
+    stack that has run the tests before has more; _newest_run looks only at the newest ones)."""
+    runs = api._call("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=100")["dag_runs"]
+    return {r["dag_run_id"] for r in runs}
 
 
 def _task_log(api, dag_id: str, run_id: str, task_id: str) -> str:
