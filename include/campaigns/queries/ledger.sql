@@ -148,7 +148,7 @@ SELECT id, page_no, email, first_name, last_name, merge_data
 -- is checked again here, so an unsubscribe, bounce or complaint that arrived mid-campaign takes effect.
 -- The same statement records the thread's previous row as `sent` (%(sent_id)s, NULL when there is none): one round
 -- trip per email, and a send thread never has more than one row `sending`, the one it is about to send or has
--- just sent.
+-- just sent. With %(id)s NULL it only records the sent row (ledger.mark_sent).
 WITH sent AS (
     UPDATE campaign_recipients
        SET status = 'sent', ses_message_id = %(sent_message_id)s, sent_at = %(sent_at)s, error = NULL,
@@ -161,12 +161,6 @@ UPDATE campaign_recipients
        attempt = %(attempt)s, claimed_at = now(), updated_at = now()
  WHERE id = %(id)s AND status = 'pending'
 RETURNING status, skip_reason
-
--- name: mark-sent
--- A sent row on its own, when no claim follows soon (the thread stops, or its next slot is far off).
-UPDATE campaign_recipients
-   SET status = 'sent', ses_message_id = %(sent_message_id)s, sent_at = %(sent_at)s, error = NULL, updated_at = now()
- WHERE id = %(sent_id)s AND status = 'sending' AND attempt = %(attempt)s
 
 -- name: release-claim
 -- Used when SES certainly did not receive the request (failed, back to pending, or unknown).

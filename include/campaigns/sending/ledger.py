@@ -176,7 +176,9 @@ def claim(conn: psycopg.Connection, row_id: int, email: str, attempt: Attempt, *
 
 
 def mark_sent(conn: psycopg.Connection, attempt: Attempt, sent: Sent) -> None:
-    conn.execute(queries.load("ledger")["mark-sent"], {"attempt": str(attempt), **_sent_params(sent)})
+    """Record `sent` on its own, when no claim follows soon: the claim statement with no row to claim."""
+    conn.execute(queries.load("ledger")["claim"], {"id": None, "email": None, "attempt": str(attempt),
+                                                   **_sent_params(sent)})
 
 
 def release(conn: psycopg.Connection, row_id: int, attempt: Attempt, status: str, error: str | None) -> None:

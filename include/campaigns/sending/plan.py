@@ -26,7 +26,7 @@ import psycopg
 
 from campaigns import queries
 from campaigns.config import Settings
-from campaigns.sending.ratelimit import default_thread_count
+from campaigns.sending.ratelimit import check_positive, check_whole, default_thread_count
 
 MAX_SEND_TASKS = 1000  # stays under Airflow's [core] max_map_length (1024) for any audience size
 MAX_THREADS_PER_TASK = 32  # each send thread holds a campaign-database connection of its own
@@ -101,40 +101,28 @@ class Parallelism:
         return f"{need}; {pool}"
 
 
-def _whole(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
-    return value
-
-
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number above 0, got {value!r}")
-    return float(value)
-
-
 def threads_per_task(rate: float, parallel: int, latency: float, cap: int = MAX_THREADS_PER_TASK) -> int:
     """Threads of one of `parallel` send tasks sharing `rate` when an SES call takes `latency` s: Little's law on
     its share (calls in flight = share x latency, with headroom), at most `cap`."""
-    return default_thread_count(_positive(rate, "rate") / _whole(parallel, "parallel"), typical_latency=latency,
-                                cap=cap)
+    share = check_positive(rate, "rate") / check_whole(parallel, "parallel")
+    return default_thread_count(share, typical_latency=latency, cap=cap)
 
 
 def processes_for_rate(rate: float, *, cpu_per_email_us: float, latency: float,
                        threads_cap: int = MAX_THREADS_PER_TASK) -> tuple[int, int]:
     """The fewest send processes that hold `rate`, as (by CPU, by threads): each process sends on at most
     USABLE_CORE_SHARE of one core, and with at most `threads_cap` threads waiting `latency` per call."""
-    rate = _positive(rate, "rate")
-    cpu_seconds = _positive(cpu_per_email_us, "cpu_per_email_us") / 1_000_000
+    rate = check_positive(rate, "rate")
+    cpu_seconds = check_positive(cpu_per_email_us, "cpu_per_email_us") / 1_000_000
     by_cpu = math.ceil(rate * cpu_seconds / USABLE_CORE_SHARE)
-    all_threads = default_thread_count(rate, typical_latency=_positive(latency, "latency"), cap=sys.maxsize)
-    return max(1, by_cpu), max(1, math.ceil(all_threads / _whole(threads_cap, "threads_cap")))
+    all_threads = default_thread_count(rate, typical_latency=check_positive(latency, "latency"), cap=sys.maxsize)
+    return max(1, by_cpu), max(1, math.ceil(all_threads / check_whole(threads_cap, "threads_cap")))
 
 
 def pool_share(pool_slots: int, other_campaigns: int) -> int:
     """A campaign's fair share of the `ses` pool while `other_campaigns` send beside it; at least one slot."""
-    _whole(pool_slots, "pool_slots")
-    return max(1, pool_slots // (_whole(other_campaigns, "other_campaigns", minimum=0) + 1))
+    check_whole(pool_slots, "pool_slots")
+    return max(1, pool_slots // (check_whole(other_campaigns, "other_campaigns", minimum=0) + 1))
 
 
 def parallelism(rate: float, *, pool_slots: int, other_campaigns: int, cpu_per_email_us: float, latency: float,
@@ -143,7 +131,7 @@ def parallelism(rate: float, *, pool_slots: int, other_campaigns: int, cpu_per_e
     by_cpu, by_threads = processes_for_rate(rate, cpu_per_email_us=cpu_per_email_us, latency=latency,
                                             threads_cap=threads_cap)
     share = pool_share(pool_slots, other_campaigns)
-    wanted = max(by_cpu, by_threads) if fixed is None else _whole(fixed, "fixed")
+    wanted = max(by_cpu, by_threads) if fixed is None else check_whole(fixed, "fixed")
     return Parallelism(min(wanted, share), by_cpu, by_threads, share, pool_slots, other_campaigns, fixed)
 
 
@@ -152,7 +140,7 @@ def pages_per_task(open_pages: int, page_size: int, rate: float, task_seconds: f
     side by side (P, within the `ses` pool's slots), so a big campaign spreads over that many processes (and
     Celery workers) instead of one GIL-bound process, while each task still carries many seconds of sending (the
     scheduler adds seconds per task); never so few pages that the task count passes MAX_SEND_TASKS."""
-    _whole(parallel, "parallel")
+    check_whole(parallel, "parallel")
     by_rate = max(1, math.floor(rate / parallel * task_seconds / page_size))
     by_cap = math.ceil(open_pages / MAX_SEND_TASKS)
     return max(by_rate, by_cap, 1)
@@ -165,7 +153,7 @@ def task_sizes(open_pages: int, page_size: int, rate: float, task_seconds: float
     of `task_seconds` each is exactly that wave (fewer tasks when it has fewer pages); a longer one is as many
     whole waves as its sending needs, at most MAX_SEND_TASKS tasks.
     """
-    _whole(open_pages, "open_pages", minimum=0)
+    check_whole(open_pages, "open_pages", minimum=0)
     if open_pages == 0:
         return []
     per_task = pages_per_task(open_pages, page_size, rate, task_seconds, parallel)

@@ -109,10 +109,18 @@ def _check_rate(rate: object, name: str = "rate") -> float:
     return float(rate)
 
 
-def _check_positive(value: object, name: str) -> float:
+def check_positive(value: object, name: str) -> float:
+    """`value` as a float when it is a finite number above 0; otherwise ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number above 0, got {value!r}")
     return float(value)
+
+
+def check_whole(value: object, name: str, minimum: int = 1) -> int:
+    """`value` when it is a whole number of at least `minimum`; otherwise ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -183,8 +191,7 @@ class RateLimiter:
     def __init__(self, client: redis.Redis, key: str, rate: float, burst: int = 1) -> None:
         if not isinstance(key, str) or not key.strip():
             raise ValueError(f"key must be a non-empty string (see limiter_key), got {key!r}")
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ValueError(f"burst must be a whole number of at least 1, got {burst!r}")
+        check_whole(burst, "burst")
         self.key = key
         self.penalty_key = penalty_key(key)
         self.burst = burst
@@ -220,8 +227,7 @@ class RateLimiter:
 
     def reserve_slot(self, count: int = 1) -> Reservation:
         """Reserve the next send slot (and `count` - 1 more right behind it) and return it as Redis handed it out."""
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"count must be a whole number of at least 1, got {count!r}")
+        check_whole(count, "count")
         slot, wait, now, interval, factor = self._run(("reserve", self._interval_us, self.burst, count),
                                                       "reserve a slot")
         return Reservation(int(slot), int(wait), int(now), int(interval), float(_text(factor)))
@@ -272,7 +278,7 @@ class RateLimiter:
             or not MIN_PENALTY_FACTOR <= factor <= 1
         ):
             raise ValueError(f"factor must be a number from {MIN_PENALTY_FACTOR} to 1, got {factor!r}")
-        seconds = _check_positive(seconds, "seconds")
+        seconds = check_positive(seconds, "seconds")
         ttl_ms = max(1, math.ceil(seconds * 1000))
         text, ttl_ms = self._run(("throttle", repr(float(factor)), ttl_ms), "record a throttle penalty")
         in_force = float(_text(text))
@@ -312,7 +318,7 @@ class RateSource:
         ):
             raise ValueError(f"safety_factor must be above 0 and at most 1, got {safety_factor!r}")
         self.safety_factor = float(safety_factor)
-        self.refresh_seconds = _check_positive(refresh_seconds, "refresh_seconds")
+        self.refresh_seconds = check_positive(refresh_seconds, "refresh_seconds")
         # boto3 clients are not callable, so a callable is the factory (created on first use, not at import).
         self._factory: Callable[[], Any] | None = ses_client if callable(ses_client) else None
         self._client = None if callable(ses_client) else ses_client
@@ -399,7 +405,6 @@ def default_thread_count(rate: float, typical_latency: float = 0.08, cap: int = 
         or typical_latency < 0
     ):
         raise ValueError(f"typical_latency must be a finite number of seconds of at least 0, got {typical_latency!r}")
-    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-        raise ValueError(f"cap must be a whole number of at least 1, got {cap!r}")
+    check_whole(cap, "cap")
     # 25% headroom: latency varies, and a thread also spends time reserving its slot.
     return max(1, min(cap, math.ceil(rate * typical_latency * 1.25)))

@@ -43,6 +43,7 @@ from campaigns.errors import (
 from campaigns.sending import ledger
 from campaigns.sending.ledger import Attempt
 from campaigns.sending.plan import SendTask
+from campaigns.sending.ratelimit import check_whole
 from campaigns.states import Row
 
 log = logging.getLogger(__name__)
@@ -166,10 +167,8 @@ class SlotQueue:
     """
 
     def __init__(self, limiter: Limiter, batch: int = 1, lateness: float = 0.0) -> None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"slot batch must be a whole number of at least 1, got {batch!r}")
         self._limiter = limiter
-        self._batch = batch
+        self._batch = check_whole(batch, "slot batch")
         self._lateness = lateness
         self._slots: deque[float] = deque()
         self._lock = threading.Lock()
@@ -379,8 +378,8 @@ class SendBatch:
         slot = self._reserve()
         if slot is None:
             return
-        bound = slot > time.monotonic()
-        if slot - time.monotonic() > SETTLE_ALONE_AFTER_SECONDS:
+        ahead = slot - time.monotonic()
+        if ahead > SETTLE_ALONE_AFTER_SECONDS:
             thread.flush()
         if self._stop.wait(max(0.0, slot - SEND_PREPARE_SECONDS - time.monotonic())):
             return  # stopped while waiting: the slot stays spent, the row pending
@@ -394,9 +393,9 @@ class SendBatch:
             thread.release(row["id"], Row.FAILED, f"compose: {exc}")
             self._count(Row.FAILED)
             return
-        self._deliver(thread, row, raw, slot, bound)
+        self._deliver(thread, row, raw, slot, bound=ahead > 0)
 
-    def _deliver(self, thread: ThreadLedger, row: dict[str, Any], raw: bytes, slot: float, bound: bool) -> None:
+    def _deliver(self, thread: ThreadLedger, row: dict[str, Any], raw: bytes, slot: float, *, bound: bool) -> None:
         """The claimed row's SES call at `slot` (again at new slots after throttling), then its ledger outcome.
 
         `bound`: the slot was still ahead when the thread got it, so the rate binds and the request must leave

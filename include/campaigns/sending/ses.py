@@ -7,9 +7,10 @@ Gmail's feedback loop reads the `Feedback-ID` header, which SES writes itself as
 `<ses:feedback-id-a>:<ses:feedback-id-b>:<SES's own id>:AmazonSES` from two message tags; `feedback_tags` fills
 them (the campaign, and the list the List-Id names). Writing the header ourselves would give the message two.
 
-A send is held at its limiter slot after it is signed (`not_before`): the limiter spaces slots 1/R apart, and
-signing first means the time a request reaches SES no longer varies by how long signing took under load, so a
-1-second window at SES's door holds R + burst, not ~8% more. The request goes out through `ses_direct` (botocore's
+A send is held at its limiter slot after it is signed (`not_before`), and a request ready too late after it is not
+written (`latest`, SlotMissed): signing first means the time a request reaches SES no longer varies by how long
+signing took under load, so a 1-second window at SES's door holds R + burst (docs/operators.md, "The rate at
+SES's door"). The request goes out through `ses_direct` (botocore's
 own signer, HTTP session and parser without the client's per-call machinery: about 40% less client CPU) unless
 `direct=False` asks for client.send_email itself.
 """
